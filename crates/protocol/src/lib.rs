@@ -1,0 +1,40 @@
+//! What the forum's data servers and web servers share: the requests a web server sends, the
+//! replies it gets, the changes that data servers publish, the topic names, endpoint-list parsing
+//! and the wire codec.
+//!
+//! Every message on the wire is MessagePack in its named (map) form, produced by rmp-serde, and
+//! every envelope carries [`PROTOCOL_VERSION`] in its `v` field. A decoder rejects any other
+//! version with [`CodecError::UnsupportedVersion`] instead of guessing. The golden-bytes tests in
+//! `codec.rs` pin the encoding so it cannot change by accident.
+
+mod codec;
+mod endpoint;
+mod ids;
+mod model;
+mod wire;
+
+pub use codec::{decode, encode, CodecError};
+pub use endpoint::{parse_endpoint, parse_peer_list, EndpointError};
+pub use ids::{ChangeId, ServerId};
+pub use model::{
+    Change, ChangeKind, Message, PrivateMessage, Subject, User, UserStatus, MAX_NAME_CHARS,
+    MAX_PASSWORD_BYTES, MAX_TEXT_BYTES, MAX_TITLE_CHARS, MIN_PASSWORD_CHARS,
+};
+pub use wire::{ErrorCode, ErrorReply, Reply, Request, WireChange, WireReply, WireRequest};
+
+/// The version every envelope carries in its `v` field. Bump it on any incompatible change.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Topic of the changes a data server publishes for the other data servers of its group.
+pub const TOPIC_CHECKPOINT: &str = "checkpoint";
+
+/// Topic of the changes a data server publishes for its own web servers.
+pub const TOPIC_WEBSERVER: &str = "webserver";
+
+/// Returns the current wall-clock time in milliseconds since the Unix epoch.
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,117 @@
+//! Envelopes and message bodies exchanged between web servers and data servers.
+//!
+//! A web server sends a [`WireRequest`] on the data server's request socket (a ROUTER) and gets
+//! exactly one [`WireReply`] with the same `id`. The data server publishes each change as a
+//! two-frame message: the topic, then a [`WireChange`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::ChangeId;
+use crate::model::{Change, Message, PrivateMessage, Subject, User, UserStatus};
+
+/// A request from a web server to a data server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireRequest {
+    /// Always [`crate::PROTOCOL_VERSION`] when sent.
+    pub v: u16,
+    /// Chosen by the client; the reply carries it back so a pipelined client can match them.
+    pub id: u64,
+    pub request: Request,
+}
+
+/// A data server's reply to one [`WireRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireReply {
+    pub v: u16,
+    /// The `id` of the request this replies to, or 0 when the request could not be decoded.
+    pub id: u64,
+    pub reply: Reply,
+}
+
+/// A published change, the second frame after the topic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireChange {
+    pub v: u16,
+    pub change: Change,
+}
+
+/// What a web server asks of its data server. Names are user names; the web server fills in
+/// the acting user from its session, never from a browser's request body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Registers a user. Replies [`Reply::User`], or `NameTaken`.
+    Register { name: String, password: String },
+    /// Checks a user's password. Replies [`Reply::User`], or `BadCredentials`.
+    Login { name: String, password: String },
+    /// Replies [`Reply::Subjects`], oldest first.
+    ListSubjects,
+    /// Replies [`Reply::Subject`], or `TitleTaken` when a subject has the same title ignoring case.
+    CreateSubject { title: String, created_by: String },
+    /// Replies [`Reply::Message`], or `UnknownSubject` / `UnknownUser`.
+    PostMessage { subject: ChangeId, author: String, text: String },
+    /// Replies [`Reply::Messages`] in history order, or `UnknownSubject`.
+    History { subject: ChangeId },
+    /// Replies [`Reply::PrivateMessage`], or `UnknownUser`.
+    SendPrivate { from: String, to: String, text: String },
+    /// The conversation between `user` and `other`, in history order. Replies
+    /// [`Reply::PrivateMessages`], or `UnknownUser`.
+    PrivateHistory { user: String, other: String },
+    /// Replies [`Reply::Users`], sorted by name.
+    ListUsers,
+    /// Records that `user` has (or no longer has) an open event stream on `webserver`.
+    /// Replies [`Reply::Done`], or `UnknownUser`.
+    SetPresence { user: String, webserver: String, online: bool },
+    /// Replies [`Reply::Pong`]; used as a heartbeat.
+    Ping,
+}
+
+/// A data server's answer to a [`Request`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    User(User),
+    Subjects(Vec<Subject>),
+    Subject(Subject),
+    Message(Message),
+    Messages(Vec<Message>),
+    PrivateMessage(PrivateMessage),
+    PrivateMessages(Vec<PrivateMessage>),
+    Users(Vec<UserStatus>),
+    Done,
+    /// The id of the data server that answered.
+    Pong { server: crate::ServerId },
+    Error(ErrorReply),
+}
+
+/// Why a request failed, with a message for the operator or the user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// The kinds of failure a data server reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The request could not be decoded.
+    Malformed,
+    /// The request carries a protocol version this server does not speak.
+    UnsupportedVersion,
+    /// A field is empty, too long or has forbidden characters.
+    InvalidInput,
+    NameTaken,
+    TitleTaken,
+    BadCredentials,
+    UnknownSubject,
+    UnknownUser,
+    /// The server is too busy to take the request now; retry later.
+    Overloaded,
+    /// The server failed to carry out a valid request (a storage error, for example).
+    Internal,
+}
+
+impl Reply {
+    /// Builds an error reply.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Reply {
+        Reply::Error(ErrorReply { code, message: message.into() })
+    }
+}
