@@ -11,6 +11,7 @@ mod codec;
 mod endpoint;
 mod ids;
 mod model;
+mod validate;
 mod wire;
 
 pub use codec::{decode, encode, CodecError};
@@ -20,6 +21,7 @@ pub use model::{
     Change, ChangeKind, Message, PrivateMessage, Subject, User, UserStatus, MAX_NAME_CHARS,
     MAX_PASSWORD_BYTES, MAX_TEXT_BYTES, MAX_TITLE_CHARS, MIN_PASSWORD_CHARS,
 };
+pub use validate::{validate_name, validate_password, validate_text, validate_title, Invalid};
 pub use wire::{ErrorCode, ErrorReply, Reply, Request, WireChange, WireReply, WireRequest};
 
 /// The version every envelope carries in its `v` field. Bump it on any incompatible change.

@@ -1,0 +1,136 @@
+//! Checks of user input that both servers apply: the web server to answer with a clear HTTP
+//! error, the data server because it is the authority on what gets stored.
+
+use crate::model::{MAX_NAME_CHARS, MAX_PASSWORD_BYTES, MAX_TEXT_BYTES, MAX_TITLE_CHARS, MIN_PASSWORD_CHARS};
+
+/// Why a piece of user input was rejected. [`Invalid::code`] is a stable machine-readable name;
+/// `Display` gives an English sentence, and web servers may translate by code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("the user name is empty")]
+    NameEmpty,
+    #[error("the user name is longer than {MAX_NAME_CHARS} characters")]
+    NameTooLong,
+    #[error("the user name may contain only letters, digits, '.', '_' and '-'")]
+    NameCharacters,
+    #[error("the password is shorter than {MIN_PASSWORD_CHARS} characters")]
+    PasswordTooShort,
+    #[error("the password is longer than {MAX_PASSWORD_BYTES} bytes")]
+    PasswordTooLong,
+    #[error("the subject title is empty")]
+    TitleEmpty,
+    #[error("the subject title is longer than {MAX_TITLE_CHARS} characters")]
+    TitleTooLong,
+    #[error("the subject title contains control characters")]
+    TitleCharacters,
+    #[error("the message text is empty")]
+    TextEmpty,
+    #[error("the message text is larger than {MAX_TEXT_BYTES} bytes")]
+    TextTooLong,
+}
+
+impl Invalid {
+    /// A stable snake_case name for this error, for programs and translations.
+    pub fn code(self) -> &'static str {
+        match self {
+            Invalid::NameEmpty => "name_empty",
+            Invalid::NameTooLong => "name_too_long",
+            Invalid::NameCharacters => "name_characters",
+            Invalid::PasswordTooShort => "password_too_short",
+            Invalid::PasswordTooLong => "password_too_long",
+            Invalid::TitleEmpty => "title_empty",
+            Invalid::TitleTooLong => "title_too_long",
+            Invalid::TitleCharacters => "title_characters",
+            Invalid::TextEmpty => "text_empty",
+            Invalid::TextTooLong => "text_too_long",
+        }
+    }
+}
+
+/// Checks a user name: 1 to [`MAX_NAME_CHARS`] letters, digits, `.`, `_` or `-`.
+/// Names are compared ignoring case when checking that they are unique.
+pub fn validate_name(name: &str) -> Result<(), Invalid> {
+    if name.is_empty() {
+        return Err(Invalid::NameEmpty);
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err(Invalid::NameTooLong);
+    }
+    if !name.chars().all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+        return Err(Invalid::NameCharacters);
+    }
+    Ok(())
+}
+
+/// Checks a password: at least [`MIN_PASSWORD_CHARS`] characters, at most
+/// [`MAX_PASSWORD_BYTES`] bytes.
+pub fn validate_password(password: &str) -> Result<(), Invalid> {
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(Invalid::PasswordTooShort);
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(Invalid::PasswordTooLong);
+    }
+    Ok(())
+}
+
+/// Checks a subject title, which callers store trimmed: not blank, at most
+/// [`MAX_TITLE_CHARS`] characters, no control characters.
+pub fn validate_title(title: &str) -> Result<(), Invalid> {
+    let title = title.trim();
+    if title.is_empty() {
+        return Err(Invalid::TitleEmpty);
+    }
+    if title.chars().count() > MAX_TITLE_CHARS {
+        return Err(Invalid::TitleTooLong);
+    }
+    if title.chars().any(char::is_control) {
+        return Err(Invalid::TitleCharacters);
+    }
+    Ok(())
+}
+
+/// Checks the text of a public or private message: not blank, at most [`MAX_TEXT_BYTES`] bytes.
+pub fn validate_text(text: &str) -> Result<(), Invalid> {
+    if text.trim().is_empty() {
+        return Err(Invalid::TextEmpty);
+    }
+    if text.len() > MAX_TEXT_BYTES {
+        return Err(Invalid::TextTooLong);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(validate_name("ana_m.2-x"), Ok(()));
+        assert_eq!(validate_name("José"), Ok(()));
+        assert_eq!(validate_name(""), Err(Invalid::NameEmpty));
+        assert_eq!(validate_name(&"a".repeat(33)), Err(Invalid::NameTooLong));
+        assert_eq!(validate_name("ana maría"), Err(Invalid::NameCharacters));
+        assert_eq!(validate_name("<b>"), Err(Invalid::NameCharacters));
+    }
+
+    #[test]
+    fn passwords() {
+        assert_eq!(validate_password("12345678"), Ok(()));
+        assert_eq!(validate_password("1234567"), Err(Invalid::PasswordTooShort));
+        assert_eq!(validate_password(&"x".repeat(257)), Err(Invalid::PasswordTooLong));
+    }
+
+    #[test]
+    fn titles_and_texts() {
+        assert_eq!(validate_title("  Exams  "), Ok(()));
+        assert_eq!(validate_title("   "), Err(Invalid::TitleEmpty));
+        assert_eq!(validate_title("a\u{0}b"), Err(Invalid::TitleCharacters));
+        assert_eq!(validate_title(&"t".repeat(121)), Err(Invalid::TitleTooLong));
+        assert_eq!(validate_text("hola"), Ok(()));
+        assert_eq!(validate_text(" \n "), Err(Invalid::TextEmpty));
+        assert_eq!(validate_text(&"x".repeat(4096)), Ok(()));
+        assert_eq!(validate_text(&"x".repeat(4097)), Err(Invalid::TextTooLong));
+    }
+}
