@@ -1,0 +1,65 @@
+//! Shows that our ZMTP is the real protocol: a libzmq client (pyzmq) sends a request to a data
+//! server, gets the reply, subscribes to its `webserver` topic and receives a change.
+//!
+//! The Python interpreter comes from `FORUM_PYTHON`, or `.venv/bin/python` at the workspace root
+//! (`.ci/run` creates that venv with pyzmq and msgpack). Outside CI, a missing interpreter skips
+//! the test with a message; with `CI` set, it fails.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use forum_dataserver::{Config, DataServer};
+
+fn python_with_pyzmq() -> Option<PathBuf> {
+    let candidate = std::env::var_os("FORUM_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+    let usable = std::process::Command::new(&candidate)
+        .args(["-c", "import zmq, msgpack"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    usable.then_some(candidate)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libzmq_client_talks_to_data_server() {
+    let Some(python) = python_with_pyzmq() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no Python with pyzmq and msgpack: set FORUM_PYTHON or run .ci/run, which creates .venv"
+        );
+        eprintln!("skipped: no Python with pyzmq and msgpack (set FORUM_PYTHON or create .venv)");
+        return;
+    };
+    common::init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let server = DataServer::start(Config {
+        id: 1,
+        request_endpoint: "tcp://127.0.0.1:0".into(),
+        pub_endpoint: "tcp://127.0.0.1:0".into(),
+        data_dir: dir.path().to_owned(),
+        peers: Vec::new(),
+    })
+    .await
+    .expect("starting a data server");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/libzmq_client.py");
+
+    let output = tokio::process::Command::new(python)
+        .arg(script)
+        .arg(server.request_endpoint())
+        .arg(server.pub_endpoint())
+        .output()
+        .await
+        .expect("running the pyzmq client");
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the pyzmq client failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("REQ request answered"), "{stdout}");
+    assert!(stdout.contains("SUB received on webserver"), "{stdout}");
+    server.shutdown().await;
+}
