@@ -1,1 +1,122 @@
-fn main(){}
+//! The `dataserver` binary: parses the command line, builds a [`Config`] and runs the server
+//! until SIGINT or SIGTERM.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Parser;
+use forum_dataserver::{Config, DataServer};
+use forum_protocol::{parse_peer_list, ServerId};
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+/// The file in the data directory that keeps a generated server id.
+const SERVER_ID_FILE: &str = "server-id";
+
+/// A forum data server: stores the forum, serves web servers and replicates to its peers.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// The ZeroMQ endpoint where the ROUTER socket for web servers' requests binds.
+    #[arg(long = "request", value_name = "ENDPOINT", env = "FORUM_DATA_REQUEST", default_value = "tcp://127.0.0.1:21000")]
+    request_endpoint: String,
+
+    /// The ZeroMQ endpoint where the PUB socket that publishes changes binds.
+    #[arg(long = "pub", value_name = "ENDPOINT", env = "FORUM_DATA_PUB", default_value = "tcp://127.0.0.1:20000")]
+    pub_endpoint: String,
+
+    /// The directory for the change store (forum.redb) and the generated server id; created
+    /// when missing.
+    #[arg(long, value_name = "DIR", env = "FORUM_DATA_DIR", default_value = "forum-data")]
+    data_dir: PathBuf,
+
+    /// This server's id, a nonzero number unique within the group. When absent, the id stored
+    /// in <DIR>/server-id is used, or a random one is generated and stored there.
+    #[arg(long, value_name = "N", env = "FORUM_SERVER_ID", value_parser = clap::value_parser!(u32).range(1..))]
+    id: Option<ServerId>,
+
+    /// The other data servers' PUB endpoints, separated by commas, such as
+    /// tcp://127.0.0.1:20001,tcp://127.0.0.1:20002. Empty for a single server.
+    #[arg(value_name = "PEERS", env = "FORUM_PEERS", default_value = "", value_parser = parse_peers)]
+    peers: PeerList,
+}
+
+/// The parsed list of peer endpoints.
+#[derive(Clone, Debug)]
+struct PeerList(Vec<String>);
+
+fn parse_peers(text: &str) -> Result<PeerList, String> {
+    parse_peer_list(text).map(PeerList).map_err(|error| error.to_string())
+}
+
+/// Returns the id stored in `<data_dir>/server-id`, or generates a random nonzero id and
+/// stores it there.
+fn stored_or_new_id(data_dir: &Path) -> anyhow::Result<ServerId> {
+    let path = data_dir.join(SERVER_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let id: ServerId = text
+                .trim()
+                .parse()
+                .ok()
+                .filter(|id| *id != 0)
+                .with_context(|| format!("{} does not contain a nonzero server id; fix or delete it", path.display()))?;
+            Ok(id)
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let id = loop {
+                let candidate: ServerId = rand::random();
+                if candidate != 0 {
+                    break candidate;
+                }
+            };
+            std::fs::create_dir_all(data_dir)
+                .with_context(|| format!("failed to create the data directory {}", data_dir.display()))?;
+            std::fs::write(&path, format!("{id}\n")).with_context(|| format!("failed to write {}", path.display()))?;
+            info!(server = id, file = %path.display(), "generated a server id");
+            Ok(id)
+        }
+        Err(error) => Err(error).with_context(|| format!("failed to read {}", path.display())),
+    }
+}
+
+/// Waits for SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+async fn stop_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("failed to listen for SIGTERM")?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result.context("failed to listen for SIGINT")?,
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await.context("failed to listen for Ctrl-C")?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+
+    let args = Args::parse();
+    let id = match args.id {
+        Some(id) => id,
+        None => stored_or_new_id(&args.data_dir)?,
+    };
+    let config = Config {
+        id,
+        request_endpoint: args.request_endpoint,
+        pub_endpoint: args.pub_endpoint,
+        data_dir: args.data_dir,
+        peers: args.peers.0,
+    };
+
+    let server = DataServer::start(config).await?;
+    stop_signal().await?;
+    info!(server = id, "received a stop signal");
+    server.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! The actor: the one task that owns the forum state and the store.
+//!
+//! It works in groups (group commit): it takes one command, drains up to [`MAX_BATCH`] − 1
+//! more that are already queued, applies them all to the state, writes the new changes in one
+//! redb transaction and, only after the commit, sends the replies and hands the changes to the
+//! publisher. So a write is acknowledged only once it is on disk, and replies to reads in the
+//! same group never show a change that is not stored yet.
+
+use std::sync::Arc;
+
+use forum_protocol::{now_millis, Change, ChangeId, ChangeKind, ErrorCode, Reply, ServerId};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, warn};
+
+use crate::command::{Command, Credentials};
+use crate::publisher::Publication;
+use crate::rate_limit::LogRateLimit;
+use crate::state::ForumState;
+use crate::store::Store;
+
+/// The maximum number of commands handled in one group, and so in one write transaction.
+pub(crate) const MAX_BATCH: usize = 256;
+
+/// A reply held back until the group's changes are committed.
+enum PendingReply {
+    Reply(oneshot::Sender<Reply>, Reply),
+    Credentials(oneshot::Sender<Option<Credentials>>, Option<Credentials>),
+}
+
+pub(crate) struct Actor {
+    id: ServerId,
+    state: ForumState,
+    store: Arc<Store>,
+    commands: mpsc::Receiver<Command>,
+    publications: mpsc::Sender<Publication>,
+    foreign_id_warnings: LogRateLimit,
+}
+
+impl Actor {
+    pub fn new(
+        id: ServerId,
+        state: ForumState,
+        store: Arc<Store>,
+        commands: mpsc::Receiver<Command>,
+        publications: mpsc::Sender<Publication>,
+    ) -> Self {
+        Actor { id, state, store, commands, publications, foreign_id_warnings: LogRateLimit::new() }
+    }
+
+    /// Handles commands until every command sender is dropped, then returns the store so the
+    /// caller decides when the file is closed.
+    pub async fn run(mut self) -> Arc<Store> {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = self.commands.recv().await {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match self.commands.try_recv() {
+                    Ok(command) => batch.push(command),
+                    Err(_) => break,
+                }
+            }
+            if let Err(error) = self.handle_batch(&mut batch).await {
+                error!(server = self.id, error = format!("{error:#}"), "the actor stopped because the state could not be reloaded");
+                break;
+            }
+        }
+        self.store
+    }
+
+    /// Applies a group of commands, commits its changes, then replies and publishes.
+    /// Fails only when a commit failed and the state could not be reloaded from the store.
+    async fn handle_batch(&mut self, batch: &mut Vec<Command>) -> anyhow::Result<()> {
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut changes: Vec<Publication> = Vec::new();
+        for command in batch.drain(..) {
+            match command {
+                Command::Write { write, reply } => {
+                    let id = ChangeId::new(self.id, self.state.next_seq(self.id));
+                    let lamport = self.state.next_lamport();
+                    let time = now_millis();
+                    let answer = match self.state.prepare(write, id, lamport, time) {
+                        Ok(Some(kind)) => {
+                            let change = Change { id, lamport, time, kind };
+                            self.state.apply(&change);
+                            let answer = reply_for(&change);
+                            changes.push(Publication { change, local: true });
+                            answer
+                        }
+                        Ok(None) => Reply::Done,
+                        Err(rejection) => Reply::Error(rejection),
+                    };
+                    replies.push(PendingReply::Reply(reply, answer));
+                }
+                Command::Read { read, reply } => replies.push(PendingReply::Reply(reply, self.state.read(read))),
+                Command::Credentials { name, reply } => {
+                    replies.push(PendingReply::Credentials(reply, self.state.credentials(&name)));
+                }
+                Command::Replicated { change } => {
+                    if change.id.origin == self.id && !self.state.contains(change.id) {
+                        if let Some(suppressed) = self.foreign_id_warnings.check() {
+                            warn!(
+                                server = self.id,
+                                change = %change.id,
+                                suppressed,
+                                "a peer sent a change with this server's id that this server never made; \
+                                 two servers of the group share an id, so give each a unique --id"
+                            );
+                        }
+                    }
+                    if self.state.apply(&change) {
+                        changes.push(Publication { change, local: false });
+                    } else {
+                        debug!(server = self.id, change = %change.id, "ignored a change that is already applied");
+                    }
+                }
+            }
+        }
+
+        if !changes.is_empty() {
+            if let Err(error) = self.commit(&changes).await {
+                error!(
+                    server = self.id,
+                    changes = changes.len(),
+                    error = format!("{error:#}"),
+                    "failed to store a group of changes; replying with an internal error and reloading the state"
+                );
+                for pending in replies {
+                    fail(pending);
+                }
+                return self.reload().await;
+            }
+        }
+
+        for pending in replies {
+            match pending {
+                PendingReply::Reply(sender, reply) => {
+                    let _ = sender.send(reply);
+                }
+                PendingReply::Credentials(sender, credentials) => {
+                    let _ = sender.send(credentials);
+                }
+            }
+        }
+        for publication in changes {
+            // The publisher never waits on the network, so waiting here only throttles the
+            // actor when publishing falls behind.
+            if self.publications.send(publication).await.is_err() {
+                warn!(server = self.id, "the publisher has stopped; a change was stored but not published");
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit(&self, publications: &[Publication]) -> anyhow::Result<()> {
+        let changes: Vec<Change> = publications.iter().map(|publication| publication.change.clone()).collect();
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || store.append(&changes)).await?
+    }
+
+    /// Rebuilds the state from the store, dropping the changes of a group that failed to commit.
+    async fn reload(&mut self) -> anyhow::Result<()> {
+        let store = Arc::clone(&self.store);
+        let changes = tokio::task::spawn_blocking(move || store.load()).await??;
+        self.state = ForumState::from_changes(changes);
+        Ok(())
+    }
+}
+
+/// Builds the reply to the local write that made `change`.
+fn reply_for(change: &Change) -> Reply {
+    match &change.kind {
+        ChangeKind::UserRegistered { user, .. } => Reply::User(user.clone()),
+        ChangeKind::SubjectCreated { subject } => Reply::Subject(subject.clone()),
+        ChangeKind::MessagePosted { message } => Reply::Message(message.clone()),
+        ChangeKind::PrivateSent { message } => Reply::PrivateMessage(message.clone()),
+        ChangeKind::PresenceChanged { .. } => Reply::Done,
+    }
+}
+
+/// Answers a held-back reply with an internal error after a failed commit.
+fn fail(pending: PendingReply) {
+    match pending {
+        PendingReply::Reply(sender, _) => {
+            let _ = sender.send(Reply::error(ErrorCode::Internal, "the data server failed to store the change; retry later"));
+        }
+        // Dropping the sender makes the login handler reply with an internal error.
+        PendingReply::Credentials(sender, _) => drop(sender),
+    }
+}

@@ -1,0 +1,43 @@
+//! The commands that the request handlers and the peer subscribers send to the actor.
+
+use forum_protocol::{Change, ChangeId, Reply, User};
+use tokio::sync::oneshot;
+
+/// A local write, already validated by the request handler. The actor checks it against the
+/// state, turns it into a [`Change`] and stores that change before it replies.
+#[derive(Debug)]
+pub(crate) enum Write {
+    /// Registers a user whose password the handler has already hashed.
+    Register { name: String, password_hash: String },
+    CreateSubject { title: String, created_by: String },
+    PostMessage { subject: ChangeId, author: String, text: String },
+    SendPrivate { from: String, to: String, text: String },
+    SetPresence { user: String, webserver: String, online: bool },
+}
+
+/// A query of the state. It changes nothing.
+#[derive(Debug)]
+pub(crate) enum Read {
+    ListSubjects,
+    History { subject: ChangeId },
+    PrivateHistory { user: String, other: String },
+    ListUsers,
+}
+
+/// A user and the argon2 PHC hash of their password, for a login check outside the actor.
+#[derive(Debug)]
+pub(crate) struct Credentials {
+    pub user: User,
+    pub password_hash: String,
+}
+
+/// A message to the actor task.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Write { write: Write, reply: oneshot::Sender<Reply> },
+    Read { read: Read, reply: oneshot::Sender<Reply> },
+    /// Looks up a user by name, ignoring case; `None` when no such user exists.
+    Credentials { name: String, reply: oneshot::Sender<Option<Credentials>> },
+    /// A change received from a peer on the checkpoint topic.
+    Replicated { change: Change },
+}

@@ -1,0 +1,145 @@
+//! Turns one request payload into one reply: decodes, validates, hashes or verifies
+//! passwords outside the actor, and asks the actor for the rest.
+
+use forum_protocol::{
+    decode, validate_name, validate_password, validate_text, validate_title, CodecError, ErrorCode, Invalid,
+    Reply, Request, ServerId, WireReply, WireRequest, PROTOCOL_VERSION,
+};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, warn};
+
+use crate::command::{Command, Read, Write};
+use crate::password::Passwords;
+
+/// The largest request payload accepted, in bytes. Larger ones are rejected unread.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Shared by every in-flight request.
+#[derive(Clone)]
+pub(crate) struct Handler {
+    server: ServerId,
+    /// Commands to the actor. A full channel makes the request wait: the number of requests
+    /// in flight is already bounded by the request socket's semaphore.
+    actor: mpsc::Sender<Command>,
+    passwords: Passwords,
+}
+
+fn invalid(reason: Invalid) -> Reply {
+    Reply::error(ErrorCode::InvalidInput, reason.to_string())
+}
+
+fn internal() -> Reply {
+    Reply::error(ErrorCode::Internal, "the data server failed to handle the request; retry later")
+}
+
+impl Handler {
+    pub fn new(server: ServerId, actor: mpsc::Sender<Command>, passwords: Passwords) -> Self {
+        Handler { server, actor, passwords }
+    }
+
+    /// Returns the reply to one request payload.
+    pub async fn handle(&self, payload: &[u8]) -> WireReply {
+        let wire_reply = |id, reply| WireReply { v: PROTOCOL_VERSION, id, reply };
+        if payload.len() > MAX_REQUEST_BYTES {
+            let message = format!("the request is {} bytes, more than the limit of {MAX_REQUEST_BYTES}", payload.len());
+            return wire_reply(0, Reply::error(ErrorCode::InvalidInput, message));
+        }
+        let request: WireRequest = match decode(payload) {
+            Ok(request) => request,
+            Err(error) => {
+                let code = match error {
+                    CodecError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
+                    CodecError::Malformed(_) => ErrorCode::Malformed,
+                };
+                return wire_reply(0, Reply::error(code, error.to_string()));
+            }
+        };
+        let reply = self.reply(request.id, request.request).await;
+        wire_reply(request.id, reply)
+    }
+
+    async fn reply(&self, request_id: u64, request: Request) -> Reply {
+        match request {
+            Request::Ping => Reply::Pong { server: self.server },
+            Request::Register { name, password } => {
+                if let Err(reason) = validate_name(&name).and_then(|()| validate_password(&password)) {
+                    return invalid(reason);
+                }
+                match self.passwords.hash(password).await {
+                    Ok(password_hash) => self.write(Write::Register { name, password_hash }).await,
+                    Err(error) => {
+                        error!(server = self.server, request = request_id, error = format!("{error:#}"), "failed to hash a password");
+                        internal()
+                    }
+                }
+            }
+            Request::Login { name, password } => self.login(request_id, name, password).await,
+            Request::ListSubjects => self.read(Read::ListSubjects).await,
+            Request::CreateSubject { title, created_by } => match validate_title(&title) {
+                Ok(()) => self.write(Write::CreateSubject { title, created_by }).await,
+                Err(reason) => invalid(reason),
+            },
+            Request::PostMessage { subject, author, text } => match validate_text(&text) {
+                Ok(()) => self.write(Write::PostMessage { subject, author, text }).await,
+                Err(reason) => invalid(reason),
+            },
+            Request::History { subject } => self.read(Read::History { subject }).await,
+            Request::SendPrivate { from, to, text } => match validate_text(&text) {
+                Ok(()) => self.write(Write::SendPrivate { from, to, text }).await,
+                Err(reason) => invalid(reason),
+            },
+            Request::PrivateHistory { user, other } => self.read(Read::PrivateHistory { user, other }).await,
+            Request::ListUsers => self.read(Read::ListUsers).await,
+            Request::SetPresence { user, webserver, online } => {
+                if webserver.trim().is_empty() {
+                    return Reply::error(ErrorCode::InvalidInput, "the web server name is empty");
+                }
+                self.write(Write::SetPresence { user, webserver, online }).await
+            }
+        }
+    }
+
+    async fn login(&self, request_id: u64, name: String, password: String) -> Reply {
+        let bad_credentials = || Reply::error(ErrorCode::BadCredentials, "the user name or the password is wrong");
+        // A password that registration would reject cannot match, so skip hashing it.
+        if validate_password(&password).is_err() {
+            return bad_credentials();
+        }
+        let (sender, receiver) = oneshot::channel();
+        if self.actor.send(Command::Credentials { name, reply: sender }).await.is_err() {
+            return internal();
+        }
+        let Ok(credentials) = receiver.await else {
+            return internal();
+        };
+        let (user, hash) = match credentials {
+            Some(credentials) => (Some(credentials.user), Some(credentials.password_hash)),
+            None => (None, None),
+        };
+        match self.passwords.verify(password, hash).await {
+            Ok(true) => Reply::User(user.expect("a matching password implies a stored user")),
+            Ok(false) => bad_credentials(),
+            Err(error) => {
+                warn!(server = self.server, request = request_id, error = format!("{error:#}"), "failed to verify a password");
+                internal()
+            }
+        }
+    }
+
+    async fn write(&self, write: Write) -> Reply {
+        let (sender, receiver) = oneshot::channel();
+        self.ask(Command::Write { write, reply: sender }, receiver).await
+    }
+
+    async fn read(&self, read: Read) -> Reply {
+        let (sender, receiver) = oneshot::channel();
+        self.ask(Command::Read { read, reply: sender }, receiver).await
+    }
+
+    async fn ask(&self, command: Command, receiver: oneshot::Receiver<Reply>) -> Reply {
+        if self.actor.send(command).await.is_err() {
+            return internal();
+        }
+        receiver.await.unwrap_or_else(|_| internal())
+    }
+}

@@ -1,0 +1,62 @@
+//! The PUB socket that publishes every applied change.
+//!
+//! A local change goes out twice: on the checkpoint topic, in full, for the other data
+//! servers, and on the webserver topic, redacted, for the web servers. A change received from
+//! a peer goes out on the webserver topic only, so changes are never relayed between peers.
+
+use bytes::Bytes;
+use forum_protocol::{encode, Change, ServerId, WireChange, PROTOCOL_VERSION, TOPIC_CHECKPOINT, TOPIC_WEBSERVER};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+use zeromq::{PubSocket, Socket, SocketSend, ZmqMessage};
+
+use crate::rate_limit::LogRateLimit;
+
+/// A stored change to publish.
+#[derive(Debug)]
+pub(crate) struct Publication {
+    pub change: Change,
+    /// True for a change made by this server, false for one received from a peer.
+    pub local: bool,
+}
+
+/// Binds a PUB socket and returns it with the endpoint as bound (with the real port).
+pub(crate) async fn bind(endpoint: &str) -> anyhow::Result<(PubSocket, String)> {
+    let mut socket = PubSocket::new();
+    let bound = socket
+        .bind(endpoint)
+        .await
+        .map_err(|error| anyhow::anyhow!("failed to bind the pub endpoint {endpoint}: {error}"))?;
+    Ok((socket, bound.to_string()))
+}
+
+/// Publishes changes until the channel closes, then closes the socket.
+pub(crate) async fn run(server: ServerId, mut socket: PubSocket, mut publications: mpsc::Receiver<Publication>) {
+    let mut send_failures = LogRateLimit::new();
+    while let Some(Publication { change, local }) = publications.recv().await {
+        let mut messages = Vec::with_capacity(2);
+        if local {
+            messages.push(message(TOPIC_CHECKPOINT, &change));
+        }
+        messages.push(message(TOPIC_WEBSERVER, &change.redacted()));
+        for message in messages {
+            // zeromq 0.7's PUB send only queues the message and drops it for a subscriber
+            // whose queue is full, so this await does not wait on the network.
+            if let Err(error) = socket.send(message).await {
+                if let Some(suppressed) = send_failures.check() {
+                    warn!(server, change = %change.id, suppressed, %error, "failed to publish a change");
+                }
+            }
+        }
+    }
+    for error in socket.close().await {
+        warn!(server, %error, "failed to close the pub socket cleanly");
+    }
+    info!(server, "publisher stopped");
+}
+
+fn message(topic: &'static str, change: &Change) -> ZmqMessage {
+    let payload = encode(&WireChange { v: PROTOCOL_VERSION, change: change.clone() });
+    let frames = vec![Bytes::from_static(topic.as_bytes()), Bytes::from(payload)];
+    ZmqMessage::try_from(frames).expect("a message with two frames is not empty")
+}

@@ -1,0 +1,115 @@
+//! The change log on disk: a redb table of every applied change, keyed by (origin, seq).
+//!
+//! Every method blocks on file I/O, so async callers run them in `spawn_blocking`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use forum_protocol::{decode, encode, Change, WireChange, PROTOCOL_VERSION};
+use redb::{Database, ReadableTable, TableDefinition};
+
+/// The file name of the store inside the data directory.
+pub const STORE_FILE: &str = "forum.redb";
+
+/// Changes by (origin server id, sequence number); values are encoded [`WireChange`]s.
+const CHANGES: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("changes");
+
+/// An open change log. Dropping it closes the file.
+pub(crate) struct Store {
+    database: Database,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens `forum.redb` in `data_dir`, creating the directory and the file when missing.
+    pub fn open(data_dir: &Path) -> anyhow::Result<Store> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("failed to create the data directory {}", data_dir.display()))?;
+        let path = data_dir.join(STORE_FILE);
+        let database = Database::create(&path).with_context(|| {
+            format!(
+                "failed to open the change store {}; if it is damaged, move it away to start empty",
+                path.display()
+            )
+        })?;
+
+        // Creating the table up front lets `load` read an empty store without a special case.
+        let transaction = database.begin_write().with_context(|| format!("failed to write to {}", path.display()))?;
+        transaction.open_table(CHANGES).with_context(|| format!("failed to open the changes table in {}", path.display()))?;
+        transaction.commit().with_context(|| format!("failed to commit to {}", path.display()))?;
+
+        Ok(Store { database, path })
+    }
+
+    /// The path of the store file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads every stored change, ordered by (origin, seq).
+    pub fn load(&self) -> anyhow::Result<Vec<Change>> {
+        let path = self.path.display();
+        let transaction = self.database.begin_read().with_context(|| format!("failed to read {path}"))?;
+        let table = transaction.open_table(CHANGES).with_context(|| format!("failed to open the changes table in {path}"))?;
+        let mut changes = Vec::new();
+        for entry in table.iter().with_context(|| format!("failed to read the changes table in {path}"))? {
+            let (key, value) = entry.with_context(|| format!("failed to read a change from {path}"))?;
+            let (origin, seq) = key.value();
+            let wire: WireChange = decode(value.value())
+                .with_context(|| format!("the stored change {origin}-{seq} in {path} cannot be decoded"))?;
+            changes.push(wire.change);
+        }
+        Ok(changes)
+    }
+
+    /// Stores changes in one write transaction and returns once it is committed to disk.
+    pub fn append(&self, changes: &[Change]) -> anyhow::Result<()> {
+        let path = self.path.display();
+        let transaction = self.database.begin_write().with_context(|| format!("failed to write to {path}"))?;
+        {
+            let mut table =
+                transaction.open_table(CHANGES).with_context(|| format!("failed to open the changes table in {path}"))?;
+            for change in changes {
+                let bytes = encode(&WireChange { v: PROTOCOL_VERSION, change: change.clone() });
+                table
+                    .insert((change.id.origin, change.id.seq), bytes.as_slice())
+                    .with_context(|| format!("failed to store change {} in {path}", change.id))?;
+            }
+        }
+        transaction.commit().with_context(|| format!("failed to commit {} changes to {path}", changes.len()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use forum_protocol::{ChangeId, ChangeKind};
+
+    fn presence(seq: u64) -> Change {
+        let kind = ChangeKind::PresenceChanged { user: "ana".into(), webserver: "w1".into(), online: seq % 2 == 1 };
+        Change { id: ChangeId::new(3, seq), lamport: seq, time: 0, kind }
+    }
+
+    #[test]
+    fn store_keeps_changes_across_reopen() {
+        let directory = tempfile::tempdir().unwrap();
+        let store = Store::open(directory.path()).unwrap();
+        assert!(store.load().unwrap().is_empty());
+        store.append(&[presence(2), presence(1)]).unwrap();
+        drop(store);
+
+        let store = Store::open(directory.path()).unwrap();
+        assert_eq!(store.load().unwrap(), vec![presence(1), presence(2)]);
+    }
+
+    #[test]
+    fn damaged_store_error_names_path() {
+        let directory = tempfile::tempdir().unwrap();
+        std::fs::write(directory.path().join(STORE_FILE), b"not a redb file, just some bytes".repeat(200)).unwrap();
+        let error = Store::open(directory.path()).err().expect("a damaged file is rejected");
+        let message = format!("{error:#}");
+        assert!(message.contains(STORE_FILE), "{message}");
+        assert!(message.contains(&directory.path().display().to_string()), "{message}");
+    }
+}
