@@ -253,7 +253,7 @@ impl ForumState {
             .map(|((user, _), _)| user.as_str())
             .collect();
         let mut users: Vec<(&String, &UserEntry)> = self.users.iter().collect();
-        users.sort_by(|(left, _), (right, _)| left.cmp(right));
+        users.sort_by_key(|(folded, _)| *folded);
         users
             .into_iter()
             .map(|(folded, entry)| UserStatus { name: entry.user.name.clone(), online: online.contains(folded.as_str()) })

@@ -1,0 +1,169 @@
+//! Replication between data servers over PUB/SUB, checked on real sockets.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use forum_protocol::{
+    Change, ChangeId, ChangeKind, Reply, Request, User, TOPIC_CHECKPOINT, TOPIC_WEBSERVER,
+};
+use support::{change_message, start, wait_for_reply, Client, Subscriber, SUBSCRIPTION_SETTLE};
+use zeromq::{PubSocket, Socket, SocketSend};
+
+/// How long a subscriber waits for more messages before it decides that none are coming.
+const QUIET: Duration = Duration::from_millis(700);
+
+async fn user_names(client: &mut Client) -> Vec<String> {
+    match client.request(Request::ListUsers).await {
+        Reply::Users(users) => users.into_iter().map(|user| user.name).collect(),
+        other => panic!("expected users, got {other:?}"),
+    }
+}
+
+fn has_user(reply: &Reply, name: &str) -> bool {
+    matches!(reply, Reply::Users(users) if users.iter().any(|user| user.name == name))
+}
+
+/// Registers probe users on `from` until one shows up on `to`, which proves that `to` is
+/// subscribed to `from`. Probes published before that are lost, which is why this loops.
+async fn wait_for_link(from: &mut Client, to: &mut Client, label: &str) {
+    for attempt in 0..20 {
+        let name = format!("probe-{label}-{attempt}");
+        assert!(matches!(from.register(&name, "probe-password").await, Reply::User(_)));
+        for _ in 0..10 {
+            if user_names(to).await.contains(&name) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    panic!("the {label} link never carried a change");
+}
+
+/// Counts messages per (topic, change id).
+fn count(messages: &[(String, Change)]) -> HashMap<(String, ChangeId), usize> {
+    let mut counts = HashMap::new();
+    for (topic, change) in messages {
+        *counts.entry((topic.clone(), change.id)).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn two_servers_replicate_and_publish_once() {
+    let directories = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let server_a = start(1, directories.0.path()).await;
+    let server_b = start(2, directories.1.path()).await;
+    let mut subscriber_a = Subscriber::connect(&server_a).await;
+    let mut subscriber_b = Subscriber::connect(&server_b).await;
+    server_a.add_peer(server_b.pub_endpoint().to_owned()).await.unwrap();
+    server_b.add_peer(server_a.pub_endpoint().to_owned()).await.unwrap();
+    assert!(server_a.add_peer(server_b.pub_endpoint().to_owned()).await.is_err(), "a peer cannot be added twice");
+
+    let mut client_a = Client::connect(&server_a).await;
+    let mut client_b = Client::connect(&server_b).await;
+    wait_for_link(&mut client_a, &mut client_b, "a-to-b").await;
+    wait_for_link(&mut client_b, &mut client_a, "b-to-a").await;
+    subscriber_a.collect(QUIET).await;
+    subscriber_b.collect(QUIET).await;
+
+    let Reply::User(ana) = client_a.register("ana", "secret12").await else { panic!("ana registers on A") };
+    wait_for_reply("ana reaches B", &mut client_b, || Request::ListUsers, |reply| has_user(reply, "ana")).await;
+    let create = Request::CreateSubject { title: "Exams".into(), created_by: "ana".into() };
+    let Reply::Subject(exams) = client_b.request(create).await else { panic!("subject created on B") };
+    let history = || Request::History { subject: exams.id };
+    wait_for_reply("the subject reaches A", &mut client_a, history, |reply| matches!(reply, Reply::Messages(_))).await;
+    let post_a = Request::PostMessage { subject: exams.id, author: "ana".into(), text: "from A".into() };
+    let Reply::Message(message_a) = client_a.request(post_a).await else { panic!("post on A") };
+    let post_b = Request::PostMessage { subject: exams.id, author: "ana".into(), text: "from B".into() };
+    let Reply::Message(message_b) = client_b.request(post_b).await else { panic!("post on B") };
+
+    let expected_history = Reply::Messages(vec![message_a.clone(), message_b.clone()]);
+    wait_for_reply("both posts reach B's history", &mut client_b, history, |reply| *reply == expected_history).await;
+    wait_for_reply("both posts reach A's history", &mut client_a, history, |reply| *reply == expected_history).await;
+    let login = Request::Login { name: "ana".into(), password: "secret12".into() };
+    assert_eq!(client_b.request(login).await, Reply::User(ana.clone()), "the password hash replicates");
+
+    let published_a = subscriber_a.collect(QUIET).await;
+    let published_b = subscriber_b.collect(QUIET).await;
+    let counts_a = count(&published_a);
+    let counts_b = count(&published_b);
+    let changes = [(ana.id, 1), (exams.id, 2), (message_a.id, 1), (message_b.id, 2)];
+    for (id, origin) in changes {
+        assert_eq!(id.origin, origin);
+        let checkpoint = |counts: &HashMap<(String, ChangeId), usize>| counts.get(&(TOPIC_CHECKPOINT.into(), id)).copied().unwrap_or(0);
+        let webserver = |counts: &HashMap<(String, ChangeId), usize>| counts.get(&(TOPIC_WEBSERVER.into(), id)).copied().unwrap_or(0);
+        assert_eq!(checkpoint(&counts_a), usize::from(origin == 1), "checkpoint messages for {id} on A");
+        assert_eq!(checkpoint(&counts_b), usize::from(origin == 2), "checkpoint messages for {id} on B");
+        assert_eq!(webserver(&counts_a), 1, "webserver messages for {id} on A");
+        assert_eq!(webserver(&counts_b), 1, "webserver messages for {id} on B");
+    }
+    assert_eq!(published_a.len(), 6, "A published only these changes: {published_a:?}");
+    assert_eq!(published_b.len(), 6, "B published only these changes: {published_b:?}");
+
+    for (topic, change) in published_a.iter().chain(&published_b) {
+        if let ChangeKind::UserRegistered { password_hash, .. } = &change.kind {
+            if topic == TOPIC_WEBSERVER {
+                assert!(password_hash.is_empty(), "the webserver topic carries no password hash");
+            } else {
+                assert!(password_hash.starts_with("$argon2id$"), "the checkpoint topic carries the hash");
+            }
+        }
+    }
+
+    server_a.shutdown().await;
+    server_b.shutdown().await;
+}
+
+fn registration(seq: u64, name: &str) -> Change {
+    let id = ChangeId::new(50, seq);
+    let user = User { id, name: name.into(), time: 0 };
+    Change { id, lamport: seq, time: 0, kind: ChangeKind::UserRegistered { user, password_hash: "$argon2id$fake".into() } }
+}
+
+#[tokio::test]
+async fn replayed_checkpoint_is_applied_once() {
+    let directory = tempfile::tempdir().unwrap();
+    let server = start(1, directory.path()).await;
+    let mut client = Client::connect(&server).await;
+    let mut subscriber = Subscriber::connect(&server).await;
+
+    let mut fake_peer = PubSocket::new();
+    let fake_endpoint = fake_peer.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    server.add_peer(fake_endpoint).await.unwrap();
+
+    // Publish a first change until the server has it, so the subscription is in place.
+    let probe = registration(1, "probe");
+    for _ in 0..100 {
+        fake_peer.send(change_message(TOPIC_CHECKPOINT, &probe)).await.unwrap();
+        if user_names(&mut client).await.contains(&"probe".to_owned()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(user_names(&mut client).await, ["probe"]);
+    tokio::time::sleep(SUBSCRIPTION_SETTLE).await;
+    subscriber.collect(QUIET).await;
+
+    let zoe = registration(2, "zoe");
+    fake_peer.send(change_message(TOPIC_CHECKPOINT, &zoe)).await.unwrap();
+    fake_peer.send(change_message(TOPIC_CHECKPOINT, &zoe)).await.unwrap();
+    fake_peer.send(change_message(TOPIC_WEBSERVER, &registration(3, "ignored"))).await.unwrap();
+    wait_for_reply("zoe is applied", &mut client, || Request::ListUsers, |reply| has_user(reply, "zoe")).await;
+
+    let published = subscriber.collect(QUIET).await;
+    let topics: Vec<(&str, ChangeId)> = published.iter().map(|(topic, change)| (topic.as_str(), change.id)).collect();
+    assert_eq!(topics, [(TOPIC_WEBSERVER, zoe.id)], "a replayed change is published once, on webserver only");
+    assert_eq!(user_names(&mut client).await, ["probe", "zoe"], "a change on another topic is not applied");
+    server.shutdown().await;
+
+    // After a restart the log holds the replayed change once, and its sequence number is not
+    // mistaken for this server's own.
+    let server = start(1, directory.path()).await;
+    let mut client = Client::connect(&server).await;
+    assert_eq!(user_names(&mut client).await, ["probe", "zoe"]);
+    let Reply::User(local) = client.register("local", "secret12").await else { panic!("local registers") };
+    assert_eq!(local.id.origin, 1);
+    server.shutdown().await;
+}
