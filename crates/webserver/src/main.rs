@@ -1,1 +1,76 @@
-fn main(){}
+//! The `webserver` binary: parses the command line, starts a [`WebServer`] and stops it on
+//! SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use forum_protocol::parse_endpoint;
+use forum_webserver::{Config, WebServer};
+
+/// Serves the forum page and its HTTP API, backed by one data server.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Arguments {
+    /// Address and port to serve HTTP on; port 0 picks a free port.
+    #[arg(long, env = "FORUM_WEB_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+
+    /// The data server's request endpoint (its ROUTER socket), as tcp://HOST:PORT.
+    #[arg(long, env = "FORUM_DATA_REQUEST", default_value = "tcp://127.0.0.1:21000", value_parser = endpoint)]
+    data_request: String,
+
+    /// The data server's change-feed endpoint (its PUB socket), as tcp://HOST:PORT.
+    #[arg(long, env = "FORUM_DATA_PUB", default_value = "tcp://127.0.0.1:20000", value_parser = endpoint)]
+    data_pub: String,
+
+    /// This web server's name in presence records [default: web-<listen address>].
+    #[arg(long, env = "FORUM_WEB_NAME")]
+    name: Option<String>,
+
+    /// Milliseconds to wait for the data server's reply before answering HTTP 503.
+    #[arg(long, env = "FORUM_WEB_REQUEST_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    request_timeout_ms: u64,
+}
+
+fn endpoint(text: &str) -> Result<String, String> {
+    parse_endpoint(text).map_err(|error| error.to_string())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let arguments = Arguments::parse();
+    let config = Config {
+        name: arguments.name.unwrap_or_else(|| format!("web-{}", arguments.listen)),
+        listen: arguments.listen,
+        data_request_endpoint: arguments.data_request,
+        data_pub_endpoint: arguments.data_pub,
+        request_timeout: Duration::from_millis(arguments.request_timeout_ms),
+    };
+    let server = WebServer::start(config).await?;
+    wait_for_signal().await.context("failed to listen for shutdown signals")?;
+    server.shutdown().await;
+    Ok(())
+}
+
+/// Waits for SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+async fn wait_for_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result?,
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await?;
+    tracing::info!("shutdown signal received");
+    Ok(())
+}

@@ -1,0 +1,213 @@
+//! The handlers of the JSON API, one per route and method.
+//!
+//! Each handler turns a checked HTTP request into one data-server request and its reply into
+//! a response. The acting user is always the session's user, never a body field.
+
+use std::sync::Arc;
+
+use forum_protocol::{validate_name, validate_password, validate_text, validate_title, ChangeId, Reply, Request};
+use percent_encoding::percent_decode_str;
+use serde::{Deserialize, Serialize};
+use warp::http::{header, HeaderValue, StatusCode};
+use warp::reply::{Reply as _, Response};
+
+use crate::error::{ApiError, ErrorKind};
+use crate::events;
+use crate::http_headers::RequestHeaders;
+use crate::sessions::{cleared_cookie, session_cookie, Session};
+use crate::state::AppState;
+
+/// The outcome of a handler; the route adds the language to an error.
+pub type ApiResult = Result<Response, ApiError>;
+
+/// The body of `POST /api/users` and `POST /api/login`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    name: String,
+    password: String,
+}
+
+/// The body of `POST /api/subjects`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSubject {
+    title: String,
+}
+
+/// The body of `POST /api/subjects/{id}/messages` and `POST /api/private/{user}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewText {
+    text: String,
+}
+
+#[derive(Serialize)]
+struct UserName {
+    name: String,
+}
+
+fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    warp::reply::with_status(warp::reply::json(value), status).into_response()
+}
+
+fn session(state: &AppState, headers: &RequestHeaders) -> Option<Session> {
+    state.sessions.get(headers.session_token.as_deref()?)
+}
+
+fn require_session(state: &AppState, headers: &RequestHeaders) -> Result<Session, ApiError> {
+    session(state, headers).ok_or(ApiError::new(ErrorKind::LoginRequired))
+}
+
+/// Parses the `{id}` segment of a subject URL.
+fn subject_id(segment: &str) -> Result<ChangeId, ApiError> {
+    segment.parse().map_err(|_| ApiError::new(ErrorKind::InvalidId))
+}
+
+/// Decodes the `{user}` segment of a private-conversation URL. A segment that cannot be a
+/// user name names no user, so it is a 404 like any other unknown user.
+fn user_name(segment: &str) -> Result<String, ApiError> {
+    let name = percent_decode_str(segment)
+        .decode_utf8()
+        .map_err(|_| ApiError::new(ErrorKind::UnknownUser))?
+        .into_owned();
+    validate_name(&name).map_err(|_| ApiError::new(ErrorKind::UnknownUser))?;
+    Ok(name)
+}
+
+/// `POST /api/users`: registers a user.
+pub async fn register(state: Arc<AppState>, body: Result<Credentials, ApiError>) -> ApiResult {
+    let Credentials { name, password } = body?;
+    validate_name(&name)?;
+    validate_password(&password)?;
+    match state.data.request(Request::Register { name, password }).await? {
+        Reply::User(user) => Ok(json_response(StatusCode::CREATED, &UserName { name: user.name })),
+        other => Err(ApiError::unexpected_reply(other)),
+    }
+}
+
+/// `POST /api/login`: checks the password and starts a session.
+pub async fn login(state: Arc<AppState>, body: Result<Credentials, ApiError>) -> ApiResult {
+    let Credentials { name, password } = body?;
+    match state.data.request(Request::Login { name, password }).await? {
+        Reply::User(user) => {
+            let token = state.sessions.create(&user.name);
+            tracing::info!(user = %user.name, "user logged in");
+            let mut response = json_response(StatusCode::OK, &UserName { name: user.name });
+            let cookie = HeaderValue::from_str(&session_cookie(&token)).expect("hex token is a valid header value");
+            response.headers_mut().insert(header::SET_COOKIE, cookie);
+            Ok(response)
+        }
+        other => Err(ApiError::unexpected_reply(other)),
+    }
+}
+
+/// `POST /api/logout`: revokes the session, if any, and clears the cookie.
+pub async fn logout(state: Arc<AppState>, headers: RequestHeaders) -> ApiResult {
+    if let Some(token) = &headers.session_token {
+        state.sessions.revoke(token);
+    }
+    let mut response = warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response();
+    let cookie = HeaderValue::from_str(&cleared_cookie()).expect("static cookie is a valid header value");
+    response.headers_mut().insert(header::SET_COOKIE, cookie);
+    Ok(response)
+}
+
+/// `GET /api/me`: the session's user.
+pub async fn me(state: Arc<AppState>, headers: RequestHeaders) -> ApiResult {
+    let session = require_session(&state, &headers)?;
+    Ok(json_response(StatusCode::OK, &UserName { name: session.user }))
+}
+
+/// `GET /api/users`: every user and whether they are online.
+pub async fn list_users(state: Arc<AppState>) -> ApiResult {
+    match state.data.request(Request::ListUsers).await? {
+        Reply::Users(users) => Ok(json_response(StatusCode::OK, &users)),
+        other => Err(ApiError::unexpected_reply(other)),
+    }
+}
+
+/// `GET /api/subjects`: every subject, oldest first.
+pub async fn list_subjects(state: Arc<AppState>) -> ApiResult {
+    match state.data.request(Request::ListSubjects).await? {
+        Reply::Subjects(subjects) => Ok(json_response(StatusCode::OK, &subjects)),
+        other => Err(ApiError::unexpected_reply(other)),
+    }
+}
+
+/// `POST /api/subjects`: creates a subject with the trimmed title.
+pub async fn create_subject(state: Arc<AppState>, headers: RequestHeaders, body: Result<NewSubject, ApiError>) -> ApiResult {
+    let session = require_session(&state, &headers)?;
+    let NewSubject { title } = body?;
+    validate_title(&title)?;
+    let request = Request::CreateSubject { title: title.trim().to_owned(), created_by: session.user };
+    match state.data.request(request).await? {
+        Reply::Subject(subject) => Ok(json_response(StatusCode::CREATED, &subject)),
+        other => Err(ApiError::unexpected_reply(other)),
+    }
+}
+
+/// `GET /api/subjects/{id}/messages`: a subject's history, oldest first.
+pub async fn history(segment: String, state: Arc<AppState>) -> ApiResult {
+    let subject = subject_id(&segment)?;
+    match state.data.request(Request::History { subject }).await? {
+        Reply::Messages(messages) => Ok(json_response(StatusCode::OK, &messages)),
+        other => Err(ApiError::unexpected_reply(other)),
+    }
+}
+
+/// `POST /api/subjects/{id}/messages`: posts a message as the session's user.
+pub async fn post_message(
+    segment: String,
+    state: Arc<AppState>,
+    headers: RequestHeaders,
+    body: Result<NewText, ApiError>,
+) -> ApiResult {
+    let session = require_session(&state, &headers)?;
+    let subject = subject_id(&segment)?;
+    let NewText { text } = body?;
+    validate_text(&text)?;
+    match state.data.request(Request::PostMessage { subject, author: session.user, text }).await? {
+        Reply::Message(message) => Ok(json_response(StatusCode::CREATED, &message)),
+        other => Err(ApiError::unexpected_reply(other)),
+    }
+}
+
+/// `GET /api/private/{user}`: the conversation between the session's user and `{user}`.
+pub async fn private_history(segment: String, state: Arc<AppState>, headers: RequestHeaders) -> ApiResult {
+    let session = require_session(&state, &headers)?;
+    let other = user_name(&segment)?;
+    match state.data.request(Request::PrivateHistory { user: session.user, other }).await? {
+        Reply::PrivateMessages(messages) => Ok(json_response(StatusCode::OK, &messages)),
+        other => Err(ApiError::unexpected_reply(other)),
+    }
+}
+
+/// `POST /api/private/{user}`: sends a private message from the session's user.
+pub async fn send_private(
+    segment: String,
+    state: Arc<AppState>,
+    headers: RequestHeaders,
+    body: Result<NewText, ApiError>,
+) -> ApiResult {
+    let session = require_session(&state, &headers)?;
+    let to = user_name(&segment)?;
+    let NewText { text } = body?;
+    validate_text(&text)?;
+    match state.data.request(Request::SendPrivate { from: session.user, to, text }).await? {
+        Reply::PrivateMessage(message) => Ok(json_response(StatusCode::CREATED, &message)),
+        other => Err(ApiError::unexpected_reply(other)),
+    }
+}
+
+/// `GET /api/events`: the event stream, with private messages only when logged in.
+pub async fn events(state: Arc<AppState>, headers: RequestHeaders) -> ApiResult {
+    let session = session(&state, &headers);
+    Ok(events::open(&state, session))
+}
+
+/// The answer to any unknown address.
+pub async fn not_found() -> ApiResult {
+    Err(ApiError::new(ErrorKind::NotFound))
+}
+
