@@ -1,10 +1,10 @@
 //! The actor: the one task that owns the forum state and the store.
 //!
-//! It works in groups (group commit): it takes one command, drains up to [`MAX_BATCH`] − 1
-//! more that are already queued, applies them all to the state, writes the new changes in one
-//! redb transaction and, only after the commit, sends the replies and hands the changes to the
-//! publisher. So a write is acknowledged only once it is on disk, and replies to reads in the
-//! same group never show a change that is not stored yet.
+//! It works in groups (group commit). It takes one command, drains up to [`MAX_BATCH`] − 1
+//! more that are already queued, applies them all to the state and writes the new changes in
+//! one redb transaction. Only after the commit does it send the replies and hand the changes
+//! to the publisher. So a write is acknowledged only once it is on disk, and replies to reads
+//! in the same group never show a change that is not stored yet.
 
 use std::sync::Arc;
 
@@ -142,8 +142,8 @@ impl Actor {
             }
         }
         for publication in changes {
-            // The publisher never waits on the network, so waiting here only throttles the
-            // actor when publishing falls behind.
+            // The publisher only queues messages in zeromq's PUB socket, so this waits only
+            // when publishing falls behind, and then it throttles writes.
             if self.publications.send(publication).await.is_err() {
                 warn!(server = self.id, "the publisher has stopped; a change was stored but not published");
             }
@@ -177,7 +177,7 @@ fn reply_for(change: &Change) -> Reply {
     }
 }
 
-/// Answers a held-back reply with an internal error after a failed commit.
+/// Sends an internal error in place of a held-back reply after a failed commit.
 fn fail(pending: PendingReply) {
     match pending {
         PendingReply::Reply(sender, _) => {

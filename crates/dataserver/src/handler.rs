@@ -1,5 +1,7 @@
-//! Turns one request payload into one reply: decodes, validates, hashes or verifies
-//! passwords outside the actor, and asks the actor for the rest.
+//! Turns one request payload into one reply. It decodes and validates the request, hashes or
+//! verifies passwords outside the actor, and sends the rest to the actor as commands.
+
+use std::sync::{Arc, Mutex};
 
 use forum_protocol::{
     decode, validate_name, validate_password, validate_text, validate_title, CodecError, ErrorCode, Invalid,
@@ -10,14 +12,17 @@ use tracing::{error, warn};
 
 use crate::command::{Command, Read, Write};
 use crate::password::Passwords;
+use crate::rate_limit::LogRateLimit;
 
 /// The largest request payload accepted, in bytes. Larger ones are rejected unread.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
-/// Shared by every in-flight request.
+/// The request handling state that every request in flight shares.
 #[derive(Clone)]
 pub(crate) struct Handler {
     server: ServerId,
+    /// Limits the warnings about requests that cannot be decoded.
+    decode_failures: Arc<Mutex<LogRateLimit>>,
     /// Commands to the actor. A full channel makes the request wait: the number of requests
     /// in flight is already bounded by the request socket's semaphore.
     actor: mpsc::Sender<Command>,
@@ -34,7 +39,7 @@ fn internal() -> Reply {
 
 impl Handler {
     pub fn new(server: ServerId, actor: mpsc::Sender<Command>, passwords: Passwords) -> Self {
-        Handler { server, actor, passwords }
+        Handler { server, decode_failures: Arc::new(Mutex::new(LogRateLimit::new())), actor, passwords }
     }
 
     /// Returns the reply to one request payload.
@@ -51,6 +56,10 @@ impl Handler {
                     CodecError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
                     CodecError::Malformed(_) => ErrorCode::Malformed,
                 };
+                let suppressed = self.decode_failures.lock().expect("the rate limit lock is never poisoned").check();
+                if let Some(suppressed) = suppressed {
+                    warn!(server = self.server, %error, suppressed, "rejected a request that cannot be decoded");
+                }
                 return wire_reply(0, Reply::error(code, error.to_string()));
             }
         };

@@ -2,9 +2,9 @@
 //! ROUTER socket and replicates changes to and from the other data servers of its group over
 //! PUB/SUB.
 //!
-//! Inside, one actor task owns the state and the redb store; the request socket loop, the peer subscribers and the publisher talk to it through bounded
-//! channels. Start a server with [`DataServer::start`] and stop it with
-//! [`DataServer::shutdown`].
+//! Inside, one actor task owns the state and the redb store. The request socket loop, the
+//! peer subscribers and the publisher talk to it through bounded channels. Start a server
+//! with [`DataServer::start`] and stop it with [`DataServer::shutdown`].
 
 mod actor;
 mod command;

@@ -61,6 +61,8 @@ async fn subscribe(server: ServerId, peer: &str, actor: mpsc::Sender<Command>) {
         };
         // Waiting on a full actor channel leaves messages queued in the SUB socket. Beyond
         // its queue the peer's PUB socket drops them.
+        // NOTE: a change missed here, or published while this server was disconnected, is
+        // never fetched again; there is no catch-up from a peer's log yet.
         if actor.send(Command::Replicated { change: change.change }).await.is_err() {
             return;
         }

@@ -17,16 +17,17 @@ use crate::state::ForumState;
 use crate::store::Store;
 use crate::{peers, publisher, request_socket};
 
-/// What a data server needs to start.
+/// The settings of one data server.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// This server's id, unique within its group. It is the origin of every change made here.
     pub id: ServerId,
-    /// Where the ROUTER socket for web servers binds, such as `tcp://127.0.0.1:21000`.
-    /// Port 0 binds an ephemeral port; [`DataServer::request_endpoint`] returns the real one.
+    /// The endpoint that the ROUTER socket for web servers binds, such as
+    /// `tcp://127.0.0.1:21000`. Port 0 binds an ephemeral port, and
+    /// [`DataServer::request_endpoint`] returns the real one.
     pub request_endpoint: String,
-    /// Where the PUB socket for changes binds, such as `tcp://127.0.0.1:20000`. Port 0 works
-    /// as for `request_endpoint`.
+    /// The endpoint that the PUB socket for changes binds, such as `tcp://127.0.0.1:20000`.
+    /// Port 0 works as for `request_endpoint`.
     pub pub_endpoint: String,
     /// The directory holding the change store `forum.redb`; created when missing.
     pub data_dir: PathBuf,
@@ -34,14 +35,15 @@ pub struct Config {
     pub peers: Vec<String>,
 }
 
-/// A running data server. Call [`DataServer::shutdown`] to stop it cleanly.
+/// A running data server. Call [`DataServer::shutdown`] to stop it cleanly: dropping it
+/// instead leaves its tasks running until the tokio runtime stops.
 pub struct DataServer {
     id: ServerId,
     request_endpoint: String,
     pub_endpoint: String,
     /// Turns true once to tell the request loop and the peer subscribers to stop.
     shutdown: watch::Sender<bool>,
-    /// Kept to start peer subscribers; dropped at shutdown so the actor sees its channel close.
+    /// A command sender for new peer subscribers, dropped at shutdown so the actor's channel closes.
     actor_commands: mpsc::Sender<Command>,
     peers: Mutex<Vec<(String, JoinHandle<()>)>>,
     request_task: JoinHandle<()>,
@@ -113,12 +115,12 @@ impl DataServer {
         self.id
     }
 
-    /// The request endpoint as bound, with the real port.
+    /// Returns the request endpoint as bound, with the real port.
     pub fn request_endpoint(&self) -> &str {
         &self.request_endpoint
     }
 
-    /// The pub endpoint as bound, with the real port.
+    /// Returns the pub endpoint as bound, with the real port.
     pub fn pub_endpoint(&self) -> &str {
         &self.pub_endpoint
     }
@@ -152,7 +154,7 @@ impl DataServer {
         }
 
         // Every other command sender is gone now, so the actor finishes the queued commands
-        // and returns; then the publisher sees its channel close.
+        // and returns. Then the publisher's channel closes too.
         drop(self.actor_commands);
         match self.actor_task.await {
             Ok(store) => drop(store),

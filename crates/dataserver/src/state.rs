@@ -26,7 +26,7 @@ fn fold(text: &str) -> String {
     text.trim().to_lowercase()
 }
 
-/// The key of the conversation between two users: both folded names, smaller first.
+/// Returns the key of the conversation between two users: both folded names, smaller first.
 fn conversation_key(first: &str, second: &str) -> (String, String) {
     let (first, second) = (fold(first), fold(second));
     if first <= second {
@@ -84,22 +84,22 @@ impl ForumState {
         state
     }
 
-    /// The number of changes applied.
+    /// Returns the number of changes applied.
     pub fn change_count(&self) -> usize {
         self.applied.len()
     }
 
-    /// The Lamport timestamp that the next local change gets.
+    /// Returns the Lamport timestamp for the next local change.
     pub fn next_lamport(&self) -> u64 {
         self.max_lamport + 1
     }
 
-    /// The sequence number that the next change from `origin` gets, starting at 1.
+    /// Returns the sequence number for the next change from `origin`, starting at 1.
     pub fn next_seq(&self, origin: ServerId) -> u64 {
         self.max_seq.get(&origin).copied().unwrap_or(0) + 1
     }
 
-    /// Whether a change with this id has been applied.
+    /// Returns whether a change with this id has been applied.
     pub fn contains(&self, id: ChangeId) -> bool {
         self.applied.contains(&id)
     }
@@ -116,9 +116,10 @@ impl ForumState {
         let key = order_key(change);
         match &change.kind {
             ChangeKind::UserRegistered { user, password_hash } => {
-                // NOTE: when two servers register the same name concurrently, the loser's
-                // registration stays in the log but its password no longer works, and its
-                // messages show under the winner's name. Telling the loser is not handled.
+                // NOTE: conflicts are only half resolved. A user who lost a name keeps the
+                // log entry but not the password. Their messages show under the winner's name,
+                // and nothing tells them. A subject that lost a title is hidden from
+                // ListSubjects but keeps its messages apart instead of merging them.
                 let name = fold(&user.name);
                 let wins = self.users.get(&name).is_none_or(|existing| key < existing.key);
                 if wins {
@@ -197,7 +198,7 @@ impl ForumState {
         Ok(Some(kind))
     }
 
-    /// Answers a query.
+    /// Returns the reply to a query.
     pub fn read(&self, read: Read) -> Reply {
         let result = match read {
             Read::ListSubjects => Ok(Reply::Subjects(self.list_subjects())),
@@ -237,8 +238,8 @@ impl ForumState {
 
     /// Lists the subjects that won their title, oldest first.
     fn list_subjects(&self) -> Vec<Subject> {
-        // NOTE: a subject that lost a title conflict is left out of this list but still answers
-        // History and PostMessage by id. Merging its messages into the winner is not done yet.
+        // A subject that lost a title conflict is left out but still serves History and
+        // PostMessage by id.
         let mut winners: Vec<&SubjectEntry> = self.titles.values().map(|(_, id)| &self.subjects[id]).collect();
         winners.sort_by_key(|entry| entry.key);
         winners.into_iter().map(|entry| entry.subject.clone()).collect()

@@ -41,7 +41,7 @@ impl Store {
         Ok(Store { database, path })
     }
 
-    /// The path of the store file.
+    /// Returns the path of the store file.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -158,7 +158,7 @@ async fn replayed_checkpoint_is_applied_once() {
     assert_eq!(user_names(&mut client).await, ["probe", "zoe"], "a change on another topic is not applied");
     server.shutdown().await;
 
-    // After a restart the log holds the replayed change once, and its sequence number is not
+    // After a restart the log contains the replayed change once, and its sequence number is not
     // mistaken for this server's own.
     let server = start(1, directory.path()).await;
     let mut client = Client::connect(&server).await;
