@@ -1,1 +1,42 @@
-//! (being written)
+//! A TCP front for ZeroMQ ports that cuts hostile ZMTP streams before the
+//! `zeromq` crate decodes them.
+//!
+//! The `zeromq` crate (0.7) has no limits on what a peer sends. Its frame
+//! decoder reserves the size that a frame header declares, so 73 bytes (a
+//! valid greeting, then a long frame header declaring 2^45 bytes) make the
+//! allocation fail and abort the whole process. It also keeps every frame of
+//! a multipart message, and waits on half-sent frames without a timeout.
+//!
+//! A [`Guard`] listens on the public address in place of the zeromq socket,
+//! which binds an internal loopback address instead. For each client the
+//! guard opens a connection to the internal address and relays bytes both
+//! ways. Client bytes pass through a [`ZmtpChecker`] first, and the guard cuts
+//! both sides at the first [`Violation`] of the [`Limits`], logging the peer
+//! and the reason (rate-limited).
+//!
+//! ```no_run
+//! # async fn example() -> std::io::Result<()> {
+//! use zmtp_guard::{Guard, Limits};
+//!
+//! // The zeromq socket is bound to an internal address, for example with
+//! // `socket.bind("tcp://127.0.0.1:0")`, and the guard takes the public one.
+//! let internal = "127.0.0.1:40001".parse().unwrap();
+//! let public = "0.0.0.0:5555".parse().unwrap();
+//! let guard = Guard::start(public, internal, Limits::default()).await?;
+//! // ...
+//! guard.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! NOTE: the internal address is still reachable by any local process on the
+//! host, which the guard does not protect against.
+
+mod checker;
+mod guard;
+mod limits;
+mod log_limit;
+mod relay;
+
+pub use checker::{Phase, Violation, ZmtpChecker, GREETING_LEN};
+pub use guard::Guard;
+pub use limits::{Limits, MAX_COMMAND_BYTES};

@@ -1,0 +1,52 @@
+//! Limits that the guard enforces on each client connection.
+
+use std::time::Duration;
+
+/// Maximum size of a command frame body in bytes, READY included.
+///
+/// A READY command from the zeromq crate (0.7) carries Socket-Type and at most
+/// a 255-byte Identity, under 300 bytes in all. libzmq adds the properties set
+/// with ZMQ_METADATA, so 4 KiB leaves about 3.7 KiB for those. SUBSCRIBE,
+/// CANCEL, PING and PONG commands of ZMTP 3.1 are smaller than READY unless a
+/// subscription topic is itself kilobytes long.
+pub const MAX_COMMAND_BYTES: u64 = 4096;
+
+/// Limits on each connection that a [`Guard`](crate::Guard) accepts.
+///
+/// The zeromq crate (0.7) reserves the declared size of a frame before reading
+/// it, and keeps every frame of a multipart message until the last arrives.
+/// So the memory a client can make the server reserve is bounded by
+/// `max_connections` times about `max_message_bytes`, plus a per-frame
+/// overhead of a few dozen bytes times `max_frames_per_message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Maximum size of one message frame in bytes. Default: 1 MiB.
+    pub max_frame_bytes: u64,
+    /// Maximum sum of the frame sizes of one message in bytes. Default: 1 MiB.
+    pub max_message_bytes: u64,
+    /// Maximum number of frames in one message. Default: 1024.
+    pub max_frames_per_message: u64,
+    /// Maximum number of client connections relayed at once. Further
+    /// connections are accepted and closed at once. Default: 4096.
+    pub max_connections: usize,
+    /// Time from accepting a connection until the client's greeting and READY
+    /// command must be complete. Default: 5 s.
+    pub greeting_timeout: Duration,
+    /// Maximum time without a byte from the client while a frame or a
+    /// multipart message is incomplete. Between messages a client may stay
+    /// quiet for any time. Default: 10 s.
+    pub stalled_frame_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 1 << 20,
+            max_message_bytes: 1 << 20,
+            max_frames_per_message: 1024,
+            max_connections: 4096,
+            greeting_timeout: Duration::from_secs(5),
+            stalled_frame_timeout: Duration::from_secs(10),
+        }
+    }
+}

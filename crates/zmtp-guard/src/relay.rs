@@ -1,0 +1,114 @@
+//! Relay of one client connection to the internal zeromq socket.
+//!
+//! Each direction owns one buffer of [`CHUNK_BYTES`] and writes a chunk out
+//! before reading the next, so a connection holds at most one chunk per
+//! direction. Client bytes are checked by [`ZmtpChecker`] before they are
+//! written to the server. Server bytes are relayed unparsed.
+
+use std::io;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Instant};
+
+use crate::checker::{Phase, Violation, ZmtpChecker};
+use crate::limits::Limits;
+
+/// Size of the read buffer of each direction in bytes.
+pub(crate) const CHUNK_BYTES: usize = 8 * 1024;
+
+/// Reason for cutting a connection that broke a limit.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Rejection {
+    #[error("{0}")]
+    Violation(#[from] Violation),
+    #[error("greeting and READY command not complete within greeting_timeout ({0:?})")]
+    HandshakeTimedOut(Duration),
+    #[error("no byte for stalled_frame_timeout ({0:?}) inside an unfinished frame or message")]
+    FrameStalled(Duration),
+}
+
+/// How a relay ended.
+#[derive(Debug)]
+pub(crate) enum RelayEnd {
+    /// The client or the server closed its side, or a read or write failed.
+    Closed(Option<io::Error>),
+    /// The client broke a limit, and the guard cut both sides.
+    Rejected(Rejection),
+}
+
+/// Relays bytes between `client` and `server` until either side closes or the
+/// client breaks a limit. Both streams are closed when this returns.
+pub(crate) async fn relay(mut client: TcpStream, mut server: TcpStream, limits: &Limits) -> RelayEnd {
+    let (mut client_read, mut client_write) = client.split();
+    let (mut server_read, mut server_write) = server.split();
+    let checker = ZmtpChecker::new(limits);
+
+    tokio::select! {
+        end = forward_checked(&mut client_read, &mut server_write, checker, limits) => end,
+        end = forward_unchecked(&mut server_read, &mut client_write) => end,
+    }
+}
+
+/// Copies client bytes to the server after the checker has accepted each chunk.
+async fn forward_checked(
+    client: &mut ReadHalf<'_>,
+    server: &mut WriteHalf<'_>,
+    mut checker: ZmtpChecker,
+    limits: &Limits,
+) -> RelayEnd {
+    let mut buffer = vec![0u8; CHUNK_BYTES];
+    let handshake_deadline = Instant::now() + limits.greeting_timeout;
+
+    loop {
+        // The handshake has one deadline from accept. Inside a message the
+        // deadline restarts with every read. Between messages there is none.
+        let limit = match checker.phase() {
+            Phase::Handshake => Some((
+                handshake_deadline,
+                Rejection::HandshakeTimedOut(limits.greeting_timeout),
+            )),
+            Phase::InsideMessage => Some((
+                Instant::now() + limits.stalled_frame_timeout,
+                Rejection::FrameStalled(limits.stalled_frame_timeout),
+            )),
+            Phase::BetweenMessages => None,
+        };
+        let read = match limit {
+            Some((deadline, rejection)) => match timeout_at(deadline, client.read(&mut buffer)).await {
+                Ok(read) => read,
+                Err(_elapsed) => return RelayEnd::Rejected(rejection),
+            },
+            None => client.read(&mut buffer).await,
+        };
+
+        let length = match read {
+            Ok(0) => return RelayEnd::Closed(None),
+            Ok(length) => length,
+            Err(error) => return RelayEnd::Closed(Some(error)),
+        };
+        if let Err(violation) = checker.feed(&buffer[..length]) {
+            return RelayEnd::Rejected(violation.into());
+        }
+        if let Err(error) = server.write_all(&buffer[..length]).await {
+            return RelayEnd::Closed(Some(error));
+        }
+    }
+}
+
+/// Copies server bytes to the client unchanged.
+async fn forward_unchecked(server: &mut ReadHalf<'_>, client: &mut WriteHalf<'_>) -> RelayEnd {
+    let mut buffer = vec![0u8; CHUNK_BYTES];
+    loop {
+        let length = match server.read(&mut buffer).await {
+            Ok(0) => return RelayEnd::Closed(None),
+            Ok(length) => length,
+            Err(error) => return RelayEnd::Closed(Some(error)),
+        };
+        if let Err(error) = client.write_all(&buffer[..length]).await {
+            return RelayEnd::Closed(Some(error));
+        }
+    }
+}
