@@ -23,6 +23,7 @@ const RECONNECT_DELAYS_MS = [1000, 2000, 5000, 10000, 30000];
 const MESSAGES = {
   en: {
     forumName: "Forum",
+    menu: "Menu",
     skipToPost: "Skip to the post box",
     language: "Language",
     statusLive: "Live",
@@ -75,6 +76,7 @@ const MESSAGES = {
   },
   es: {
     forumName: "Foro",
+    menu: "Menú",
     skipToPost: "Ir al cuadro de mensaje",
     language: "Idioma",
     statusLive: "En directo",
@@ -394,7 +396,8 @@ function startSession(name) {
   elements.authError.textContent = "";
   renderAuth();
   renderUsers();
-  // The event stream must be re-opened so that the server sees the new session cookie.
+  setSidebarOpen(false);
+  // The event stream must be re-opened so that its request carries the new session cookie.
   openEvents({ refreshOnOpen: true });
   if (state.view) {
     showView(state.view);
@@ -450,7 +453,7 @@ async function loadMe() {
     state.me = user.name;
   } catch (error) {
     if (error.status !== 401) {
-      console.warn("could not load the current user:", error.message);
+      console.warn("failed to load the current user:", error.message);
     }
     if (error.status === 401 && state.me !== null) {
       endSession();
@@ -478,7 +481,7 @@ async function loadSubjects() {
     state.subjects = [];
     subjects.forEach(addSubject);
   } catch (error) {
-    console.warn("could not load the subjects:", error.message);
+    console.warn("failed to load the subjects:", error.message);
   }
   renderSubjects();
   renderPaneHeader();
@@ -586,7 +589,7 @@ async function loadUsers() {
   try {
     state.users = await api("GET", "/api/users");
   } catch (error) {
-    console.warn("could not load the users:", error.message);
+    console.warn("failed to load the users:", error.message);
   }
   renderUsers();
   renderPaneHeader();
@@ -654,6 +657,18 @@ function renderUsers() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Sidebar in narrow windows, where it replaces the message pane while open
+
+function isSidebarOpen() {
+  return elements.sidebarToggle.getAttribute("aria-expanded") === "true";
+}
+
+function setSidebarOpen(open) {
+  elements.sidebarToggle.setAttribute("aria-expanded", String(open));
+  document.body.classList.toggle("sidebar-open", open);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Views and routing
 
 function viewFromHash() {
@@ -696,6 +711,7 @@ function navigateTo(view) {
 }
 
 function handleHashChange() {
+  setSidebarOpen(false);
   const view = viewFromHash();
   if (view) {
     showView(view);
@@ -788,7 +804,7 @@ async function refreshCurrentView() {
       renderMessagesEmptyNote();
     }
   } catch (error) {
-    console.warn("could not reload the current view:", error.message);
+    console.warn("failed to reload the current view:", error.message);
   }
 }
 
@@ -811,14 +827,16 @@ function renderPaneHeader() {
   if (view.kind === "subject") {
     const subject = findSubject(view.id);
     elements.paneTitle.textContent = subject ? subject.title : "…";
-    elements.paneSubtitle.textContent = subject ? t("startedBy", { name: subject.created_by, time: formatTime(subject.time) }) : "";
+    const started = subject ? formatterFor(state.language, "dateTime").format(new Date(subject.time)) : "";
+    elements.paneSubtitle.textContent = subject ? t("startedBy", { name: subject.created_by, time: started }) : "";
     delete elements.privateView.dataset.user;
     return;
   }
   const user = findUser(view.user);
   elements.privateView.dataset.user = view.user;
-  elements.privateStatus.textContent = user ? t(user.online ? "online" : "offline") : "";
-  elements.privateStatus.classList.toggle("online", Boolean(user && user.online));
+  const online = Boolean(user && user.online);
+  elements.privateStatus.textContent = user ? t(online ? "online" : "offline") : "";
+  elements.privateStatus.classList.toggle("online", online);
   elements.paneTitle.textContent = t("privateWith", { name: view.user });
   elements.paneSubtitle.textContent = t("privateSubtitle", { name: view.user });
 }
@@ -902,8 +920,8 @@ function scrollToBottom() {
 
 /**
  * Inserts messages of the current view that the page does not show yet, in history order.
- * Follows them down when the list was at the bottom or one of them is the user's own;
- * otherwise offers the "new messages below" button.
+ * Follows them down when the list was at the bottom or one of them is the user's own.
+ * Otherwise it shows the "new messages below" button.
  */
 function addMessages(messages, { announce }) {
   const fresh = messages.filter((message) => !state.messageIds.has(message.id));
@@ -1207,6 +1225,8 @@ function findElements() {
     messageEmpty: "message-empty",
     jumpToLatest: "jump-to-latest",
     postLoginHint: "post-login-hint",
+    postLoginButton: "post-login-button",
+    sidebarToggle: "sidebar-toggle",
     postForm: "post-form",
     postText: "post-text",
     postCounter: "post-counter",
@@ -1236,6 +1256,22 @@ function bindEvents() {
     }
   });
   elements.jumpToLatest.addEventListener("click", scrollToBottom);
+  elements.newSubjectTitle.addEventListener("input", () => {
+    elements.newSubjectError.textContent = "";
+  });
+  elements.sidebarToggle.addEventListener("click", () => setSidebarOpen(!isSidebarOpen()));
+  // A link to the view already shown changes no hash, so the sidebar is closed here too.
+  for (const list of [elements.subjectList, elements.userList]) {
+    list.addEventListener("click", (event) => {
+      if (event.target.closest("a")) {
+        setSidebarOpen(false);
+      }
+    });
+  }
+  elements.postLoginButton.addEventListener("click", () => {
+    setSidebarOpen(true);
+    elements.loginName.focus();
+  });
   window.addEventListener("hashchange", handleHashChange);
 }
 
