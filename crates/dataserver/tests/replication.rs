@@ -167,3 +167,48 @@ async fn replayed_checkpoint_is_applied_once() {
     assert_eq!(local.id.origin, 1);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn shutdown_stops_unreachable_peer() {
+    let directory = tempfile::tempdir().unwrap();
+    let server = start(1, directory.path()).await;
+    // A port that was free a moment ago, so the peer subscriber keeps retrying its connect.
+    let unused_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    server.add_peer(format!("tcp://127.0.0.1:{unused_port}")).await.unwrap();
+    assert!(server.add_peer("udp://127.0.0.1:1".into()).await.is_err(), "an invalid endpoint is rejected");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let stopped = tokio::time::timeout(Duration::from_secs(5), server.shutdown()).await;
+    assert!(stopped.is_ok(), "shutdown waits for no peer connection");
+
+    // The store was closed, so the same directory opens again.
+    let server = start(1, directory.path()).await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn peer_started_later_is_reached() {
+    let directories = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let late_pub_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let late_pub_endpoint = format!("tcp://127.0.0.1:{late_pub_port}");
+    let early = start(2, directories.1.path()).await;
+    early.add_peer(late_pub_endpoint.clone()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let config = forum_dataserver::Config {
+        id: 1,
+        request_endpoint: "tcp://127.0.0.1:0".into(),
+        pub_endpoint: late_pub_endpoint.clone(),
+        data_dir: directories.0.path().to_owned(),
+        peers: vec![early.pub_endpoint().to_owned()],
+    };
+    let late = forum_dataserver::DataServer::start(config).await.unwrap();
+    assert_eq!(late.pub_endpoint(), late_pub_endpoint);
+
+    let mut late_client = Client::connect(&late).await;
+    let mut early_client = Client::connect(&early).await;
+    wait_for_link(&mut late_client, &mut early_client, "late-to-early").await;
+    wait_for_link(&mut early_client, &mut late_client, "early-to-late").await;
+    late.shutdown().await;
+    early.shutdown().await;
+}
