@@ -204,3 +204,199 @@ async fn render_rejection(rejection: Rejection) -> Result<Response, Infallible> 
     }
     Ok(response)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+    use warp::http::header;
+
+    use super::*;
+    use crate::changes;
+    use crate::data_client::DataClient;
+    use crate::presence::Presence;
+    use crate::sessions::{session_cookie, Sessions};
+
+    /// State whose data server never answers: port 9 on 127.0.0.1 has no listener, so the
+    /// client keeps connecting and requests time out after 200 ms.
+    fn offline_state() -> Arc<AppState> {
+        let stop = CancellationToken::new();
+        let data = DataClient::start("tcp://127.0.0.1:9".into(), Duration::from_millis(200), stop, &TaskTracker::new());
+        Arc::new(AppState {
+            data,
+            sessions: Sessions::default(),
+            presence: Arc::new(Presence::default()),
+            changes: changes::channel(),
+            shutdown: CancellationToken::new(),
+            streams: TaskTracker::new(),
+        })
+    }
+
+    fn json(response: &warp::http::Response<bytes::Bytes>) -> serde_json::Value {
+        serde_json::from_slice(response.body()).expect("JSON body")
+    }
+
+    fn logged_in(state: &AppState) -> String {
+        session_cookie(&state.sessions.create("ana"))
+    }
+
+    #[tokio::test]
+    async fn writes_require_session() {
+        let state = offline_state();
+        let routes = routes(Arc::clone(&state));
+        for path in ["/api/subjects", "/api/subjects/1-1/messages", "/api/private/luis"] {
+            let response = warp::test::request()
+                .method("POST")
+                .path(path)
+                .header("content-type", "application/json")
+                .body(r#"{"text":"hola"}"#)
+                .reply(&routes)
+                .await;
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path}");
+            assert_eq!(json(&response)["code"], "login_required", "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn body_checks() {
+        let state = offline_state();
+        let cookie = logged_in(&state);
+        let routes = routes(Arc::clone(&state));
+        let big = format!(r#"{{"text":"{}"}}"#, "x".repeat(17 * 1024));
+        let long_text = format!(r#"{{"text":"{}"}}"#, "x".repeat(4097));
+        let cases: Vec<(Option<&str>, &str, StatusCode, &str)> = vec![
+            (None, r#"{"text":"hola"}"#, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            (Some("text/plain"), r#"{"text":"hola"}"#, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            (Some("application/json"), "{", StatusCode::BAD_REQUEST, "invalid_json"),
+            (Some("application/json"), r#"{"text":"hola","author":"eva"}"#, StatusCode::BAD_REQUEST, "invalid_body"),
+            (Some("application/json"), r#"{}"#, StatusCode::BAD_REQUEST, "invalid_body"),
+            (Some("application/json"), r#"{"text":"  "}"#, StatusCode::BAD_REQUEST, "text_empty"),
+            (Some("application/json"), &long_text, StatusCode::BAD_REQUEST, "text_too_long"),
+            (Some("application/json"), &big, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+        ];
+        for (content_type, body, status, code) in cases {
+            let mut request = warp::test::request()
+                .method("POST")
+                .path("/api/subjects/1-1/messages")
+                .header("cookie", &cookie)
+                .body(body);
+            if let Some(content_type) = content_type {
+                request = request.header("content-type", content_type);
+            }
+            let response = request.reply(&routes).await;
+            assert_eq!(response.status(), status, "{content_type:?} {}", &body[..body.len().min(40)]);
+            assert_eq!(json(&response)["code"], code, "{content_type:?} {}", &body[..body.len().min(40)]);
+        }
+    }
+
+    #[tokio::test]
+    async fn register_validates_fields() {
+        let routes = routes(offline_state());
+        let cases = [
+            (r#"{"name":"","password":"12345678"}"#, "name_empty"),
+            (r#"{"name":"a b","password":"12345678"}"#, "name_characters"),
+            (r#"{"name":"ana","password":"short"}"#, "password_too_short"),
+            (r#"{"name":"ana"}"#, "invalid_body"),
+        ];
+        for (body, code) in cases {
+            let response = warp::test::request()
+                .method("POST")
+                .path("/api/users")
+                .header("content-type", "application/json")
+                .body(body)
+                .reply(&routes)
+                .await;
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(json(&response)["code"], code, "{body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn malformed_subject_id() {
+        let routes = routes(offline_state());
+        let response = warp::test::request().path("/api/subjects/abc/messages").reply(&routes).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(json(&response)["code"], "invalid_id");
+    }
+
+    #[tokio::test]
+    async fn unknown_route_and_method() {
+        let routes = routes(offline_state());
+        let response = warp::test::request().path("/api/nothing").header("accept-language", "es").reply(&routes).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(json(&response)["code"], "not_found");
+        assert_eq!(json(&response)["error"], "No hay nada en esta dirección.");
+
+        let response = warp::test::request().method("DELETE").path("/api/subjects").reply(&routes).await;
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers()[header::ALLOW], "GET, POST");
+        assert_eq!(json(&response)["code"], "method_not_allowed");
+
+        let response = warp::test::request().method("PUT").path("/api/subjects/1-1/messages").reply(&routes).await;
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+
+        let response = warp::test::request().path("/nowhere").reply(&routes).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn me_and_logout() {
+        let state = offline_state();
+        let cookie = logged_in(&state);
+        let routes = routes(Arc::clone(&state));
+        let response = warp::test::request().path("/api/me").reply(&routes).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+
+        let response = warp::test::request().path("/api/me").header("cookie", &cookie).reply(&routes).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(json(&response)["name"], "ana");
+
+        let response = warp::test::request().method("POST").path("/api/logout").header("cookie", &cookie).reply(&routes).await;
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+        assert!(response.headers()[header::SET_COOKIE].to_str().unwrap().contains("Max-Age=0"));
+
+        let response = warp::test::request().path("/api/me").header("cookie", &cookie).reply(&routes).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn data_server_silence_is_503() {
+        let routes = routes(offline_state());
+        let response = warp::test::request().path("/api/subjects").reply(&routes).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(json(&response)["code"], "data_server_timeout");
+    }
+
+    #[tokio::test]
+    async fn private_path_with_impossible_name() {
+        let state = offline_state();
+        let cookie = logged_in(&state);
+        let routes = routes(Arc::clone(&state));
+        let response = warp::test::request().path("/api/private/a%20b").header("cookie", &cookie).reply(&routes).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(json(&response)["code"], "unknown_user");
+    }
+
+    #[tokio::test]
+    async fn static_assets_and_security_headers() {
+        let routes = routes(offline_state());
+        let response = warp::test::request().path("/").reply(&routes).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.headers()[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/html"));
+        assert_eq!(response.headers()[header::CONTENT_SECURITY_POLICY], crate::http_headers::CONTENT_SECURITY_POLICY);
+        assert_eq!(response.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert_eq!(response.headers()[header::REFERRER_POLICY], "no-referrer");
+
+        let response = warp::test::request().path("/assets/app.js").reply(&routes).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.headers()[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/javascript"));
+
+        for path in ["/assets/missing.js", "/assets/..%2FCargo.toml"] {
+            let response = warp::test::request().path(path).reply(&routes).await;
+            assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+            assert_eq!(response.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{path}");
+        }
+    }
+}
