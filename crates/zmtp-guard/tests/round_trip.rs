@@ -1,0 +1,96 @@
+//! Well-behaved zeromq clients talk to zeromq servers through a guard.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{endpoint_of, socket_addr, test_limits, Harness, REPLY_DEADLINE};
+use zeromq::{DealerSocket, PubSocket, Socket, SocketRecv, SocketSend, SubSocket, ZmqMessage};
+use zmtp_guard::{Guard, Limits};
+
+#[tokio::test]
+async fn req_round_trip() {
+    let harness = Harness::start(test_limits()).await;
+    for _ in 0..3 {
+        harness.assert_serves().await;
+    }
+    assert_eq!(harness.guard.rejected_connections(), 0);
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn dealer_multipart_round_trip() {
+    let harness = Harness::start(test_limits()).await;
+    let mut dealer = DealerSocket::new();
+    dealer.connect(&harness.endpoint()).await.expect("connect the DEALER socket");
+
+    // Frames up to the 1 MiB message limit pass, including long and empty ones.
+    let frames: Vec<Vec<u8>> = vec![b"header".to_vec(), Vec::new(), vec![7u8; 300], vec![9u8; 512 * 1024]];
+    let mut request = ZmqMessage::from(frames[0].clone());
+    for frame in &frames[1..] {
+        request.push_back(frame.clone().into());
+    }
+    dealer.send(request).await.expect("send the request");
+
+    let reply = tokio::time::timeout(REPLY_DEADLINE, dealer.recv())
+        .await
+        .expect("reply within 1 s")
+        .expect("receive the reply");
+    let received: Vec<Vec<u8>> = reply.into_vec().into_iter().map(|frame| frame.to_vec()).collect();
+    assert_eq!(received, frames);
+    assert_eq!(harness.guard.active_connections(), 1);
+    assert_eq!(harness.guard.rejected_connections(), 0);
+
+    drop(dealer);
+    harness.wait_for_active(0).await;
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn pub_sub_through_guard() {
+    let mut publisher = PubSocket::new();
+    let bound = publisher.bind("tcp://127.0.0.1:0").await.expect("bind the PUB socket");
+    let public = SocketAddr::from(([127, 0, 0, 1], 0));
+    let guard = Guard::start(public, socket_addr(&bound), Limits::default()).await.expect("start the guard");
+
+    let mut subscriber = SubSocket::new();
+    subscriber.connect(&endpoint_of(guard.local_addr())).await.expect("connect the SUB socket");
+    subscriber.subscribe("forum.").await.expect("subscribe");
+
+    // The subscription reaches the publisher some time after connect, so
+    // publish until the first message arrives.
+    let received = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            publisher.send("other.ignored".into()).await.expect("publish");
+            publisher.send("forum.post".into()).await.expect("publish");
+            let wait = tokio::time::timeout(Duration::from_millis(50), subscriber.recv());
+            if let Ok(message) = wait.await {
+                return message.expect("receive a publication");
+            }
+        }
+    })
+    .await
+    .expect("publication through the guard within 5 s");
+
+    assert_eq!(received.get(0).map(|frame| frame.as_ref()), Some(&b"forum.post"[..]));
+    assert_eq!(guard.rejected_connections(), 0);
+    guard.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_relays() {
+    let harness = Harness::start(test_limits()).await;
+    let mut dealer = DealerSocket::new();
+    dealer.connect(&harness.endpoint()).await.expect("connect the DEALER socket");
+    dealer.send("hello".into()).await.expect("send");
+    tokio::time::timeout(REPLY_DEADLINE, dealer.recv()).await.expect("reply").expect("receive");
+    let address = harness.address();
+
+    tokio::time::timeout(Duration::from_secs(1), harness.stop())
+        .await
+        .expect("shutdown within 1 s");
+
+    let refused = tokio::net::TcpStream::connect(address).await;
+    assert!(refused.is_err(), "the public port still accepts after shutdown");
+}
