@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Parser;
 use forum_dataserver::{Config, DataServer};
-use forum_protocol::{parse_peer_list, ServerId};
+use forum_protocol::{parse_endpoint, parse_peer_list, ServerId};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
@@ -18,11 +18,11 @@ const SERVER_ID_FILE: &str = "server-id";
 #[command(version)]
 struct Args {
     /// The ZeroMQ endpoint where the ROUTER socket for web servers' requests binds.
-    #[arg(long = "request", value_name = "ENDPOINT", env = "FORUM_DATA_REQUEST", default_value = "tcp://127.0.0.1:21000")]
+    #[arg(long = "request", value_name = "ENDPOINT", env = "FORUM_DATA_REQUEST", default_value = "tcp://127.0.0.1:21000", value_parser = parse_one_endpoint)]
     request_endpoint: String,
 
     /// The ZeroMQ endpoint where the PUB socket that publishes changes binds.
-    #[arg(long = "pub", value_name = "ENDPOINT", env = "FORUM_DATA_PUB", default_value = "tcp://127.0.0.1:20000")]
+    #[arg(long = "pub", value_name = "ENDPOINT", env = "FORUM_DATA_PUB", default_value = "tcp://127.0.0.1:20000", value_parser = parse_one_endpoint)]
     pub_endpoint: String,
 
     /// The directory for the change store (forum.redb) and the generated server id; created
@@ -44,6 +44,10 @@ struct Args {
 /// The parsed list of peer endpoints.
 #[derive(Clone, Debug)]
 struct PeerList(Vec<String>);
+
+fn parse_one_endpoint(text: &str) -> Result<String, String> {
+    parse_endpoint(text).map_err(|error| error.to_string())
+}
 
 fn parse_peers(text: &str) -> Result<PeerList, String> {
     parse_peer_list(text).map(PeerList).map_err(|error| error.to_string())
