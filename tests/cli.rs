@@ -7,7 +7,13 @@ use std::process::Command;
 use common::workspace_binary;
 
 fn run(binary: &str, args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(workspace_binary(binary)).args(args).output().expect("running the binary");
+    // A binary that wrongly starts would create its data folder here, not in the repository.
+    let scratch = tempfile::tempdir().expect("creating a temporary folder");
+    let output = Command::new(workspace_binary(binary))
+        .args(args)
+        .current_dir(scratch.path())
+        .output()
+        .expect("running the binary");
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
