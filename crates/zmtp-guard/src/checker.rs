@@ -44,7 +44,11 @@ const READY_PREFIX: &[u8] = b"\x05READY";
 pub enum Violation {
     /// Byte 0 of the greeting is not 0xFF or byte 9 is not 0x7F.
     #[error("invalid greeting signature: byte {offset} is {value:#04x}, expected {expected:#04x}")]
-    InvalidSignature { offset: usize, value: u8, expected: u8 },
+    InvalidSignature {
+        offset: usize,
+        value: u8,
+        expected: u8,
+    },
 
     /// The major version in the greeting is not 3.
     #[error("unsupported ZMTP major version {major}, expected 3")]
@@ -109,12 +113,21 @@ enum State {
     /// The next byte is a frame's flags byte.
     Flags,
     /// The flags byte has arrived and `received` of the `needed` size bytes.
-    Size { flags: u8, value: u64, received: u8, needed: u8 },
+    Size {
+        flags: u8,
+        value: u64,
+        received: u8,
+        needed: u8,
+    },
     /// `remaining` of the `size` body bytes are still to come.
-    Body { flags: u8, size: u64, remaining: u64 },
+    Body {
+        flags: u8,
+        size: u64,
+        remaining: u64,
+    },
 }
 
-/// Incremental ZMTP checker: feed it the client's bytes in any split, and it
+/// An incremental ZMTP checker that takes the client's bytes in any split and
 /// returns a [`Violation`] at the first byte that breaks a rule or a limit.
 ///
 /// It keeps a fixed-size state (no buffering), so a caller can check each read
@@ -187,36 +200,60 @@ impl ZmtpChecker {
                     self.state = if received + 1 == GREETING_LEN {
                         State::Flags
                     } else {
-                        State::Greeting { received: received + 1 }
+                        State::Greeting {
+                            received: received + 1,
+                        }
                     };
                 }
                 State::Flags => {
                     self.start_frame(bytes[position])?;
                     position += 1;
                 }
-                State::Size { flags, value, received, needed } => {
+                State::Size {
+                    flags,
+                    value,
+                    received,
+                    needed,
+                } => {
                     let value = (value << 8) | u64::from(bytes[position]);
                     position += 1;
                     if received + 1 == needed {
                         self.check_frame_size(flags, value)?;
-                        self.state = State::Body { flags, size: value, remaining: value };
+                        self.state = State::Body {
+                            flags,
+                            size: value,
+                            remaining: value,
+                        };
                         if value == 0 {
                             self.finish_frame(flags);
                         }
                     } else {
-                        self.state = State::Size { flags, value, received: received + 1, needed };
+                        self.state = State::Size {
+                            flags,
+                            value,
+                            received: received + 1,
+                            needed,
+                        };
                     }
                 }
-                State::Body { flags, size, remaining } => {
+                State::Body {
+                    flags,
+                    size,
+                    remaining,
+                } => {
                     let available = (bytes.len() - position) as u64;
-                    let taken = remaining.min(available);
+                    let consumed = remaining.min(available);
                     if !self.handshake_done {
                         let offset = size - remaining;
-                        check_ready_prefix(offset, &bytes[position..position + taken as usize])?;
+                        check_ready_prefix(offset, &bytes[position..position + consumed as usize])?;
                     }
-                    position += taken as usize;
-                    let remaining = remaining - taken;
-                    self.state = State::Body { flags, size, remaining };
+                    position += consumed as usize;
+                    let remaining = remaining - consumed;
+                    self.state = State::Body {
+                        flags,
+                        size,
+                        remaining,
+                    };
                     if remaining == 0 {
                         self.finish_frame(flags);
                     }
@@ -228,8 +265,16 @@ impl ZmtpChecker {
 
     fn check_greeting_byte(&mut self, offset: usize, value: u8) -> Result<(), Violation> {
         match offset {
-            0 if value != 0xFF => Err(Violation::InvalidSignature { offset, value, expected: 0xFF }),
-            9 if value != 0x7F => Err(Violation::InvalidSignature { offset, value, expected: 0x7F }),
+            0 if value != 0xFF => Err(Violation::InvalidSignature {
+                offset,
+                value,
+                expected: 0xFF,
+            }),
+            9 if value != 0x7F => Err(Violation::InvalidSignature {
+                offset,
+                value,
+                expected: 0x7F,
+            }),
             10 if value != 3 => Err(Violation::UnsupportedVersion { major: value }),
             MECHANISM_OFFSET..AS_SERVER_OFFSET => {
                 self.mechanism[offset - MECHANISM_OFFSET] = value;
@@ -254,34 +299,53 @@ impl ZmtpChecker {
                 return Err(Violation::CommandWithMore { flags });
             }
             if self.frames_in_message > 0 {
-                return Err(Violation::CommandInsideMessage { frames: self.frames_in_message });
+                return Err(Violation::CommandInsideMessage {
+                    frames: self.frames_in_message,
+                });
             }
         } else {
             if !self.handshake_done {
-                return Err(Violation::ExpectedReady { found: "a message frame" });
+                return Err(Violation::ExpectedReady {
+                    found: "a message frame",
+                });
             }
             if self.frames_in_message >= self.max_frames_per_message {
-                return Err(Violation::TooManyFrames { max: self.max_frames_per_message });
+                return Err(Violation::TooManyFrames {
+                    max: self.max_frames_per_message,
+                });
             }
             self.frames_in_message += 1;
         }
         let needed = if flags & FLAG_LONG != 0 { 8 } else { 1 };
-        self.state = State::Size { flags, value: 0, received: 0, needed };
+        self.state = State::Size {
+            flags,
+            value: 0,
+            received: 0,
+            needed,
+        };
         Ok(())
     }
 
     fn check_frame_size(&mut self, flags: u8, size: u64) -> Result<(), Violation> {
         if flags & FLAG_COMMAND != 0 {
             if size > MAX_COMMAND_BYTES {
-                return Err(Violation::CommandTooLarge { size, max: MAX_COMMAND_BYTES });
+                return Err(Violation::CommandTooLarge {
+                    size,
+                    max: MAX_COMMAND_BYTES,
+                });
             }
             if !self.handshake_done && size < READY_PREFIX.len() as u64 {
-                return Err(Violation::ExpectedReady { found: "a shorter command" });
+                return Err(Violation::ExpectedReady {
+                    found: "a shorter command",
+                });
             }
             return Ok(());
         }
         if size > self.max_frame_bytes {
-            return Err(Violation::FrameTooLarge { size, max: self.max_frame_bytes });
+            return Err(Violation::FrameTooLarge {
+                size,
+                max: self.max_frame_bytes,
+            });
         }
         self.message_bytes = self.message_bytes.saturating_add(size);
         if self.message_bytes > self.max_message_bytes {
@@ -314,26 +378,36 @@ fn check_ready_prefix(offset: u64, chunk: &[u8]) -> Result<(), Violation> {
             break;
         }
         if byte != READY_PREFIX[at] {
-            return Err(Violation::ExpectedReady { found: "another command" });
+            return Err(Violation::ExpectedReady {
+                found: "another command",
+            });
         }
     }
     Ok(())
 }
 
-/// Accepts "NULL" padded with zero bytes, the only mechanism the guard can parse
-/// past: PLAIN and CURVE change the handshake, and CURVE encrypts the frames.
+/// Accepts only "NULL" padded with zero bytes. PLAIN and CURVE change the
+/// handshake and CURVE encrypts the frames, so the guard could not parse them.
 fn check_mechanism(field: &[u8; MECHANISM_LEN]) -> Result<(), Violation> {
-    let name_len = field.iter().position(|&byte| byte == 0).unwrap_or(MECHANISM_LEN);
+    let name_len = field
+        .iter()
+        .position(|&byte| byte == 0)
+        .unwrap_or(MECHANISM_LEN);
     let padding_is_zero = field[name_len..].iter().all(|&byte| byte == 0);
     if &field[..name_len] == b"NULL" && padding_is_zero {
         return Ok(());
     }
-    Err(Violation::UnsupportedMechanism { mechanism: printable(field) })
+    Err(Violation::UnsupportedMechanism {
+        mechanism: printable(field),
+    })
 }
 
 /// Renders a mechanism field for a log line, trimming trailing zero padding.
 fn printable(field: &[u8]) -> String {
-    let end = field.iter().rposition(|&byte| byte != 0).map_or(0, |last| last + 1);
+    let end = field
+        .iter()
+        .rposition(|&byte| byte != 0)
+        .map_or(0, |last| last + 1);
     field[..end].escape_ascii().to_string()
 }
 
@@ -381,7 +455,10 @@ mod tests {
     }
 
     fn ready() -> Vec<u8> {
-        command("READY", &[("Socket-Type", b"DEALER"), ("Identity", &[7u8; 255])])
+        command(
+            "READY",
+            &[("Socket-Type", b"DEALER"), ("Identity", &[7u8; 255])],
+        )
     }
 
     fn message(parts: &[&[u8]]) -> Vec<u8> {
@@ -397,7 +474,7 @@ mod tests {
         [greeting(), ready()].concat()
     }
 
-    /// A valid client stream: handshake, then messages and commands of
+    /// Builds a valid client stream: a handshake, then messages and commands of
     /// every shape (empty frames, long frames, multipart, SUBSCRIBE, PING).
     fn valid_stream() -> Vec<u8> {
         [
@@ -430,7 +507,12 @@ mod tests {
     }
 
     /// Feeds `bytes` in random chunks of 1 to `max_chunk` bytes.
-    fn feed_in_random_chunks(checker: &mut ZmtpChecker, bytes: &[u8], rng: &mut Xorshift, max_chunk: usize) -> Result<(), Violation> {
+    fn feed_in_random_chunks(
+        checker: &mut ZmtpChecker,
+        bytes: &[u8],
+        rng: &mut Xorshift,
+        max_chunk: usize,
+    ) -> Result<(), Violation> {
         let mut start = 0;
         while start < bytes.len() {
             let end = (start + 1 + rng.below(max_chunk)).min(bytes.len());
@@ -515,7 +597,10 @@ mod tests {
         for round in 0..200 {
             let bytes: Vec<u8> = (0..4096).map(|_| rng.next() as u8).collect();
             let result = checker().feed(&bytes);
-            assert!(result.is_err(), "round {round}: 4 KiB of random bytes passed");
+            assert!(
+                result.is_err(),
+                "round {round}: 4 KiB of random bytes passed"
+            );
         }
     }
 
@@ -530,20 +615,35 @@ mod tests {
 
         // Without a READY command the flags byte is already rejected.
         let rejected = first_rejected_byte(&mut checker(), &attack);
-        assert_eq!(rejected, Some((64, Violation::ExpectedReady { found: "a message frame" })));
+        assert_eq!(
+            rejected,
+            Some((
+                64,
+                Violation::ExpectedReady {
+                    found: "a message frame"
+                }
+            ))
+        );
 
         // After a valid handshake the 8th size byte is the one rejected.
         let mut checker = checker();
         checker.feed(&handshake()).unwrap();
         let rejected = first_rejected_byte(&mut checker, &attack[64..]);
-        let expected = Violation::FrameTooLarge { size: declared, max: 1 << 20 };
+        let expected = Violation::FrameTooLarge {
+            size: declared,
+            max: 1 << 20,
+        };
         assert_eq!(rejected, Some((8, expected)));
 
         // The same header as a command frame is rejected at the same byte.
         let mut command_attack = attack.clone();
         command_attack[64] = FLAG_LONG | COMMAND;
-        let rejected = first_rejected_byte(&mut ZmtpChecker::new(&Limits::default()), &command_attack);
-        let expected = Violation::CommandTooLarge { size: declared, max: MAX_COMMAND_BYTES };
+        let rejected =
+            first_rejected_byte(&mut ZmtpChecker::new(&Limits::default()), &command_attack);
+        let expected = Violation::CommandTooLarge {
+            size: declared,
+            max: MAX_COMMAND_BYTES,
+        };
         assert_eq!(rejected, Some((72, expected)));
     }
 
@@ -553,7 +653,13 @@ mod tests {
         stream.push(FLAG_LONG);
         stream.extend_from_slice(&u64::MAX.to_be_bytes());
         let result = checker().feed(&stream);
-        assert_eq!(result, Err(Violation::FrameTooLarge { size: u64::MAX, max: 1 << 20 }));
+        assert_eq!(
+            result,
+            Err(Violation::FrameTooLarge {
+                size: u64::MAX,
+                max: 1 << 20
+            })
+        );
     }
 
     #[test]
@@ -561,12 +667,26 @@ mod tests {
         let mut first = greeting();
         first[0] = 0x00;
         let result = checker().feed(&first);
-        assert_eq!(result, Err(Violation::InvalidSignature { offset: 0, value: 0x00, expected: 0xFF }));
+        assert_eq!(
+            result,
+            Err(Violation::InvalidSignature {
+                offset: 0,
+                value: 0x00,
+                expected: 0xFF
+            })
+        );
 
         let mut tenth = greeting();
         tenth[9] = 0x7E;
         let result = checker().feed(&tenth);
-        assert_eq!(result, Err(Violation::InvalidSignature { offset: 9, value: 0x7E, expected: 0x7F }));
+        assert_eq!(
+            result,
+            Err(Violation::InvalidSignature {
+                offset: 9,
+                value: 0x7E,
+                expected: 0x7F
+            })
+        );
     }
 
     #[test]
@@ -582,7 +702,10 @@ mod tests {
         for major in [1u8, 2, 4] {
             let mut bytes = greeting();
             bytes[10] = major;
-            assert_eq!(checker().feed(&bytes), Err(Violation::UnsupportedVersion { major }));
+            assert_eq!(
+                checker().feed(&bytes),
+                Err(Violation::UnsupportedVersion { major })
+            );
         }
     }
 
@@ -598,7 +721,9 @@ mod tests {
             let mut bytes = greeting();
             bytes[12..32].fill(0);
             bytes[12..12 + field.len()].copy_from_slice(field);
-            let expected = Violation::UnsupportedMechanism { mechanism: shown.to_string() };
+            let expected = Violation::UnsupportedMechanism {
+                mechanism: shown.to_string(),
+            };
             assert_eq!(checker().feed(&bytes), Err(expected));
         }
     }
@@ -607,7 +732,10 @@ mod tests {
     fn invalid_as_server_rejected() {
         let mut bytes = greeting();
         bytes[32] = 2;
-        assert_eq!(checker().feed(&bytes), Err(Violation::InvalidAsServer { value: 2 }));
+        assert_eq!(
+            checker().feed(&bytes),
+            Err(Violation::InvalidAsServer { value: 2 })
+        );
     }
 
     #[test]
@@ -630,7 +758,13 @@ mod tests {
 
         let mut above = ZmtpChecker::new(&limits);
         let stream = [handshake(), message(&[&[0u8; 101]])].concat();
-        assert_eq!(above.feed(&stream), Err(Violation::FrameTooLarge { size: 101, max: 100 }));
+        assert_eq!(
+            above.feed(&stream),
+            Err(Violation::FrameTooLarge {
+                size: 101,
+                max: 100
+            })
+        );
     }
 
     #[test]
@@ -645,7 +779,13 @@ mod tests {
 
         let mut above = ZmtpChecker::new(&limits);
         let stream = [handshake(), message(&[&[0u8; 100], &[0u8; 51]])].concat();
-        assert_eq!(above.feed(&stream), Err(Violation::MessageTooLarge { size: 151, max: 150 }));
+        assert_eq!(
+            above.feed(&stream),
+            Err(Violation::MessageTooLarge {
+                size: 151,
+                max: 150
+            })
+        );
     }
 
     #[test]
@@ -658,7 +798,10 @@ mod tests {
 
         let mut above = ZmtpChecker::new(&limits);
         let stream = [handshake(), message(&[b"", b"", b"", b"", b""])].concat();
-        assert_eq!(above.feed(&stream), Err(Violation::TooManyFrames { max: 4 }));
+        assert_eq!(
+            above.feed(&stream),
+            Err(Violation::TooManyFrames { max: 4 })
+        );
     }
 
     #[test]
@@ -690,7 +833,10 @@ mod tests {
 
         body.push(b'x');
         let result = checker.feed(&frame(COMMAND, &body));
-        let expected = Violation::CommandTooLarge { size: MAX_COMMAND_BYTES + 1, max: MAX_COMMAND_BYTES };
+        let expected = Violation::CommandTooLarge {
+            size: MAX_COMMAND_BYTES + 1,
+            max: MAX_COMMAND_BYTES,
+        };
         assert_eq!(result, Err(expected));
     }
 
@@ -713,13 +859,19 @@ mod tests {
     #[test]
     fn command_with_more_rejected() {
         let stream = [handshake(), vec![COMMAND | MORE, 0]].concat();
-        assert_eq!(checker().feed(&stream), Err(Violation::CommandWithMore { flags: 0x05 }));
+        assert_eq!(
+            checker().feed(&stream),
+            Err(Violation::CommandWithMore { flags: 0x05 })
+        );
     }
 
     #[test]
     fn command_inside_message_rejected() {
         let stream = [handshake(), frame(MORE, b"part"), command("PING", &[])].concat();
-        assert_eq!(checker().feed(&stream), Err(Violation::CommandInsideMessage { frames: 1 }));
+        assert_eq!(
+            checker().feed(&stream),
+            Err(Violation::CommandInsideMessage { frames: 1 })
+        );
     }
 
     #[test]
@@ -739,7 +891,11 @@ mod tests {
         checker.feed(&[1]).unwrap();
         assert_eq!(checker.phase(), Phase::InsideMessage, "before the body");
         checker.feed(b"x").unwrap();
-        assert_eq!(checker.phase(), Phase::InsideMessage, "after a frame with MORE");
+        assert_eq!(
+            checker.phase(),
+            Phase::InsideMessage,
+            "after a frame with MORE"
+        );
         checker.feed(&frame(0, b"end")).unwrap();
         assert_eq!(checker.phase(), Phase::BetweenMessages);
     }
@@ -754,13 +910,31 @@ mod tests {
 
     #[test]
     fn violation_display_names_limit_and_value() {
-        let text = Violation::FrameTooLarge { size: 1 << 45, max: 1 << 20 }.to_string();
-        assert_eq!(text, "frame of 35184372088832 bytes exceeds max_frame_bytes (1048576)");
+        let text = Violation::FrameTooLarge {
+            size: 1 << 45,
+            max: 1 << 20,
+        }
+        .to_string();
+        assert_eq!(
+            text,
+            "frame of 35184372088832 bytes exceeds max_frame_bytes (1048576)"
+        );
 
         let text = Violation::TooManyFrames { max: 1024 }.to_string();
-        assert_eq!(text, "message has more than max_frames_per_message (1024) frames");
+        assert_eq!(
+            text,
+            "message has more than max_frames_per_message (1024) frames"
+        );
 
-        let text = Violation::InvalidSignature { offset: 0, value: 0x47, expected: 0xFF }.to_string();
-        assert_eq!(text, "invalid greeting signature: byte 0 is 0x47, expected 0xff");
+        let text = Violation::InvalidSignature {
+            offset: 0,
+            value: 0x47,
+            expected: 0xFF,
+        }
+        .to_string();
+        assert_eq!(
+            text,
+            "invalid greeting signature: byte 0 is 0x47, expected 0xff"
+        );
     }
 }

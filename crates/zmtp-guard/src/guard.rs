@@ -28,7 +28,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// enforcing [`Limits`].
 ///
 /// Dropping a `Guard` stops the accept loop and closes the relays in the
-/// background; [`shutdown`](Self::shutdown) does the same and waits for them.
+/// background. [`shutdown`](Self::shutdown) does the same and waits for them.
 #[derive(Debug)]
 pub struct Guard {
     local_addr: SocketAddr,
@@ -56,7 +56,11 @@ impl Guard {
     ///
     /// Returns an `InvalidInput` error if `limits.max_connections` exceeds
     /// [`Semaphore::MAX_PERMITS`], or the error of binding `public`.
-    pub async fn start(public: SocketAddr, internal: SocketAddr, limits: Limits) -> io::Result<Guard> {
+    pub async fn start(
+        public: SocketAddr,
+        internal: SocketAddr,
+        limits: Limits,
+    ) -> io::Result<Guard> {
         if limits.max_connections > Semaphore::MAX_PERMITS {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -82,7 +86,12 @@ impl Guard {
         });
         let (stop, stopped) = oneshot::channel();
         let accept_task = tokio::spawn(accept_loop(listener, Arc::clone(&shared), stopped));
-        Ok(Guard { local_addr, shared, stop, accept_task })
+        Ok(Guard {
+            local_addr,
+            shared,
+            stop,
+            accept_task,
+        })
     }
 
     /// Returns the public address that the guard listens on.
@@ -103,7 +112,7 @@ impl Guard {
 
     /// Stops accepting, closes every relayed connection and waits for the tasks.
     pub async fn shutdown(self) {
-        // The accept loop also stops if the receiver sees the sender dropped.
+        // A failed send means the accept loop has already ended, so it is ignored.
         let _ = self.stop.send(());
         if let Err(join_error) = self.accept_task.await {
             error!(public = %self.local_addr, %join_error, "ZMTP guard accept loop failed");
@@ -112,7 +121,11 @@ impl Guard {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stopped: oneshot::Receiver<()>) {
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stopped: oneshot::Receiver<()>,
+) {
     let mut relays = JoinSet::new();
     loop {
         tokio::select! {
@@ -159,33 +172,44 @@ fn admit(client: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, relays: &mut
 
 /// Connects to the internal socket and relays `client` until it ends.
 /// The permit is released when this returns.
-async fn serve(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _permit: OwnedSemaphorePermit) {
+async fn serve(
+    client: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    _permit: OwnedSemaphorePermit,
+) {
     let internal = shared.internal;
-    let connected = tokio::time::timeout(shared.limits.greeting_timeout, TcpStream::connect(internal)).await;
+    let connected =
+        tokio::time::timeout(shared.limits.greeting_timeout, TcpStream::connect(internal)).await;
     let server = match connected {
         Ok(Ok(server)) => server,
         Ok(Err(connect_error)) => {
             if let Some(suppressed) = shared.failure_log.admit() {
-                warn!(%peer, %internal, %connect_error, suppressed, "ZMTP guard failed to connect to the internal socket");
+                warn!(%peer, %internal, %connect_error, suppressed, "ZMTP guard failed to connect to the internal zeromq socket and closed the client; check that the socket is still bound to this address");
             }
             return;
         }
         Err(_elapsed) => {
             if let Some(suppressed) = shared.failure_log.admit() {
-                warn!(%peer, %internal, suppressed, "ZMTP guard timed out connecting to the internal socket");
+                warn!(%peer, %internal, suppressed, "ZMTP guard timed out connecting to the internal zeromq socket and closed the client; check that the server is running");
             }
             return;
         }
     };
     // ZMTP messages are often small and latency-sensitive, as zeromq sockets
     // are, so neither hop should wait to coalesce segments.
-    if let Err(nodelay_error) = client.set_nodelay(true).and_then(|()| server.set_nodelay(true)) {
+    if let Err(nodelay_error) = client
+        .set_nodelay(true)
+        .and_then(|()| server.set_nodelay(true))
+    {
         debug!(%peer, %nodelay_error, "ZMTP guard could not set TCP_NODELAY");
     }
 
     match relay(client, server, &shared.limits).await {
         RelayEnd::Closed(None) => debug!(%peer, "ZMTP guard relay closed"),
-        RelayEnd::Closed(Some(io_error)) => debug!(%peer, %io_error, "ZMTP guard relay closed after an I/O error"),
+        RelayEnd::Closed(Some(io_error)) => {
+            debug!(%peer, %io_error, "ZMTP guard relay closed after an I/O error")
+        }
         RelayEnd::Rejected(reason) => {
             shared.rejected.fetch_add(1, Ordering::Relaxed);
             if let Some(suppressed) = shared.rejection_log.admit() {

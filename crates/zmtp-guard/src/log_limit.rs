@@ -20,14 +20,25 @@ struct WindowState {
 
 impl LogRateLimiter {
     pub(crate) fn new(max_lines: u32, window: Duration) -> Self {
-        let state = WindowState { start: Instant::now(), logged: 0, suppressed: 0 };
-        Self { max_lines, window, state: Mutex::new(state) }
+        let state = WindowState {
+            start: Instant::now(),
+            logged: 0,
+            suppressed: 0,
+        };
+        Self {
+            max_lines,
+            window,
+            state: Mutex::new(state),
+        }
     }
 
     /// Returns `Some(n)` if the caller should log, where `n` is the number of
     /// lines suppressed since the last admitted one, or `None` to stay silent.
     pub(crate) fn admit(&self) -> Option<u64> {
-        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let now = Instant::now();
         if now.duration_since(state.start) >= self.window {
             state.start = now;

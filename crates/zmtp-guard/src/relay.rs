@@ -1,7 +1,7 @@
 //! Relay of one client connection to the internal zeromq socket.
 //!
 //! Each direction owns one buffer of [`CHUNK_BYTES`] and writes a chunk out
-//! before reading the next, so a connection holds at most one chunk per
+//! before reading the next, so a connection keeps at most one chunk per
 //! direction. Client bytes are checked by [`ZmtpChecker`] before they are
 //! written to the server. Server bytes are relayed unparsed.
 
@@ -30,7 +30,7 @@ pub(crate) enum Rejection {
     FrameStalled(Duration),
 }
 
-/// How a relay ended.
+/// The reason a relay ended.
 #[derive(Debug)]
 pub(crate) enum RelayEnd {
     /// The client or the server closed its side, or a read or write failed.
@@ -41,7 +41,11 @@ pub(crate) enum RelayEnd {
 
 /// Relays bytes between `client` and `server` until either side closes or the
 /// client breaks a limit. Both streams are closed when this returns.
-pub(crate) async fn relay(mut client: TcpStream, mut server: TcpStream, limits: &Limits) -> RelayEnd {
+pub(crate) async fn relay(
+    mut client: TcpStream,
+    mut server: TcpStream,
+    limits: &Limits,
+) -> RelayEnd {
     let (mut client_read, mut client_write) = client.split();
     let (mut server_read, mut server_write) = server.split();
     let checker = ZmtpChecker::new(limits);
@@ -77,10 +81,12 @@ async fn forward_checked(
             Phase::BetweenMessages => None,
         };
         let read = match limit {
-            Some((deadline, rejection)) => match timeout_at(deadline, client.read(&mut buffer)).await {
-                Ok(read) => read,
-                Err(_elapsed) => return RelayEnd::Rejected(rejection),
-            },
+            Some((deadline, rejection)) => {
+                match timeout_at(deadline, client.read(&mut buffer)).await {
+                    Ok(read) => read,
+                    Err(_elapsed) => return RelayEnd::Rejected(rejection),
+                }
+            }
             None => client.read(&mut buffer).await,
         };
 

@@ -46,7 +46,10 @@ async fn greeting_then_silence_cut() {
     let timeout = limits.greeting_timeout;
     let harness = Harness::start(limits).await;
     let elapsed = attacks::greeting_then_silence(harness.address(), timeout).await;
-    assert!(elapsed >= timeout, "cut after {elapsed:?}, before the {timeout:?} timeout");
+    assert!(
+        elapsed >= timeout,
+        "cut after {elapsed:?}, before the {timeout:?} timeout"
+    );
     assert!(elapsed < timeout + PROMPT_CUT, "cut after {elapsed:?}");
     harness.wait_for_rejections(1).await;
     harness.assert_serves().await;
@@ -59,7 +62,10 @@ async fn incomplete_frame_header_cut() {
     let timeout = limits.stalled_frame_timeout;
     let harness = Harness::start(limits).await;
     let elapsed = attacks::incomplete_frame_header(harness.address(), timeout).await;
-    assert!(elapsed >= timeout, "cut after {elapsed:?}, before the {timeout:?} timeout");
+    assert!(
+        elapsed >= timeout,
+        "cut after {elapsed:?}, before the {timeout:?} timeout"
+    );
     assert!(elapsed < timeout + PROMPT_CUT, "cut after {elapsed:?}");
     harness.wait_for_rejections(1).await;
     harness.assert_serves().await;
@@ -72,7 +78,10 @@ async fn incomplete_frame_body_cut() {
     let timeout = limits.stalled_frame_timeout;
     let harness = Harness::start(limits).await;
     let elapsed = attacks::incomplete_frame_body(harness.address(), timeout).await;
-    assert!(elapsed >= timeout, "cut after {elapsed:?}, before the {timeout:?} timeout");
+    assert!(
+        elapsed >= timeout,
+        "cut after {elapsed:?}, before the {timeout:?} timeout"
+    );
     assert!(elapsed < timeout + PROMPT_CUT, "cut after {elapsed:?}");
     harness.wait_for_rejections(1).await;
     harness.assert_serves().await;
@@ -87,8 +96,12 @@ async fn idle_between_messages_kept() {
     let wait = limits.greeting_timeout.max(limits.stalled_frame_timeout) * 2;
     let harness = Harness::start(limits).await;
 
-    let mut idle = TcpStream::connect(harness.address()).await.expect("connect to the guard");
-    idle.write_all(&handshake()).await.expect("send the handshake");
+    let mut idle = TcpStream::connect(harness.address())
+        .await
+        .expect("connect to the guard");
+    idle.write_all(&handshake())
+        .await
+        .expect("send the handshake");
     tokio::time::sleep(wait).await;
 
     assert_eq!(harness.guard.active_connections(), 1);
@@ -114,22 +127,32 @@ async fn connection_flood_capped() {
     let harness = Harness::start(limits).await;
 
     // Held connections complete the handshake, so no timeout closes them.
-    let mut held = Vec::with_capacity(max_connections);
+    let mut held_connections = Vec::with_capacity(max_connections);
     for _ in 0..max_connections {
-        let mut stream = TcpStream::connect(harness.address()).await.expect("connect to the guard");
-        stream.write_all(&handshake()).await.expect("send the handshake");
-        held.push(stream);
+        let mut stream = TcpStream::connect(harness.address())
+            .await
+            .expect("connect to the guard");
+        stream
+            .write_all(&handshake())
+            .await
+            .expect("send the handshake");
+        held_connections.push(stream);
     }
     harness.wait_for_active(max_connections).await;
 
-    let mut extra = TcpStream::connect(harness.address()).await.expect("connect to the guard");
+    let mut extra = TcpStream::connect(harness.address())
+        .await
+        .expect("connect to the guard");
     let started = std::time::Instant::now();
     let elapsed = attacks::wait_for_close(&mut extra, started, Duration::from_secs(1)).await;
-    assert!(elapsed < PROMPT_CUT, "connection beyond the limit closed after {elapsed:?}");
+    assert!(
+        elapsed < PROMPT_CUT,
+        "connection beyond the limit closed after {elapsed:?}"
+    );
     harness.wait_for_rejections(1).await;
     assert_eq!(harness.guard.active_connections(), max_connections);
 
-    drop(held);
+    drop(held_connections);
     harness.wait_for_active(0).await;
     harness.assert_serves().await;
     harness.stop().await;

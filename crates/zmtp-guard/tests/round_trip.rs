@@ -23,10 +23,18 @@ async fn req_round_trip() {
 async fn dealer_multipart_round_trip() {
     let harness = Harness::start(test_limits()).await;
     let mut dealer = DealerSocket::new();
-    dealer.connect(&harness.endpoint()).await.expect("connect the DEALER socket");
+    dealer
+        .connect(&harness.endpoint())
+        .await
+        .expect("connect the DEALER socket");
 
     // Frames up to the 1 MiB message limit pass, including long and empty ones.
-    let frames: Vec<Vec<u8>> = vec![b"header".to_vec(), Vec::new(), vec![7u8; 300], vec![9u8; 512 * 1024]];
+    let frames: Vec<Vec<u8>> = vec![
+        b"header".to_vec(),
+        Vec::new(),
+        vec![7u8; 300],
+        vec![9u8; 512 * 1024],
+    ];
     let mut request = ZmqMessage::from(frames[0].clone());
     for frame in &frames[1..] {
         request.push_back(frame.clone().into());
@@ -37,7 +45,11 @@ async fn dealer_multipart_round_trip() {
         .await
         .expect("reply within 1 s")
         .expect("receive the reply");
-    let received: Vec<Vec<u8>> = reply.into_vec().into_iter().map(|frame| frame.to_vec()).collect();
+    let received: Vec<Vec<u8>> = reply
+        .into_vec()
+        .into_iter()
+        .map(|frame| frame.to_vec())
+        .collect();
     assert_eq!(received, frames);
     assert_eq!(harness.guard.active_connections(), 1);
     assert_eq!(harness.guard.rejected_connections(), 0);
@@ -50,19 +62,30 @@ async fn dealer_multipart_round_trip() {
 #[tokio::test]
 async fn pub_sub_through_guard() {
     let mut publisher = PubSocket::new();
-    let bound = publisher.bind("tcp://127.0.0.1:0").await.expect("bind the PUB socket");
+    let bound = publisher
+        .bind("tcp://127.0.0.1:0")
+        .await
+        .expect("bind the PUB socket");
     let public = SocketAddr::from(([127, 0, 0, 1], 0));
-    let guard = Guard::start(public, socket_addr(&bound), Limits::default()).await.expect("start the guard");
+    let guard = Guard::start(public, socket_addr(&bound), Limits::default())
+        .await
+        .expect("start the guard");
 
     let mut subscriber = SubSocket::new();
-    subscriber.connect(&endpoint_of(guard.local_addr())).await.expect("connect the SUB socket");
+    subscriber
+        .connect(&endpoint_of(guard.local_addr()))
+        .await
+        .expect("connect the SUB socket");
     subscriber.subscribe("forum.").await.expect("subscribe");
 
     // The subscription reaches the publisher some time after connect, so
     // publish until the first message arrives.
     let received = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
-            publisher.send("other.ignored".into()).await.expect("publish");
+            publisher
+                .send("other.ignored".into())
+                .await
+                .expect("publish");
             publisher.send("forum.post".into()).await.expect("publish");
             let wait = tokio::time::timeout(Duration::from_millis(50), subscriber.recv());
             if let Ok(message) = wait.await {
@@ -73,7 +96,10 @@ async fn pub_sub_through_guard() {
     .await
     .expect("publication through the guard within 5 s");
 
-    assert_eq!(received.get(0).map(|frame| frame.as_ref()), Some(&b"forum.post"[..]));
+    assert_eq!(
+        received.get(0).map(|frame| frame.as_ref()),
+        Some(&b"forum.post"[..])
+    );
     assert_eq!(guard.rejected_connections(), 0);
     guard.shutdown().await;
 }
@@ -82,15 +108,59 @@ async fn pub_sub_through_guard() {
 async fn shutdown_closes_relays() {
     let harness = Harness::start(test_limits()).await;
     let mut dealer = DealerSocket::new();
-    dealer.connect(&harness.endpoint()).await.expect("connect the DEALER socket");
+    dealer
+        .connect(&harness.endpoint())
+        .await
+        .expect("connect the DEALER socket");
     dealer.send("hello".into()).await.expect("send");
-    tokio::time::timeout(REPLY_DEADLINE, dealer.recv()).await.expect("reply").expect("receive");
+    tokio::time::timeout(REPLY_DEADLINE, dealer.recv())
+        .await
+        .expect("reply")
+        .expect("receive");
     let address = harness.address();
 
     tokio::time::timeout(Duration::from_secs(1), harness.stop())
         .await
         .expect("shutdown within 1 s");
 
-    let refused = tokio::net::TcpStream::connect(address).await;
-    assert!(refused.is_err(), "the public port still accepts after shutdown");
+    let connect_after_shutdown = tokio::net::TcpStream::connect(address).await;
+    assert!(
+        connect_after_shutdown.is_err(),
+        "the public port still accepts after shutdown"
+    );
+}
+
+#[tokio::test]
+async fn unreachable_internal_closes_client() {
+    // Bind and release a port so that nothing listens on it.
+    let unused = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a port");
+    let internal = unused.local_addr().expect("local address");
+    drop(unused);
+
+    let public = SocketAddr::from(([127, 0, 0, 1], 0));
+    let guard = Guard::start(public, internal, test_limits())
+        .await
+        .expect("start the guard");
+    let mut client = tokio::net::TcpStream::connect(guard.local_addr())
+        .await
+        .expect("connect to the guard");
+    let started = std::time::Instant::now();
+    common::attacks::wait_for_close(&mut client, started, Duration::from_secs(1)).await;
+
+    assert_eq!(guard.rejected_connections(), 0);
+    guard.shutdown().await;
+}
+
+#[tokio::test]
+async fn excessive_max_connections_rejected() {
+    let limits = Limits {
+        max_connections: usize::MAX,
+        ..Limits::default()
+    };
+    let public = SocketAddr::from(([127, 0, 0, 1], 0));
+    let result = Guard::start(public, public, limits).await;
+    let error = result.expect_err("start accepted usize::MAX connections");
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
 }

@@ -20,7 +20,7 @@ const PROMPT_CUT: Duration = Duration::from_secs(1);
 /// Extra time allowed beyond a guard timeout.
 const TIMEOUT_SLACK: Duration = Duration::from_secs(1);
 
-/// The 73 bytes that abort an unguarded zeromq 0.7 process: a valid greeting,
+/// Builds the 73 bytes that abort an unguarded zeromq 0.7 process: a valid greeting,
 /// then a long message frame header declaring [`ATTACK_FRAME_SIZE`] bytes.
 pub fn size_attack_bytes() -> Vec<u8> {
     let mut bytes = greeting();
@@ -56,16 +56,20 @@ async fn write_until_cut(stream: &mut TcpStream, bytes: &[u8]) {
 }
 
 pub async fn size_attack(target: SocketAddr) -> Duration {
-    let mut stream = TcpStream::connect(target).await.expect("connect to the guard");
+    let mut stream = TcpStream::connect(target)
+        .await
+        .expect("connect to the guard");
     let started = Instant::now();
     write_until_cut(&mut stream, &size_attack_bytes()).await;
     wait_for_close(&mut stream, started, PROMPT_CUT).await
 }
 
-/// The size attack after a valid READY, so the guard's size check (not its
-/// handshake check) is what cuts it.
+/// Sends the size attack after a valid READY, so that the guard's size check
+/// cuts it and not its handshake check.
 pub async fn size_attack_after_ready(target: SocketAddr) -> Duration {
-    let mut stream = TcpStream::connect(target).await.expect("connect to the guard");
+    let mut stream = TcpStream::connect(target)
+        .await
+        .expect("connect to the guard");
     let started = Instant::now();
     let mut bytes = handshake();
     bytes.push(0x02);
@@ -86,7 +90,9 @@ pub async fn random_bytes(target: SocketAddr) -> Duration {
         })
         .collect();
 
-    let mut stream = TcpStream::connect(target).await.expect("connect to the guard");
+    let mut stream = TcpStream::connect(target)
+        .await
+        .expect("connect to the guard");
     let started = Instant::now();
     write_until_cut(&mut stream, &bytes).await;
     wait_for_close(&mut stream, started, PROMPT_CUT).await
@@ -94,7 +100,9 @@ pub async fn random_bytes(target: SocketAddr) -> Duration {
 
 /// Sends a valid greeting, then nothing.
 pub async fn greeting_then_silence(target: SocketAddr, greeting_timeout: Duration) -> Duration {
-    let mut stream = TcpStream::connect(target).await.expect("connect to the guard");
+    let mut stream = TcpStream::connect(target)
+        .await
+        .expect("connect to the guard");
     let started = Instant::now();
     write_until_cut(&mut stream, &greeting()).await;
     wait_for_close(&mut stream, started, greeting_timeout + TIMEOUT_SLACK).await
@@ -102,7 +110,9 @@ pub async fn greeting_then_silence(target: SocketAddr, greeting_timeout: Duratio
 
 /// Sends a handshake, then a long frame header with 3 of its 8 size bytes.
 pub async fn incomplete_frame_header(target: SocketAddr, stalled_timeout: Duration) -> Duration {
-    let mut stream = TcpStream::connect(target).await.expect("connect to the guard");
+    let mut stream = TcpStream::connect(target)
+        .await
+        .expect("connect to the guard");
     let started = Instant::now();
     let bytes = [handshake(), vec![0x02, 0, 0, 0]].concat();
     write_until_cut(&mut stream, &bytes).await;
@@ -111,7 +121,9 @@ pub async fn incomplete_frame_header(target: SocketAddr, stalled_timeout: Durati
 
 /// Sends a handshake, then a frame header declaring 100 bytes, then 10 of them.
 pub async fn incomplete_frame_body(target: SocketAddr, stalled_timeout: Duration) -> Duration {
-    let mut stream = TcpStream::connect(target).await.expect("connect to the guard");
+    let mut stream = TcpStream::connect(target)
+        .await
+        .expect("connect to the guard");
     let started = Instant::now();
     let bytes = [handshake(), vec![0x00, 100], vec![b'x'; 10]].concat();
     write_until_cut(&mut stream, &bytes).await;
@@ -125,9 +137,14 @@ pub async fn million_tiny_frames(target: SocketAddr) -> (Duration, usize) {
     const FRAMES: usize = 1_000_000;
     let tiny_frames = [0x01u8, 0x00].repeat(FRAMES);
 
-    let mut stream = TcpStream::connect(target).await.expect("connect to the guard");
+    let mut stream = TcpStream::connect(target)
+        .await
+        .expect("connect to the guard");
     let started = Instant::now();
-    stream.write_all(&handshake()).await.expect("send the handshake");
+    stream
+        .write_all(&handshake())
+        .await
+        .expect("send the handshake");
     let mut written = 0;
     for chunk in tiny_frames.chunks(64 * 1024) {
         if stream.write_all(chunk).await.is_err() {

@@ -50,7 +50,10 @@ pub struct Harness {
 impl Harness {
     pub async fn start(limits: Limits) -> Harness {
         let mut router = RouterSocket::new();
-        let bound = router.bind("tcp://127.0.0.1:0").await.expect("bind the ROUTER socket");
+        let bound = router
+            .bind("tcp://127.0.0.1:0")
+            .await
+            .expect("bind the ROUTER socket");
         let internal = socket_addr(&bound);
         let echo = tokio::spawn(async move {
             // recv fails only once the socket has no peers queue left.
@@ -61,8 +64,14 @@ impl Harness {
         });
 
         let public = SocketAddr::from(([127, 0, 0, 1], 0));
-        let guard = Guard::start(public, internal, limits).await.expect("start the guard");
-        Harness { guard, internal, echo }
+        let guard = Guard::start(public, internal, limits)
+            .await
+            .expect("start the guard");
+        Harness {
+            guard,
+            internal,
+            echo,
+        }
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -79,7 +88,10 @@ impl Harness {
         let started = Instant::now();
         let round_trip = async {
             let mut request = ReqSocket::new();
-            request.connect(&self.endpoint()).await.expect("connect the REQ socket");
+            request
+                .connect(&self.endpoint())
+                .await
+                .expect("connect the REQ socket");
             request.send("ping".into()).await.expect("send the request");
             let reply = request.recv().await.expect("receive the reply");
             assert_eq!(reply.get(0).map(|frame| frame.as_ref()), Some(&b"ping"[..]));
@@ -137,7 +149,7 @@ pub fn resident_bytes() -> u64 {
     kib * 1024
 }
 
-/// The 64-byte ZMTP 3.0 greeting of a NULL-mechanism client.
+/// Builds the 64-byte ZMTP 3.0 greeting of a NULL-mechanism client.
 pub fn greeting() -> Vec<u8> {
     let mut bytes = vec![0u8; 64];
     bytes[0] = 0xFF;
@@ -147,7 +159,7 @@ pub fn greeting() -> Vec<u8> {
     bytes
 }
 
-/// A READY command frame announcing a DEALER socket.
+/// Builds a READY command frame announcing a DEALER socket.
 pub fn ready_dealer() -> Vec<u8> {
     let mut body = vec![5u8];
     body.extend_from_slice(b"READY");
@@ -161,7 +173,7 @@ pub fn ready_dealer() -> Vec<u8> {
     frame
 }
 
-/// Greeting plus READY: what a well-behaved DEALER sends before its first message.
+/// Builds the greeting and READY that a DEALER sends before its first message.
 pub fn handshake() -> Vec<u8> {
     [greeting(), ready_dealer()].concat()
 }
