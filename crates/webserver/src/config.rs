@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// How long a request to the data server may take before the API answers 503, by default.
+/// The default time a request to the data server may take before the API returns 503.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The settings of one web server.

@@ -1,9 +1,9 @@
 //! The client side of the data server's request socket.
 //!
-//! One DEALER socket carries every request of this web server, so many HTTP requests are in
-//! flight at once: each [`WireRequest`] gets a fresh id, a pending entry maps that id to a
-//! oneshot sender, a writer task sends the frames and a reader task completes the entries as
-//! replies arrive. Frames are `[empty delimiter, WireRequest]` each way, so the data server's
+//! One DEALER socket carries every request of this web server, and many HTTP requests can be
+//! in flight at once. Each [`WireRequest`] gets a fresh id, and a pending entry maps that id
+//! to a oneshot sender. A writer task sends the frames, and a reader task completes the
+//! entries as replies arrive. Frames are `[empty delimiter, WireRequest]` each way, so the data server's
 //! ROUTER sees the same shape as from a REQ socket.
 //!
 //! zeromq 0.7's DEALER never reconnects by itself, so a supervisor task sends a `Ping` every
@@ -32,7 +32,7 @@ const OUTGOING_QUEUE_CAPACITY: usize = 1024;
 /// Pause between failed connection attempts.
 const RECONNECT_DELAY: Duration = Duration::from_millis(200);
 
-/// Why a request got no reply from the data server.
+/// The failure of a request that got no reply from the data server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DataError {
     #[error("the data server did not reply within the request timeout")]
@@ -113,8 +113,10 @@ impl DataClient {
         // awaits it is dropped.
         let _entry = PendingEntry { shared: &self.shared, id };
 
-        if self.shared.outgoing.try_send(Outgoing { id, payload }).is_err() {
-            return Err(DataError::QueueFull);
+        match self.shared.outgoing.try_send(Outgoing { id, payload }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => return Err(DataError::QueueFull),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(DataError::Unavailable),
         }
         match tokio::time::timeout(timeout, receiver).await {
             Ok(Ok(reply)) => Ok(reply),
@@ -215,7 +217,11 @@ async fn supervise(
                 _ = shutdown.cancelled() => break,
                 _ = heartbeat.tick() => {}
             }
-            match client.request_within(Request::Ping, ping_timeout).await {
+            let pong = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                pong = client.request_within(Request::Ping, ping_timeout) => pong,
+            };
+            match pong {
                 Ok(Reply::Pong { .. }) => missed = 0,
                 Ok(other) => {
                     tracing::warn!(reply = ?other, "data server answered a ping with something else");

@@ -1,6 +1,6 @@
 //! API errors: their HTTP status, their stable code and their JSON body.
 //!
-//! Every 4xx and 5xx answer of the API is `{"error": "<sentence>", "code": "<snake_case>"}`,
+//! Every 4xx and 5xx response of the API is `{"error": "<sentence>", "code": "<snake_case>"}`,
 //! where the sentence is in the language that `i18n.rs` picks from `Accept-Language`.
 
 use forum_protocol::{ErrorCode, ErrorReply, Invalid, Reply};
@@ -11,7 +11,7 @@ use warp::reply::{Reply as _, Response};
 use crate::data_client::DataError;
 use crate::i18n::{error_sentence, Language};
 
-/// What went wrong, independent of the language it is reported in.
+/// The kind of an API error, independent of the language it is reported in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ErrorKind {
     /// A field failed one of the shared checks in `forum_protocol::validate_*`.
@@ -30,7 +30,7 @@ pub enum ErrorKind {
     UnknownUser,
     NotFound,
     MethodNotAllowed,
-    /// The data server answered `InvalidInput` to input that passed our own checks.
+    /// The data server replied `InvalidInput` to input that passed our own checks.
     InputRejected,
     DataServerTimeout,
     DataServerUnavailable,
@@ -62,7 +62,7 @@ impl ErrorKind {
         ErrorKind::Internal,
     ];
 
-    /// The HTTP status this kind of error is answered with.
+    /// Returns the HTTP status of responses with this kind of error.
     pub fn status(&self) -> StatusCode {
         match self {
             ErrorKind::Invalid(_)
@@ -83,7 +83,7 @@ impl ErrorKind {
         }
     }
 
-    /// The stable snake_case name that programs match on; the `code` field of the body.
+    /// Returns the stable snake_case name that programs match on, the `code` field of the body.
     pub fn code(&self) -> &'static str {
         match self {
             ErrorKind::Invalid(invalid) => invalid.code(),
@@ -132,8 +132,8 @@ impl ApiError {
         ApiError { kind: ErrorKind::MethodNotAllowed, detail: None, allow: Some(allow) }
     }
 
-    /// Maps a data server's error reply to the API error the browser sees, logging the
-    /// kinds that mean a fault rather than bad input.
+    /// Maps a data server's error reply to the API error returned to the browser, and logs
+    /// the kinds that mean a fault rather than bad input.
     pub fn from_data_server(error: ErrorReply) -> ApiError {
         let kind = match error.code {
             ErrorCode::InvalidInput => return ApiError::with_detail(ErrorKind::InputRejected, error.message),

@@ -3,7 +3,7 @@
 //! Each open stream has a forwarder task that reads the change broadcast, turns the changes
 //! this viewer may see into events and hands them to the HTTP body through a small queue.
 //! The task ends when the browser disconnects, the session is revoked or the server shuts
-//! down; its presence guard then drops, which may report the user offline.
+//! down. Its presence guard then drops, which may report the user offline.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -63,7 +63,7 @@ pub fn event_for(change: &NumberedChange, viewer: Option<&str>) -> Option<Event>
     Some(Event::default().event(name).id(change.number.to_string()).retry(RETRY_HINT).data(data.to_string()))
 }
 
-/// Returns the event that tells a stream it missed changes and must refetch. `number` is the
+/// Returns the event by which a stream learns that it missed changes and must refetch. `number` is the
 /// number of the newest change it missed.
 pub fn resync_event(number: u64) -> Event {
     Event::default().event("resync").id(number.to_string()).retry(RETRY_HINT).data("{}")
@@ -199,6 +199,32 @@ mod tests {
         assert!(event_for(&change, Some("luis")).is_some());
         assert!(event_for(&change, Some("eva")).is_none());
         assert!(event_for(&change, None).is_none());
+    }
+
+    #[tokio::test]
+    async fn lagging_stream_gets_resync() {
+        let (changes, receiver) = broadcast::channel(4);
+        for number in 1..=10 {
+            let kind = ChangeKind::PresenceChanged { user: "ana".into(), webserver: "web1".into(), online: true };
+            changes.send(Arc::new(numbered(number, kind))).unwrap();
+        }
+        let (sender, mut events) = mpsc::channel(16);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(forward(receiver, None, None, sender, shutdown.clone()));
+
+        let greeting = events.recv().await.unwrap().to_string();
+        assert!(greeting.starts_with(":connected\n"), "{greeting}");
+        let resync = events.recv().await.unwrap().to_string();
+        assert!(resync.starts_with("event:resync\n"), "{resync}");
+        assert!(resync.contains("id:6\n"), "the newest missed change is 6: {resync}");
+        for number in 7..=10 {
+            let event = events.recv().await.unwrap().to_string();
+            assert!(event.contains(&format!("id:{number}\n")), "{event}");
+        }
+
+        shutdown.cancel();
+        task.await.unwrap();
+        assert!(events.recv().await.is_none(), "the stream ends at shutdown");
     }
 
     #[test]

@@ -206,7 +206,7 @@ pub async fn events(state: Arc<AppState>, headers: RequestHeaders) -> ApiResult 
     Ok(events::open(&state, session))
 }
 
-/// The answer to any unknown address.
+/// Returns the 404 error for any unknown address.
 pub async fn not_found() -> ApiResult {
     Err(ApiError::new(ErrorKind::NotFound))
 }

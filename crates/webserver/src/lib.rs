@@ -2,9 +2,9 @@
 //! API request to one data server over ZeroMQ, and pushes the data server's changes to
 //! browsers as server-sent events. `docs/http-api.md` describes the API.
 //!
-//! Layout: `server.rs` starts and stops everything; `routes.rs` maps paths to
-//! `handlers.rs`; `body.rs`, `http_headers.rs`, `error.rs` and `i18n.rs` check requests and
-//! render errors; `data_client.rs` is the request socket, `changes.rs` the change feed,
+//! Layout: `server.rs` starts and stops everything, and `routes.rs` maps paths to
+//! `handlers.rs`. `body.rs`, `http_headers.rs`, `error.rs` and `i18n.rs` check requests and
+//! render errors. `data_client.rs` is the request socket, `changes.rs` the change feed,
 //! `events.rs` the event streams, `presence.rs` the online reports and `sessions.rs` the
 //! logins.
 

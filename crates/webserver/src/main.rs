@@ -29,7 +29,7 @@ struct Arguments {
     #[arg(long, env = "FORUM_WEB_NAME")]
     name: Option<String>,
 
-    /// Milliseconds to wait for the data server's reply before answering HTTP 503.
+    /// Milliseconds to wait for the data server's reply before returning HTTP 503.
     #[arg(long, env = "FORUM_WEB_REQUEST_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
     request_timeout_ms: u64,
 }

@@ -1,6 +1,6 @@
 //! Presence: which users have an open event stream on this web server.
 //!
-//! Each open stream of a logged-in user holds a [`PresenceGuard`], which counts the user's
+//! Each open stream of a logged-in user owns a [`PresenceGuard`], which counts the user's
 //! streams. A reporter task compares the set of users with at least one stream to the set it
 //! last reported to the data server and sends `SetPresence` for each difference: online on
 //! 0→1, offline on 1→0. Comparing sets instead of queueing events means no queue can grow,
@@ -101,7 +101,9 @@ async fn reconcile(wanted: &HashSet<String>, reported: &mut HashSet<String>, dat
                 false
             }
             Err(error) => {
-                tracing::warn!(%user, online, %error, "failed to report presence; retrying");
+                // Debug level, because this repeats every second while the data server is
+                // down, and the data client already logs the lost connection once.
+                tracing::debug!(%user, online, %error, "failed to report presence; retrying");
                 false
             }
         };

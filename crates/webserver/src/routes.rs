@@ -1,7 +1,7 @@
-//! The route table: which handler answers which method and path.
+//! The route table, which maps each method and path to its handler.
 //!
-//! Every path of the API lists its methods and ends with a fallback that answers 405 with an
-//! `Allow` header; any other path gets a JSON 404. Errors are rendered in the language of the
+//! Every path of the API lists its methods and ends with a fallback that returns 405 with an
+//! `Allow` header. Any other path gets a JSON 404. Errors are rendered in the language of the
 //! request's `Accept-Language`, and every response gets the security headers.
 
 use std::convert::Infallible;
@@ -172,7 +172,7 @@ fn render(language: Language, result: ApiResult) -> Response {
         Ok(response) => response,
         Err(error) => {
             if error.kind.status().is_server_error() {
-                tracing::warn!(code = error.kind.code(), "answering with a server error");
+                tracing::warn!(code = error.kind.code(), "request failed with a server error");
             }
             error.into_response(language)
         }
@@ -184,9 +184,9 @@ fn method_not_allowed(allow: &'static str) -> impl Filter<Extract = (ApiResult,)
     warp::any().map(move || Err(ApiError::method_not_allowed(allow)))
 }
 
-/// Answers a rejection that no route turned into a response. The routes above end in
+/// Renders a rejection that no route turned into a response. The routes above end in
 /// catch-all fallbacks, so this runs only for warp's own failures, such as a body that was
-/// already taken; it answers in English because a rejection carries no request headers.
+/// already taken. It renders English because a rejection carries no request headers.
 async fn render_rejection(rejection: Rejection) -> Result<Response, Infallible> {
     let kind = if rejection.is_not_found() {
         ErrorKind::NotFound
@@ -219,11 +219,13 @@ mod tests {
     use crate::presence::Presence;
     use crate::sessions::{session_cookie, Sessions};
 
-    /// State whose data server never answers: port 9 on 127.0.0.1 has no listener, so the
-    /// client keeps connecting and requests time out after 200 ms.
+    /// Returns state whose data server never replies: the endpoint's port was free a moment
+    /// ago, so the client keeps connecting and requests time out after 200 ms.
     fn offline_state() -> Arc<AppState> {
+        let free_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let stop = CancellationToken::new();
-        let data = DataClient::start("tcp://127.0.0.1:9".into(), Duration::from_millis(200), stop, &TaskTracker::new());
+        let endpoint = format!("tcp://127.0.0.1:{free_port}");
+        let data = DataClient::start(endpoint, Duration::from_millis(200), stop, &TaskTracker::new());
         Arc::new(AppState {
             data,
             sessions: Sessions::default(),

@@ -88,7 +88,7 @@ impl WebServer {
         })
     }
 
-    /// The address the HTTP listener is bound to.
+    /// Returns the address the HTTP listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }

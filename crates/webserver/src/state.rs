@@ -1,4 +1,4 @@
-//! What every request handler shares.
+//! The state shared by every request handler.
 
 use std::sync::Arc;
 

@@ -4,15 +4,18 @@ mod support;
 
 use reqwest::StatusCode;
 use serde_json::json;
-use support::{eventually, Browser, EventReader, Forum};
+use std::time::{Duration, Instant};
 
-/// Creates subjects until `reader` sees one, which shows that the web server's subscription
-/// to the change feed is live (a SUB socket misses what is published before it connects).
+use support::{eventually, start_web_server, Browser, EventReader, Forum};
+
+/// Creates subjects until `reader` receives one, which shows that the web server's
+/// subscription to the change feed is live. A SUB socket misses what is published before it
+/// connects.
 async fn wait_until_live(author: &Browser, reader: &mut EventReader) {
     for attempt in 0.. {
         let title = format!("warm-up {attempt}");
         assert_eq!(author.post("/api/subjects", json!({ "title": title })).await.status, StatusCode::CREATED);
-        let arrived = tokio::time::timeout(std::time::Duration::from_millis(500), reader.next_named("subject")).await;
+        let arrived = tokio::time::timeout(Duration::from_millis(500), reader.next_named("subject")).await;
         if arrived.is_ok() {
             return;
         }
@@ -117,11 +120,19 @@ async fn shutdown_ends_open_streams() {
     let anonymous = forum.browser();
     let mut anonymous_events = anonymous.events().await;
 
-    let started = std::time::Instant::now();
     let Forum { data, web, dir: _dir } = forum;
+    let data = data.unwrap();
+    let other_web = start_web_server(data.request_endpoint(), data.pub_endpoint(), Duration::from_secs(5)).await;
+    let observer = Browser::new(other_web.local_addr());
+    eventually("ana is online", || async { is_online(&observer, "ana").await }).await;
+
+    let started = Instant::now();
     web.shutdown().await;
-    assert!(started.elapsed() < std::time::Duration::from_secs(5), "shutdown took {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(5), "shutdown took {:?}", started.elapsed());
     while events.next().await.is_some() {}
     while anonymous_events.next().await.is_some() {}
-    data.unwrap().shutdown().await;
+    assert!(!is_online(&observer, "ana").await, "shutdown did not report ana offline");
+
+    other_web.shutdown().await;
+    data.shutdown().await;
 }
