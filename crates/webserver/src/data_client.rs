@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use forum_protocol::{decode, encode, Reply, Request, WireReply, WireRequest, PROTOCOL_VERSION};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use zeromq::{DealerRecvHalf, DealerSendHalf, DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
@@ -55,6 +55,8 @@ struct Shared {
     outgoing: mpsc::Sender<Outgoing>,
     request_timeout: Duration,
     link: AtomicU8,
+    /// The number of connections made so far; it grows by one with each new socket.
+    connections: watch::Sender<u64>,
 }
 
 struct Outgoing {
@@ -89,6 +91,7 @@ impl DataClient {
             outgoing,
             request_timeout,
             link: AtomicU8::new(Link::Connecting as u8),
+            connections: watch::Sender::new(0),
         });
         let client = DataClient { shared };
         tracker.spawn(supervise(client.clone(), endpoint, outgoing_receiver, shutdown, tracker.clone()));
@@ -123,6 +126,12 @@ impl DataClient {
             Ok(Err(_dropped)) => Err(DataError::Unavailable),
             Err(_elapsed) => Err(DataError::Timeout),
         }
+    }
+
+    /// Returns a receiver of the number of connections made so far, which changes each time
+    /// a new socket connects, for state that must be sent again to a restarted data server.
+    pub fn connections(&self) -> watch::Receiver<u64> {
+        self.shared.connections.subscribe()
     }
 
     fn link(&self) -> Link {
@@ -202,6 +211,7 @@ async fn supervise(
         }
         logged_unreachable = false;
         client.set_link(Link::Connected);
+        client.shared.connections.send_modify(|count| *count += 1);
         tracing::info!(%endpoint, "connected to the data server");
 
         let (send_half, receive_half) = socket.split();

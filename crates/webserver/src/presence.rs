@@ -64,7 +64,18 @@ impl Drop for PresenceGuard {
 /// had reported online as offline, each report bounded by the request timeout.
 pub async fn report(presence: Arc<Presence>, data: DataClient, webserver: String, stop: CancellationToken) {
     let mut reported: HashSet<String> = HashSet::new();
+    let mut connections = data.connections();
+    let mut last_connection = *connections.borrow_and_update();
     loop {
+        let connection = *connections.borrow_and_update();
+        if connection != last_connection {
+            last_connection = connection;
+            // A new connection may lead to a restarted data server that lost what was
+            // reported, so the users still online are reported again. Offline reports that
+            // failed are still pending in `reported`.
+            let online = presence.online_users();
+            reported.retain(|user| !online.contains(user));
+        }
         let all_sent = reconcile(&presence.online_users(), &mut reported, &data, &webserver).await;
         let retry = async {
             if all_sent {
@@ -76,6 +87,7 @@ pub async fn report(presence: Arc<Presence>, data: DataClient, webserver: String
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = presence.changed.notified() => {}
+            _ = connections.changed() => {}
             _ = retry => {}
         }
     }

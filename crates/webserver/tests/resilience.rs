@@ -39,6 +39,11 @@ async fn silent_data_server_gives_503() {
     drop(publisher);
 }
 
+async fn is_online(browser: &Browser, name: &str) -> bool {
+    let users = browser.get("/api/users").await.body;
+    users.as_array().is_some_and(|users| users.iter().any(|user| user["name"] == name && user["online"] == true))
+}
+
 #[tokio::test]
 async fn data_server_restart_is_survived() {
     let dir = tempfile::tempdir().unwrap();
@@ -48,6 +53,8 @@ async fn data_server_restart_is_survived() {
     let web = start_web_server(&request_endpoint, &pub_endpoint, Duration::from_secs(1)).await;
     let mut ana = Browser::new(web.local_addr());
     ana.sign_up("ana").await;
+    let presence_stream = ana.events().await;
+    eventually("ana is online", || async { is_online(&ana, "ana").await }).await;
 
     data.shutdown().await;
     let answer = ana.get("/api/subjects").await;
@@ -55,6 +62,7 @@ async fn data_server_restart_is_survived() {
 
     let data = start_data_server(dir.path(), &request_endpoint, &pub_endpoint).await;
     eventually("the web server reconnects", || async { ana.get("/api/subjects").await.status == StatusCode::OK }).await;
+    eventually("ana is reported online again", || async { is_online(&ana, "ana").await }).await;
 
     // The change feed reconnects too: a new subject reaches an event stream.
     let mut events = ana.events().await;
@@ -69,6 +77,7 @@ async fn data_server_restart_is_survived() {
     }
     assert!(seen, "no change arrived after the data server restarted");
     drop(events);
+    drop(presence_stream);
     web.shutdown().await;
     data.shutdown().await;
 }
