@@ -144,16 +144,33 @@ pub struct Response {
 pub struct WebClient {
     pub base: String,
     http: reqwest::Client,
+    cookies: std::sync::Arc<reqwest::cookie::Jar>,
 }
 
 impl WebClient {
     pub fn new(address: SocketAddr) -> WebClient {
+        let cookies = std::sync::Arc::new(reqwest::cookie::Jar::default());
         let http = reqwest::Client::builder()
-            .cookie_store(true)
+            .cookie_provider(cookies.clone())
             .timeout(PATIENCE)
             .build()
             .expect("building an HTTP client");
-        WebClient { base: format!("http://{address}"), http }
+        WebClient { base: format!("http://{address}"), http, cookies }
+    }
+
+    /// A client whose cookie jar starts with `cookie` (a `name=value` pair), as if it had
+    /// copied or forged another browser's cookie.
+    pub fn with_cookie(address: SocketAddr, cookie: &str) -> WebClient {
+        let client = WebClient::new(address);
+        client.cookies.add_cookie_str(cookie, &client.base.parse().expect("a valid base URL"));
+        client
+    }
+
+    /// The `name=value` pairs of the cookies this client would send, if any.
+    pub fn session_cookie(&self) -> Option<String> {
+        use reqwest::cookie::CookieStore;
+        let header = self.cookies.cookies(&self.base.parse().expect("a valid base URL"))?;
+        Some(header.to_str().ok()?.to_owned())
     }
 
     pub async fn get(&self, path: &str) -> Response {
