@@ -5,6 +5,10 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod data_client;
+pub mod proxy;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -4,15 +4,17 @@
 //! more that are already queued, applies them all to the state and writes the new changes in
 //! one redb transaction. Only after the commit does it send the replies and hand the changes
 //! to the publisher. So a write is acknowledged only once it is on disk, and replies to reads
-//! in the same group never show a change that is not stored yet.
+//! in the same group never show a change that is not stored yet. After each commit it
+//! publishes its version vector on a watch channel for the heartbeat and the catch-up.
 
 use std::sync::Arc;
 
-use forum_protocol::{now_millis, Change, ChangeId, ChangeKind, ErrorCode, Reply, ServerId};
-use tokio::sync::{mpsc, oneshot};
+use forum_protocol::{now_millis, Change, ChangeId, ChangeKind, ErrorCode, Reply, ServerId, VersionVector};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, warn};
 
 use crate::command::{Command, Credentials};
+use crate::metrics::{add, Metrics};
 use crate::publisher::Publication;
 use crate::rate_limit::LogRateLimit;
 use crate::state::ForumState;
@@ -25,6 +27,8 @@ pub(crate) const MAX_BATCH: usize = 256;
 enum PendingReply {
     Reply(oneshot::Sender<Reply>, Reply),
     Credentials(oneshot::Sender<Option<Credentials>>, Option<Credentials>),
+    /// The acknowledgement of a fetched batch.
+    Stored(oneshot::Sender<()>),
 }
 
 pub(crate) struct Actor {
@@ -33,6 +37,9 @@ pub(crate) struct Actor {
     store: Arc<Store>,
     commands: mpsc::Receiver<Command>,
     publications: mpsc::Sender<Publication>,
+    /// The version vector after the latest commit.
+    vector: watch::Sender<VersionVector>,
+    metrics: Arc<Metrics>,
     foreign_id_warnings: LogRateLimit,
 }
 
@@ -43,8 +50,11 @@ impl Actor {
         store: Arc<Store>,
         commands: mpsc::Receiver<Command>,
         publications: mpsc::Sender<Publication>,
+        vector: watch::Sender<VersionVector>,
+        metrics: Arc<Metrics>,
     ) -> Self {
-        Actor { id, state, store, commands, publications, foreign_id_warnings: LogRateLimit::new() }
+        vector.send_replace(state.vector());
+        Actor { id, state, store, commands, publications, vector, metrics, foreign_id_warnings: LogRateLimit::new() }
     }
 
     /// Handles commands until every command sender is dropped, then returns the store so the
@@ -83,6 +93,7 @@ impl Actor {
                             let change = Change { id, lamport, time, kind };
                             self.state.apply(&change);
                             let answer = reply_for(&change);
+                            add(&self.metrics.local_changes, 1);
                             changes.push(Publication { change, local: true });
                             answer
                         }
@@ -108,10 +119,25 @@ impl Actor {
                         }
                     }
                     if self.state.apply(&change) {
+                        add(&self.metrics.replicated_changes, 1);
                         changes.push(Publication { change, local: false });
                     } else {
+                        add(&self.metrics.duplicate_changes, 1);
                         debug!(server = self.id, change = %change.id, "ignored a change that is already applied");
                     }
+                }
+                Command::Fetched { changes: fetched, stored } => {
+                    let received = fetched.len();
+                    for change in fetched {
+                        if self.state.apply(&change) {
+                            add(&self.metrics.fetched_changes, 1);
+                            changes.push(Publication { change, local: false });
+                        } else {
+                            add(&self.metrics.duplicate_changes, 1);
+                        }
+                    }
+                    debug!(server = self.id, received, "applied a fetched batch");
+                    replies.push(PendingReply::Stored(stored));
                 }
             }
         }
@@ -139,7 +165,13 @@ impl Actor {
                 PendingReply::Credentials(sender, credentials) => {
                     let _ = sender.send(credentials);
                 }
+                PendingReply::Stored(sender) => {
+                    let _ = sender.send(());
+                }
             }
+        }
+        if !changes.is_empty() {
+            self.vector.send_replace(self.state.vector());
         }
         for publication in changes {
             // The publisher only queues messages in zeromq's PUB socket, so this waits only
@@ -162,6 +194,7 @@ impl Actor {
         let store = Arc::clone(&self.store);
         let changes = tokio::task::spawn_blocking(move || store.load()).await??;
         self.state = ForumState::from_changes(changes);
+        self.vector.send_replace(self.state.vector());
         Ok(())
     }
 }
@@ -185,5 +218,7 @@ fn fail(pending: PendingReply) {
         }
         // Dropping the sender makes the login handler reply with an internal error.
         PendingReply::Credentials(sender, _) => drop(sender),
+        // Dropping the sender tells the fetcher that the batch was not stored.
+        PendingReply::Stored(sender) => drop(sender),
     }
 }

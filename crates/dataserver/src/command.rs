@@ -29,6 +29,9 @@ pub(crate) enum Read {
 pub(crate) struct Credentials {
     pub user: User,
     pub password_hash: String,
+    /// The password hashes of accounts that registered the same name at the same moment on
+    /// other servers and lost it. A login that matches one of them gets `NameConflict`.
+    pub lost_name_hashes: Vec<String>,
 }
 
 /// A message to the actor task.
@@ -40,4 +43,7 @@ pub(crate) enum Command {
     Credentials { name: String, reply: oneshot::Sender<Option<Credentials>> },
     /// A change received from a peer on the checkpoint topic.
     Replicated { change: Change },
+    /// A batch of changes fetched from a peer to fill a gap. `stored` is told once the batch
+    /// is committed, so the fetcher can bound how many batches wait.
+    Fetched { changes: Vec<Change>, stored: oneshot::Sender<()> },
 }

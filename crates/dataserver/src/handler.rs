@@ -10,9 +10,13 @@ use forum_protocol::{
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
 
+use crate::catch_up::{FETCH_BATCH, FETCH_MAX_BYTES};
 use crate::command::{Command, Read, Write};
+use crate::metrics::add;
 use crate::password::Passwords;
 use crate::rate_limit::LogRateLimit;
+use crate::status::StatusSource;
+use crate::store::Store;
 
 /// The largest request payload accepted, in bytes. Larger ones are rejected unread.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -27,6 +31,10 @@ pub(crate) struct Handler {
     /// in flight is already bounded by the request socket's semaphore.
     actor: mpsc::Sender<Command>,
     passwords: Passwords,
+    /// Read directly for `FetchChanges`: redb serves reads of committed data beside the
+    /// actor's writes, so catch-up does not wait in the actor's queue.
+    store: Arc<Store>,
+    status: StatusSource,
 }
 
 fn invalid(reason: Invalid) -> Reply {
@@ -38,13 +46,14 @@ fn internal() -> Reply {
 }
 
 impl Handler {
-    pub fn new(server: ServerId, actor: mpsc::Sender<Command>, passwords: Passwords) -> Self {
-        Handler { server, decode_failures: Arc::new(Mutex::new(LogRateLimit::new())), actor, passwords }
+    pub fn new(server: ServerId, actor: mpsc::Sender<Command>, passwords: Passwords, store: Arc<Store>, status: StatusSource) -> Self {
+        Handler { server, decode_failures: Arc::new(Mutex::new(LogRateLimit::new())), actor, passwords, store, status }
     }
 
     /// Returns the reply to one request payload.
     pub async fn handle(&self, payload: &[u8]) -> WireReply {
         let wire_reply = |id, reply| WireReply { v: PROTOCOL_VERSION, id, reply };
+        add(&self.status.metrics.requests, 1);
         if payload.len() > MAX_REQUEST_BYTES {
             let message = format!("the request is {} bytes, more than the limit of {MAX_REQUEST_BYTES}", payload.len());
             return wire_reply(0, Reply::error(ErrorCode::InvalidInput, message));
@@ -70,6 +79,8 @@ impl Handler {
     async fn reply(&self, request_id: u64, request: Request) -> Reply {
         match request {
             Request::Ping => Reply::Pong { server: self.server },
+            Request::Status => Reply::Status(self.status.snapshot()),
+            Request::FetchChanges { origin, after_seq, limit } => self.fetch_changes(request_id, origin, after_seq, limit).await,
             Request::Register { name, password } => {
                 if let Err(reason) = validate_name(&name).and_then(|()| validate_password(&password)) {
                     return invalid(reason);
@@ -121,15 +132,53 @@ impl Handler {
         let Ok(credentials) = receiver.await else {
             return internal();
         };
-        let (user, hash) = match credentials {
-            Some(credentials) => (Some(credentials.user), Some(credentials.password_hash)),
-            None => (None, None),
+        let (user, hash, lost_name_hashes) = match credentials {
+            Some(credentials) => (Some(credentials.user), Some(credentials.password_hash), credentials.lost_name_hashes),
+            None => (None, None, Vec::new()),
         };
-        match self.passwords.verify(password, hash).await {
-            Ok(true) => Reply::User(user.expect("a matching password implies a stored user")),
-            Ok(false) => bad_credentials(),
+        let verify_failed = |error: anyhow::Error| {
+            warn!(server = self.server, request = request_id, error = format!("{error:#}"), "failed to verify a password");
+            internal()
+        };
+        match self.passwords.verify(password.clone(), hash).await {
+            Ok(true) => return Reply::User(user.expect("a matching password implies a stored user")),
+            Ok(false) => {}
+            Err(error) => return verify_failed(error),
+        }
+        // NOTE: when the losing account chose the winner's password too, the check above
+        // already logged it in as the winner; the two cannot be told apart by name and password.
+        for lost_hash in lost_name_hashes {
+            match self.passwords.verify(password.clone(), Some(lost_hash)).await {
+                Ok(true) => {
+                    let name = user.as_ref().map_or("", |user| user.name.as_str());
+                    let message = format!(
+                        "the user name {name:?} was registered at the same moment on another server, and the other \
+                         registration won; register again with another name"
+                    );
+                    return Reply::error(ErrorCode::NameConflict, message);
+                }
+                Ok(false) => {}
+                Err(error) => return verify_failed(error),
+            }
+        }
+        bad_credentials()
+    }
+
+    async fn fetch_changes(&self, request_id: u64, origin: ServerId, after_seq: u64, limit: u32) -> Reply {
+        let limit = limit.clamp(1, FETCH_BATCH) as usize;
+        let store = Arc::clone(&self.store);
+        let read = tokio::task::spawn_blocking(move || store.changes_after(origin, after_seq, limit, FETCH_MAX_BYTES)).await;
+        match read {
+            Ok(Ok(changes)) => {
+                add(&self.status.metrics.fetches_served, 1);
+                Reply::Changes(changes)
+            }
+            Ok(Err(error)) => {
+                error!(server = self.server, request = request_id, origin, after_seq, error = format!("{error:#}"), "failed to read changes for a peer");
+                internal()
+            }
             Err(error) => {
-                warn!(server = self.server, request = request_id, error = format!("{error:#}"), "failed to verify a password");
+                error!(server = self.server, request = request_id, %error, "the task reading changes for a peer failed");
                 internal()
             }
         }

@@ -3,22 +3,32 @@
 //! PUB/SUB.
 //!
 //! Inside, one actor task owns the state and the redb store. The request socket loop, the
-//! peer subscribers and the publisher talk to it through bounded channels. Start a server
-//! with [`DataServer::start`] and stop it with [`DataServer::shutdown`].
+//! peer subscribers and the publisher talk to it through bounded channels. The replicator
+//! owns what is known about the peers, detects failures from their heartbeats and fetches
+//! missing changes (see docs/replication.md). Start a server with [`DataServer::start`] and
+//! stop it with [`DataServer::shutdown`].
 
 mod actor;
+mod admin;
+mod catch_up;
 mod command;
 mod handler;
+mod heartbeat;
+mod liveness;
+mod metrics;
 mod password;
 mod peers;
 mod publisher;
 mod rate_limit;
+mod replicator;
 mod request_socket;
 mod server;
 mod state;
+mod status;
 mod store;
+mod version_vector;
 
 pub use handler::MAX_REQUEST_BYTES;
 pub use request_socket::MAX_IN_FLIGHT;
-pub use server::{Config, DataServer};
+pub use server::{Config, DataServer, Options};
 pub use store::STORE_FILE;

@@ -1,11 +1,12 @@
 //! The `dataserver` binary: parses the command line, builds a [`Config`] and runs the server
 //! until SIGINT or SIGTERM.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Parser;
-use forum_dataserver::{Config, DataServer};
+use forum_dataserver::{Config, DataServer, Options};
 use forum_protocol::{parse_endpoint, parse_peer_list, ServerId};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
@@ -34,6 +35,17 @@ struct Args {
     /// in <DIR>/server-id is used, or a random one is generated and stored there.
     #[arg(long, value_name = "N", env = "FORUM_SERVER_ID", value_parser = clap::value_parser!(u32).range(1..))]
     id: Option<ServerId>,
+
+    /// The request endpoint that peers use to fetch missed changes from this server, sent in
+    /// every heartbeat. Default: the --request endpoint, which peers cannot use when it binds
+    /// 0.0.0.0 or *.
+    #[arg(long, value_name = "ENDPOINT", env = "FORUM_ADVERTISE", value_parser = parse_one_endpoint)]
+    advertise: Option<String>,
+
+    /// The address (IP:PORT) of an HTTP admin endpoint serving /healthz and /metrics in the
+    /// Prometheus text format, such as 127.0.0.1:9100. None when absent.
+    #[arg(long, value_name = "ADDRESS", env = "FORUM_ADMIN")]
+    admin: Option<SocketAddr>,
 
     /// The other data servers' PUB endpoints, separated by commas, such as
     /// tcp://127.0.0.1:20001,tcp://127.0.0.1:20002. Empty for a single server.
@@ -118,7 +130,8 @@ async fn main() -> anyhow::Result<()> {
         peers: args.peers.0,
     };
 
-    let server = DataServer::start(config).await?;
+    let options = Options { advertise: args.advertise, admin: args.admin };
+    let server = DataServer::start_with(config, options).await?;
     stop_signal().await?;
     info!(server = id, "received a stop signal");
     server.shutdown().await;

@@ -1,70 +1,117 @@
-//! One subscriber task per peer: it receives the peer's own changes on the checkpoint topic
-//! and hands them to the actor.
+//! One subscriber task per peer: it receives the peer's own changes on the checkpoint topic,
+//! which it hands to the actor, and the peer's heartbeats, which it hands to the replicator.
 //!
 //! Each peer has its own SUB socket so that a peer's liveness can be tracked on its own.
 //! zeromq 0.7's `connect` fails when the peer is not up within the connect timeout, so the
-//! task retries it with backoff. Once connected, the SUB socket reconnects by itself.
+//! task retries it with backoff. Once connected, the SUB socket reconnects by itself, but
+//! when nothing at all arrives for [`DOWN_AFTER`] the task still rebuilds the socket, so a
+//! connection that zeromq failed to notice as broken cannot stop replication for good.
 
 use std::time::Duration;
 
-use forum_protocol::{decode, ServerId, WireChange, TOPIC_CHECKPOINT};
+use forum_protocol::{decode, Change, Heartbeat, ServerId, WireChange, WireHeartbeat, TOPIC_CHECKPOINT, TOPIC_HEARTBEAT};
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use zeromq::{Socket, SocketOptions, SocketRecv, SubSocket, ZmqMessage};
 
 use crate::command::Command;
+use crate::heartbeat::DOWN_AFTER;
 use crate::rate_limit::LogRateLimit;
 
 /// How long one connection attempt may take before it is retried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The first and the longest wait between failed connection attempts.
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
+
+/// A heartbeat received from a peer.
+#[derive(Debug)]
+pub(crate) struct ReceivedHeartbeat {
+    /// The peer's PUB endpoint, as configured.
+    pub peer: String,
+    pub heartbeat: Heartbeat,
+}
+
+/// Where a peer subscriber sends what it receives.
+pub(crate) struct PeerOutputs {
+    /// Changes to the actor. A full channel makes the subscriber wait.
+    pub actor: mpsc::Sender<Command>,
+    /// Heartbeats to the replicator. When the channel is full the heartbeat is dropped,
+    /// because the next one follows within half a second and carries newer information.
+    pub heartbeats: mpsc::Sender<ReceivedHeartbeat>,
+}
 
 /// Subscribes to one peer until `shutdown` turns true.
-pub(crate) async fn run(server: ServerId, peer: String, actor: mpsc::Sender<Command>, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn run(
+    server: ServerId,
+    peer: String,
+    outputs: PeerOutputs,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let stopping = async move {
         let _ = shutdown.wait_for(|stopping| *stopping).await;
     };
     tokio::select! {
         () = stopping => {}
-        () = subscribe(server, &peer, actor) => {}
+        () = subscribe(server, &peer, outputs) => {}
     }
     info!(server, peer, "peer subscriber stopped");
 }
 
-async fn subscribe(server: ServerId, peer: &str, actor: mpsc::Sender<Command>) {
-    let mut socket = connect(server, peer).await;
-    info!(server, peer, "connected to peer");
+/// What one message on the checkpoint topics carries.
+enum Received {
+    Change(Change),
+    Heartbeat(Heartbeat),
+}
 
+async fn subscribe(server: ServerId, peer: &str, outputs: PeerOutputs) {
     let mut receive_failures = LogRateLimit::new();
     let mut decode_failures = LogRateLimit::new();
-    loop {
-        let message = match socket.recv().await {
-            Ok(message) => message,
-            Err(error) => {
-                if let Some(suppressed) = receive_failures.check() {
-                    warn!(server, peer, %error, suppressed, "failed to receive from peer; the socket reconnects by itself");
+    let mut dropped_heartbeats = LogRateLimit::new();
+    'connection: loop {
+        let mut socket = connect(server, peer).await;
+        debug!(server, peer, "subscribed to peer");
+        loop {
+            let message = match tokio::time::timeout(DOWN_AFTER, socket.recv()).await {
+                Ok(Ok(message)) => message,
+                Ok(Err(error)) => {
+                    if let Some(suppressed) = receive_failures.check() {
+                        warn!(server, peer, %error, suppressed, "failed to receive from peer; rebuilding the socket");
+                    }
+                    continue 'connection;
                 }
-                tokio::time::sleep(FIRST_RETRY_DELAY).await;
-                continue;
-            }
-        };
-        let change = match parse(&message) {
-            Ok(change) => change,
-            Err(reason) => {
-                if let Some(suppressed) = decode_failures.check() {
-                    warn!(server, peer, reason, suppressed, "dropped an undecodable message from peer");
+                Err(_) => {
+                    debug!(server, peer, silence = ?DOWN_AFTER, "nothing received from peer; rebuilding the socket");
+                    continue 'connection;
                 }
-                continue;
+            };
+            match parse(&message) {
+                Ok(Received::Change(change)) => {
+                    // Waiting on a full actor channel leaves messages queued in the SUB socket.
+                    // Beyond its queue the peer's PUB socket drops them, and catch-up fetches
+                    // them later.
+                    if outputs.actor.send(Command::Replicated { change }).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Received::Heartbeat(heartbeat)) => {
+                    let received = ReceivedHeartbeat { peer: peer.to_owned(), heartbeat };
+                    match outputs.heartbeats.try_send(received) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            if let Some(suppressed) = dropped_heartbeats.check() {
+                                warn!(server, peer, suppressed, "dropped a heartbeat because the replicator is busy");
+                            }
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    }
+                }
+                Err(reason) => {
+                    if let Some(suppressed) = decode_failures.check() {
+                        warn!(server, peer, reason, suppressed, "dropped an undecodable message from peer");
+                    }
+                }
             }
-        };
-        // Waiting on a full actor channel leaves messages queued in the SUB socket. Beyond
-        // its queue the peer's PUB socket drops them.
-        // NOTE: a change missed here, or published while this server was disconnected, is
-        // never fetched again; there is no catch-up from a peer's log yet.
-        if actor.send(Command::Replicated { change: change.change }).await.is_err() {
-            return;
         }
     }
 }
@@ -78,6 +125,7 @@ async fn connect(server: ServerId, peer: &str) -> SubSocket {
         options.connect_timeout(CONNECT_TIMEOUT);
         let mut socket = SubSocket::with_options(options);
         let result = match socket.connect(peer).await {
+            // The prefix `checkpoint` also matches `checkpoint.heartbeat`.
             Ok(()) => socket.subscribe(TOPIC_CHECKPOINT).await,
             Err(error) => Err(error),
         };
@@ -94,15 +142,20 @@ async fn connect(server: ServerId, peer: &str) -> SubSocket {
     }
 }
 
-/// Reads a `[topic, WireChange]` message from the checkpoint topic.
-fn parse(message: &ZmqMessage) -> Result<WireChange, String> {
+/// Reads a `[topic, WireChange]` or a `[topic, WireHeartbeat]` message.
+fn parse(message: &ZmqMessage) -> Result<Received, String> {
     if message.len() != 2 {
         return Err(format!("expected 2 frames, got {}", message.len()));
     }
     let topic = message.get(0).expect("the message has 2 frames");
-    if topic.as_ref() != TOPIC_CHECKPOINT.as_bytes() {
-        return Err(format!("unexpected topic {:?}", String::from_utf8_lossy(topic)));
-    }
     let payload = message.get(1).expect("the message has 2 frames");
-    decode(payload).map_err(|error| error.to_string())
+    if topic.as_ref() == TOPIC_CHECKPOINT.as_bytes() {
+        let wire: WireChange = decode(payload).map_err(|error| error.to_string())?;
+        Ok(Received::Change(wire.change))
+    } else if topic.as_ref() == TOPIC_HEARTBEAT.as_bytes() {
+        let wire: WireHeartbeat = decode(payload).map_err(|error| error.to_string())?;
+        Ok(Received::Heartbeat(wire.heartbeat))
+    } else {
+        Err(format!("unexpected topic {:?}", String::from_utf8_lossy(topic)))
+    }
 }

@@ -3,13 +3,17 @@
 //! A local change goes out twice: on the checkpoint topic, in full, for the other data
 //! servers, and on the webserver topic, redacted, for the web servers. A change received from
 //! a peer goes out on the webserver topic only, so changes are never relayed between peers.
+//! Between changes, a timer publishes this server's heartbeat for its peers.
 
 use bytes::Bytes;
-use forum_protocol::{encode, Change, ServerId, WireChange, PROTOCOL_VERSION, TOPIC_CHECKPOINT, TOPIC_WEBSERVER};
-use tokio::sync::mpsc;
+use forum_protocol::{
+    encode, Change, ServerId, VersionVector, WireChange, PROTOCOL_VERSION, TOPIC_CHECKPOINT, TOPIC_WEBSERVER,
+};
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 use zeromq::{PubSocket, Socket, SocketSend, ZmqMessage};
 
+use crate::heartbeat::{self, HEARTBEAT_INTERVAL};
 use crate::rate_limit::LogRateLimit;
 
 /// A stored change to publish.
@@ -30,10 +34,39 @@ pub(crate) async fn bind(endpoint: &str) -> anyhow::Result<(PubSocket, String)> 
     Ok((socket, bound.to_string()))
 }
 
-/// Publishes changes until the channel closes, then closes the socket.
-pub(crate) async fn run(server: ServerId, mut socket: PubSocket, mut publications: mpsc::Receiver<Publication>) {
+/// What the heartbeat announces besides the server id.
+pub(crate) struct HeartbeatSource {
+    /// The request endpoint that peers fetch changes from.
+    pub fetch_endpoint: String,
+    /// The actor's version vector after its latest commit.
+    pub vector: watch::Receiver<VersionVector>,
+}
+
+/// Publishes changes and heartbeats until the channel closes, then closes the socket.
+pub(crate) async fn run(
+    server: ServerId,
+    mut socket: PubSocket,
+    mut publications: mpsc::Receiver<Publication>,
+    heartbeat_source: HeartbeatSource,
+) {
     let mut send_failures = LogRateLimit::new();
-    while let Some(Publication { change, local }) = publications.recv().await {
+    let mut ticks = tokio::time::interval(HEARTBEAT_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let publication = tokio::select! {
+            publication = publications.recv() => publication,
+            _ = ticks.tick() => {
+                let vector = heartbeat_source.vector.borrow().clone();
+                let message = heartbeat::message(server, &heartbeat_source.fetch_endpoint, vector);
+                if let Err(error) = socket.send(message).await {
+                    if let Some(suppressed) = send_failures.check() {
+                        warn!(server, suppressed, %error, "failed to publish a heartbeat");
+                    }
+                }
+                continue;
+            }
+        };
+        let Some(Publication { change, local }) = publication else { break };
         let mut messages = Vec::with_capacity(2);
         if local {
             messages.push(message(TOPIC_CHECKPOINT, &change));

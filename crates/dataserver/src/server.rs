@@ -1,10 +1,11 @@
 //! Starting, wiring and stopping the tasks of one data server.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use forum_protocol::{parse_endpoint, ServerId};
+use forum_protocol::{parse_endpoint, PeerStatus, ServerId, VersionVector};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -12,10 +13,15 @@ use tracing::{info, warn};
 use crate::actor::{Actor, MAX_BATCH};
 use crate::command::Command;
 use crate::handler::Handler;
+use crate::metrics::Metrics;
 use crate::password::Passwords;
+use crate::peers::{PeerOutputs, ReceivedHeartbeat};
+use crate::publisher::HeartbeatSource;
+use crate::replicator::Replicator;
 use crate::state::ForumState;
+use crate::status::StatusSource;
 use crate::store::Store;
-use crate::{peers, publisher, request_socket};
+use crate::{admin, peers, publisher, request_socket};
 
 /// The settings of one data server.
 #[derive(Clone, Debug)]
@@ -35,25 +41,54 @@ pub struct Config {
     pub peers: Vec<String>,
 }
 
+/// Settings that have a sensible default, kept apart from [`Config`] so that a `Config`
+/// literal need not name them.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// The request endpoint that peers should use to fetch changes from this server, sent in
+    /// every heartbeat. Default: the request endpoint as bound, which is unusable for peers
+    /// when it binds 0.0.0.0 or `*`.
+    pub advertise: Option<String>,
+    /// The address of the HTTP admin endpoint (`/healthz`, `/metrics`); none by default.
+    pub admin: Option<SocketAddr>,
+}
+
 /// A running data server. Call [`DataServer::shutdown`] to stop it cleanly: dropping it
 /// instead leaves its tasks running until the tokio runtime stops.
 pub struct DataServer {
     id: ServerId,
     request_endpoint: String,
     pub_endpoint: String,
-    /// Turns true once to tell the request loop and the peer subscribers to stop.
+    fetch_endpoint: String,
+    admin_address: Option<SocketAddr>,
+    /// Turns true once to tell the request loop, the peer subscribers, the replicator and the
+    /// admin endpoint to stop.
     shutdown: watch::Sender<bool>,
     /// A command sender for new peer subscribers, dropped at shutdown so the actor's channel closes.
     actor_commands: mpsc::Sender<Command>,
+    heartbeats: mpsc::Sender<ReceivedHeartbeat>,
+    /// The configured peers' PUB endpoints, read by the replicator.
+    configured_peers: watch::Sender<Vec<String>>,
     peers: Mutex<Vec<(String, JoinHandle<()>)>>,
     request_task: JoinHandle<()>,
+    replicator_task: JoinHandle<()>,
+    admin_task: Option<JoinHandle<()>>,
     actor_task: JoinHandle<Arc<Store>>,
     publisher_task: JoinHandle<()>,
 }
 
+/// How many received heartbeats may wait for the replicator; see [`PeerOutputs::heartbeats`]
+/// for what happens beyond.
+const HEARTBEAT_QUEUE: usize = 64;
+
 impl DataServer {
-    /// Opens the store, replays it into memory, binds both sockets and starts every task.
+    /// Starts a data server with default [`Options`].
     pub async fn start(config: Config) -> anyhow::Result<DataServer> {
+        DataServer::start_with(config, Options::default()).await
+    }
+
+    /// Opens the store, replays it into memory, binds the sockets and starts every task.
+    pub async fn start_with(config: Config, options: Options) -> anyhow::Result<DataServer> {
         let id = config.id;
         let data_dir = config.data_dir.clone();
         let (store, changes) = tokio::task::spawn_blocking(move || {
@@ -64,30 +99,72 @@ impl DataServer {
         .await
         .context("the task opening the store failed")??;
         let store_path = store.path().to_owned();
+        let store = Arc::new(store);
         let state = ForumState::from_changes(changes);
         let replayed = state.change_count();
 
         let (pub_socket, pub_endpoint) = publisher::bind(&config.pub_endpoint).await?;
         let (router_socket, request_endpoint) = request_socket::bind(&config.request_endpoint).await?;
+        let fetch_endpoint = match options.advertise {
+            Some(advertise) => parse_endpoint(&advertise).context("invalid advertised endpoint")?,
+            None => request_endpoint.clone(),
+        };
+        if fetch_endpoint.contains("://0.0.0.0:") || fetch_endpoint.contains("://*:") {
+            warn!(server = id, fetch_endpoint, "peers cannot fetch changes from a wildcard address; set --advertise to an address they can reach");
+        }
 
         // Changes waiting to be published. When it is full the actor waits, which slows down
         // writes, so no stored change is skipped.
         let (publications, publication_queue) = mpsc::channel(4 * MAX_BATCH);
-        // Commands waiting for the actor. When it is full, request tasks and peer subscribers
-        // wait; requests in flight are bounded by the request socket, so the wait is bounded.
+        // Commands waiting for the actor. When it is full, request tasks, peer subscribers and
+        // the catch-up wait; requests in flight are bounded by the request socket, so the wait
+        // is bounded.
         let (actor_commands, command_queue) = mpsc::channel(4 * MAX_BATCH);
+        let (heartbeats, heartbeat_queue) = mpsc::channel(HEARTBEAT_QUEUE);
         let (shutdown, shutdown_signal) = watch::channel(false);
+        let (vector_sender, vector) = watch::channel(VersionVector::new());
+        let (peer_status_sender, peer_status) = watch::channel(Vec::<PeerStatus>::new());
+        let (configured_peers, configured) = watch::channel(Vec::new());
+        let metrics = Arc::new(Metrics::default());
+        let status = StatusSource {
+            server: id,
+            fetch_endpoint: fetch_endpoint.clone(),
+            vector: vector.clone(),
+            peers: peer_status,
+            metrics: Arc::clone(&metrics),
+            actor: actor_commands.downgrade(),
+            publisher: publications.downgrade(),
+        };
 
-        let publisher_task = tokio::spawn(publisher::run(id, pub_socket, publication_queue));
-        let actor = Actor::new(id, state, Arc::new(store), command_queue, publications);
+        let heartbeat_source = HeartbeatSource { fetch_endpoint: fetch_endpoint.clone(), vector: vector.clone() };
+        let publisher_task = tokio::spawn(publisher::run(id, pub_socket, publication_queue, heartbeat_source));
+        let actor = Actor::new(id, state, Arc::clone(&store), command_queue, publications, vector_sender, Arc::clone(&metrics));
         let actor_task = tokio::spawn(actor.run());
-        let handler = Handler::new(id, actor_commands.clone(), Passwords::new());
-        let request_task = tokio::spawn(request_socket::run(id, router_socket, handler, shutdown_signal));
+        let handler = Handler::new(id, actor_commands.clone(), Passwords::new(), store, status.clone());
+        let request_task = tokio::spawn(request_socket::run(id, router_socket, handler, shutdown_signal.clone()));
+        let replicator = Replicator {
+            server: id,
+            configured,
+            vector,
+            actor: actor_commands.clone(),
+            status: peer_status_sender,
+            metrics,
+        };
+        let replicator_task = tokio::spawn(replicator.run(heartbeat_queue, shutdown_signal.clone()));
+        let (admin_address, admin_task) = match options.admin {
+            Some(address) => {
+                let (bound, task) = admin::start(address, status, shutdown_signal).await?;
+                (Some(bound), Some(task))
+            }
+            None => (None, None),
+        };
 
         info!(
             server = id,
             request = request_endpoint,
             publish = pub_endpoint,
+            advertise = fetch_endpoint,
+            admin = ?admin_address,
             peers = ?config.peers,
             store = %store_path.display(),
             replayed,
@@ -97,10 +174,16 @@ impl DataServer {
             id,
             request_endpoint,
             pub_endpoint,
+            fetch_endpoint,
+            admin_address,
             shutdown,
             actor_commands,
+            heartbeats,
+            configured_peers,
             peers: Mutex::new(Vec::new()),
             request_task,
+            replicator_task,
+            admin_task,
             actor_task,
             publisher_task,
         };
@@ -125,6 +208,16 @@ impl DataServer {
         &self.pub_endpoint
     }
 
+    /// Returns the request endpoint that heartbeats advertise to peers.
+    pub fn fetch_endpoint(&self) -> &str {
+        &self.fetch_endpoint
+    }
+
+    /// Returns the admin endpoint's address as bound, when one was asked for.
+    pub fn admin_address(&self) -> Option<SocketAddr> {
+        self.admin_address
+    }
+
     /// Starts subscribing to one more peer's PUB endpoint. It returns before the connection is
     /// made: the subscriber retries until the peer is up.
     pub async fn add_peer(&self, pub_endpoint: String) -> anyhow::Result<()> {
@@ -133,7 +226,9 @@ impl DataServer {
         if peers.iter().any(|(existing, _)| *existing == peer) {
             anyhow::bail!("{peer} is already a peer of data server {}", self.id);
         }
-        let task = tokio::spawn(peers::run(self.id, peer.clone(), self.actor_commands.clone(), self.shutdown.subscribe()));
+        let outputs = PeerOutputs { actor: self.actor_commands.clone(), heartbeats: self.heartbeats.clone() };
+        let task = tokio::spawn(peers::run(self.id, peer.clone(), outputs, self.shutdown.subscribe()));
+        self.configured_peers.send_modify(|configured| configured.push(peer.clone()));
         peers.push((peer, task));
         Ok(())
     }
@@ -152,10 +247,19 @@ impl DataServer {
                 warn!(server = id, peer, %error, "a peer subscriber task failed");
             }
         }
+        if let Err(error) = self.replicator_task.await {
+            warn!(server = id, %error, "the replicator task failed");
+        }
+        if let Some(task) = self.admin_task {
+            if let Err(error) = task.await {
+                warn!(server = id, %error, "the admin task failed");
+            }
+        }
 
         // Every other command sender is gone now, so the actor finishes the queued commands
         // and returns. Then the publisher's channel closes too.
         drop(self.actor_commands);
+        drop(self.heartbeats);
         match self.actor_task.await {
             Ok(store) => drop(store),
             Err(error) => warn!(server = id, %error, "the actor task failed"),

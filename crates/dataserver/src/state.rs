@@ -8,10 +8,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use forum_protocol::{
     Change, ChangeId, ChangeKind, ErrorCode, ErrorReply, Message, PrivateMessage, Reply, ServerId, Subject,
-    User, UserStatus,
+    User, UserStatus, VersionVector,
 };
 
 use crate::command::{Credentials, Read, Write};
+use crate::version_vector::VersionTracker;
 
 /// The total order of changes: (lamport, origin, seq). Histories sort by it, and the smallest
 /// key wins a conflict.
@@ -60,12 +61,16 @@ pub(crate) struct ForumState {
     max_lamport: u64,
     /// The greatest sequence number applied, per origin server.
     max_seq: HashMap<ServerId, u64>,
-    /// Registered users by folded name. Only the winner of a name conflict is here.
-    users: HashMap<String, UserEntry>,
+    /// Which changes of each origin are applied, with and without gaps.
+    versions: VersionTracker,
+    /// Every registration of each folded name, sorted by order key: the first one won the
+    /// name, the others lost it to a concurrent registration on another server.
+    users: HashMap<String, Vec<UserEntry>>,
     /// Every subject ever created, by id, including those that lost a title conflict.
     subjects: HashMap<ChangeId, SubjectEntry>,
-    /// The winning subject for each folded title, with its order key.
-    titles: HashMap<String, (OrderKey, ChangeId)>,
+    /// The subjects of each folded title by order key. The first one won the title, and the
+    /// others are merged into it: their ids resolve to it and their messages show in its history.
+    titles: HashMap<String, BTreeMap<OrderKey, ChangeId>>,
     /// Public messages per subject id. A subject's messages may arrive before the subject.
     messages: HashMap<ChangeId, BTreeMap<OrderKey, Message>>,
     /// Private messages per unordered pair of folded user names.
@@ -99,6 +104,11 @@ impl ForumState {
         self.max_seq.get(&origin).copied().unwrap_or(0) + 1
     }
 
+    /// Returns, per origin, the highest sequence number up to which every change is applied.
+    pub fn vector(&self) -> VersionVector {
+        self.versions.vector()
+    }
+
     /// Returns whether a change with this id has been applied.
     pub fn contains(&self, id: ChangeId) -> bool {
         self.applied.contains(&id)
@@ -112,28 +122,22 @@ impl ForumState {
         self.max_lamport = self.max_lamport.max(change.lamport);
         let max_seq = self.max_seq.entry(change.id.origin).or_default();
         *max_seq = (*max_seq).max(change.id.seq);
+        self.versions.record(change.id);
 
         let key = order_key(change);
         match &change.kind {
             ChangeKind::UserRegistered { user, password_hash } => {
-                // NOTE: conflicts are only half resolved. A user who lost a name keeps the
-                // log entry but not the password. Their messages show under the winner's name,
-                // and nothing tells them. A subject that lost a title is hidden from
-                // ListSubjects but keeps its messages apart instead of merging them.
-                let name = fold(&user.name);
-                let wins = self.users.get(&name).is_none_or(|existing| key < existing.key);
-                if wins {
-                    let entry = UserEntry { user: user.clone(), password_hash: password_hash.clone(), key };
-                    self.users.insert(name, entry);
-                }
+                // NOTE: a session opened by the losing account before its loss reached the web
+                // server keeps acting under the shared name, so its later writes show as the
+                // winner's. Messages are stored by name, not by account id.
+                let entries = self.users.entry(fold(&user.name)).or_default();
+                let position = entries.partition_point(|entry| entry.key < key);
+                let entry = UserEntry { user: user.clone(), password_hash: password_hash.clone(), key };
+                entries.insert(position, entry);
             }
             ChangeKind::SubjectCreated { subject } => {
                 self.subjects.insert(subject.id, SubjectEntry { subject: subject.clone(), key });
-                let title = fold(&subject.title);
-                let wins = self.titles.get(&title).is_none_or(|(winner_key, _)| key < *winner_key);
-                if wins {
-                    self.titles.insert(title, (key, subject.id));
-                }
+                self.titles.entry(fold(&subject.title)).or_default().insert(key, subject.id);
             }
             ChangeKind::MessagePosted { message } => {
                 self.messages.entry(message.subject).or_default().insert(key, message.clone());
@@ -160,7 +164,7 @@ impl ForumState {
     pub fn prepare(&self, write: Write, id: ChangeId, lamport: u64, time: u64) -> Result<Option<ChangeKind>, ErrorReply> {
         let kind = match write {
             Write::Register { name, password_hash } => {
-                if self.users.contains_key(&fold(&name)) {
+                if self.users.get(&fold(&name)).is_some_and(|entries| !entries.is_empty()) {
                     return Err(error(ErrorCode::NameTaken, format!("the user name {name:?} is taken")));
                 }
                 ChangeKind::UserRegistered { user: User { id, name, time }, password_hash }
@@ -168,7 +172,7 @@ impl ForumState {
             Write::CreateSubject { title, created_by } => {
                 let creator = self.user(&created_by)?;
                 let title = title.trim().to_owned();
-                if let Some((_, existing)) = self.titles.get(&fold(&title)) {
+                if let Some(existing) = self.titles.get(&fold(&title)).and_then(|subjects| subjects.values().next()) {
                     let message = format!("a subject titled {title:?} already exists with id {existing}");
                     return Err(error(ErrorCode::TitleTaken, message));
                 }
@@ -176,7 +180,8 @@ impl ForumState {
                 ChangeKind::SubjectCreated { subject }
             }
             Write::PostMessage { subject, author, text } => {
-                self.subject(subject)?;
+                // A post to a subject that lost its title goes to the winner it merged into.
+                let subject = self.subject(subject)?.id;
                 let author = self.user(&author)?.name.clone();
                 ChangeKind::MessagePosted { message: Message { id, subject, author, text, time, lamport } }
             }
@@ -202,10 +207,7 @@ impl ForumState {
     pub fn read(&self, read: Read) -> Reply {
         let result = match read {
             Read::ListSubjects => Ok(Reply::Subjects(self.list_subjects())),
-            Read::History { subject } => self.subject(subject).map(|_| {
-                let messages = self.messages.get(&subject).map(|messages| messages.values().cloned().collect());
-                Reply::Messages(messages.unwrap_or_default())
-            }),
+            Read::History { subject } => self.subject(subject).map(|winner| Reply::Messages(self.history(winner))),
             Read::PrivateHistory { user, other } => self.user(&user).and_then(|_| self.user(&other)).map(|_| {
                 let conversation = self.conversations.get(&conversation_key(&user, &other));
                 Reply::PrivateMessages(conversation.map(|messages| messages.values().cloned().collect()).unwrap_or_default())
@@ -215,32 +217,59 @@ impl ForumState {
         result.unwrap_or_else(Reply::Error)
     }
 
-    /// Returns a user and their password hash, looked up by name ignoring case.
+    /// Returns the user who won a name, with their password hash and the hashes of the
+    /// accounts that lost the name, looked up by name ignoring case.
     pub fn credentials(&self, name: &str) -> Option<Credentials> {
-        self.users
-            .get(&fold(name))
-            .map(|entry| Credentials { user: entry.user.clone(), password_hash: entry.password_hash.clone() })
+        let (winner, losers) = self.users.get(&fold(name))?.split_first()?;
+        Some(Credentials {
+            user: winner.user.clone(),
+            password_hash: winner.password_hash.clone(),
+            lost_name_hashes: losers.iter().map(|entry| entry.password_hash.clone()).collect(),
+        })
     }
 
     fn user(&self, name: &str) -> Result<&User, ErrorReply> {
-        match self.users.get(&fold(name)) {
+        match self.users.get(&fold(name)).and_then(|entries| entries.first()) {
             Some(entry) => Ok(&entry.user),
             None => Err(error(ErrorCode::UnknownUser, format!("no user is named {name:?}"))),
         }
     }
 
+    /// Returns the subject with this id, or the subject it merged into when it lost its title.
     fn subject(&self, id: ChangeId) -> Result<&Subject, ErrorReply> {
-        match self.subjects.get(&id) {
-            Some(entry) => Ok(&entry.subject),
-            None => Err(error(ErrorCode::UnknownSubject, format!("no subject has id {id}"))),
+        let Some(entry) = self.subjects.get(&id) else {
+            return Err(error(ErrorCode::UnknownSubject, format!("no subject has id {id}")));
+        };
+        let winner = self.titles.get(&fold(&entry.subject.title)).and_then(|subjects| subjects.values().next());
+        Ok(winner.map_or(&entry.subject, |winner| &self.subjects[winner].subject))
+    }
+
+    /// Returns the messages of a winning subject and of every subject merged into it, in
+    /// history order, each showing the winner's id as its subject.
+    fn history(&self, winner: &Subject) -> Vec<Message> {
+        let merged = self.titles.get(&fold(&winner.title)).map(|subjects| subjects.values().copied().collect::<Vec<_>>());
+        let ids = merged.unwrap_or_else(|| vec![winner.id]);
+        let mut history: BTreeMap<OrderKey, Message> = BTreeMap::new();
+        for id in ids {
+            if let Some(messages) = self.messages.get(&id) {
+                history.extend(messages.iter().map(|(key, message)| (*key, message.clone())));
+            }
         }
+        history
+            .into_values()
+            .map(|mut message| {
+                message.subject = winner.id;
+                message
+            })
+            .collect()
     }
 
     /// Lists the subjects that won their title, oldest first.
     fn list_subjects(&self) -> Vec<Subject> {
-        // A subject that lost a title conflict is left out but still serves History and
-        // PostMessage by id.
-        let mut winners: Vec<&SubjectEntry> = self.titles.values().map(|(_, id)| &self.subjects[id]).collect();
+        // A subject that lost a title conflict is left out, but its id still resolves to the
+        // winner for History and PostMessage.
+        let mut winners: Vec<&SubjectEntry> =
+            self.titles.values().filter_map(|subjects| subjects.values().next()).map(|id| &self.subjects[id]).collect();
         winners.sort_by_key(|entry| entry.key);
         winners.into_iter().map(|entry| entry.subject.clone()).collect()
     }
@@ -253,7 +282,8 @@ impl ForumState {
             .filter(|(_, (_, online))| *online)
             .map(|((user, _), _)| user.as_str())
             .collect();
-        let mut users: Vec<(&String, &UserEntry)> = self.users.iter().collect();
+        let mut users: Vec<(&String, &UserEntry)> =
+            self.users.iter().filter_map(|(folded, entries)| Some((folded, entries.first()?))).collect();
         users.sort_by_key(|(folded, _)| *folded);
         users
             .into_iter()
@@ -306,6 +336,7 @@ mod tests {
             let credentials = state.credentials("ANA").expect("ana exists");
             assert_eq!(credentials.password_hash, "early");
             assert_eq!(credentials.user.id, ChangeId::new(2, 1));
+            assert_eq!(credentials.lost_name_hashes, ["late"]);
         }
     }
 
@@ -318,6 +349,36 @@ mod tests {
             let Reply::Subjects(subjects) = state.read(Read::ListSubjects) else { panic!("expected subjects") };
             assert_eq!(subjects.len(), 1);
             assert_eq!(subjects[0].id, ChangeId::new(1, 4));
+        }
+    }
+
+    #[test]
+    fn title_conflict_merges_histories() {
+        let winner = subject(1, 4, 7, "Exams");
+        let loser = subject(3, 2, 7, "exams");
+        let post = |origin, seq, lamport, subject: ChangeId, text: &str| {
+            let message =
+                Message { id: ChangeId::new(origin, seq), subject, author: "ana".into(), text: text.into(), time: 0, lamport };
+            change(origin, seq, lamport, ChangeKind::MessagePosted { message })
+        };
+        let on_loser = post(3, 3, 8, loser.id, "on the loser");
+        let on_winner = post(1, 5, 9, winner.id, "on the winner");
+        let ana = registered(2, 1, 1, "ana", "h");
+        let mut orders = vec![vec![ana, winner.clone(), loser.clone(), on_loser.clone(), on_winner.clone()]];
+        orders.push(orders[0].iter().rev().cloned().collect());
+        for changes in orders {
+            let state = ForumState::from_changes(changes);
+            for id in [winner.id, loser.id] {
+                let Reply::Messages(messages) = state.read(Read::History { subject: id }) else { panic!("expected messages") };
+                let texts: Vec<&str> = messages.iter().map(|message| message.text.as_str()).collect();
+                assert_eq!(texts, ["on the loser", "on the winner"], "history of {id}");
+                assert!(messages.iter().all(|message| message.subject == winner.id), "messages show the winner's id");
+            }
+            let write = Write::PostMessage { subject: loser.id, author: "ana".into(), text: "late".into() };
+            let Ok(Some(ChangeKind::MessagePosted { message })) = state.prepare(write, ChangeId::new(1, 9), 20, 0) else {
+                panic!("a post to the loser is accepted")
+            };
+            assert_eq!(message.subject, winner.id, "a new post to the loser goes to the winner");
         }
     }
 

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use forum_protocol::{decode, encode, Change, WireChange, PROTOCOL_VERSION};
+use forum_protocol::{decode, encode, Change, ServerId, WireChange, PROTOCOL_VERSION};
 use redb::{Database, ReadableTable, TableDefinition};
 
 /// The file name of the store inside the data directory.
@@ -62,6 +62,32 @@ impl Store {
         Ok(changes)
     }
 
+    /// Reads the stored changes of `origin` with a sequence number above `after_seq`, in
+    /// sequence order: at most `limit` of them, and no more once their encoded size reaches
+    /// `max_bytes` (at least one change is returned when any is stored).
+    pub fn changes_after(&self, origin: ServerId, after_seq: u64, limit: usize, max_bytes: usize) -> anyhow::Result<Vec<Change>> {
+        let path = self.path.display();
+        let transaction = self.database.begin_read().with_context(|| format!("failed to read {path}"))?;
+        let table = transaction.open_table(CHANGES).with_context(|| format!("failed to open the changes table in {path}"))?;
+        let range = table
+            .range((origin, after_seq.saturating_add(1))..=(origin, u64::MAX))
+            .with_context(|| format!("failed to read the changes table in {path}"))?;
+        let mut changes = Vec::new();
+        let mut bytes = 0;
+        for entry in range {
+            if changes.len() >= limit || (bytes >= max_bytes && !changes.is_empty()) {
+                break;
+            }
+            let (key, value) = entry.with_context(|| format!("failed to read a change from {path}"))?;
+            let (origin, seq) = key.value();
+            bytes += value.value().len();
+            let wire: WireChange = decode(value.value())
+                .with_context(|| format!("the stored change {origin}-{seq} in {path} cannot be decoded"))?;
+            changes.push(wire.change);
+        }
+        Ok(changes)
+    }
+
     /// Stores changes in one write transaction and returns once it is committed to disk.
     pub fn append(&self, changes: &[Change]) -> anyhow::Result<()> {
         let path = self.path.display();
@@ -101,6 +127,21 @@ mod tests {
 
         let store = Store::open(directory.path()).unwrap();
         assert_eq!(store.load().unwrap(), vec![presence(1), presence(2)]);
+    }
+
+    #[test]
+    fn changes_after_reads_one_origin_in_order() {
+        let directory = tempfile::tempdir().unwrap();
+        let store = Store::open(directory.path()).unwrap();
+        let mut other = presence(1);
+        other.id = ChangeId::new(4, 1);
+        store.append(&[presence(3), presence(1), presence(2), presence(4), other]).unwrap();
+
+        let ids = |changes: Vec<Change>| changes.into_iter().map(|change| change.id.seq).collect::<Vec<_>>();
+        assert_eq!(ids(store.changes_after(3, 1, 2, usize::MAX).unwrap()), [2, 3]);
+        assert_eq!(ids(store.changes_after(3, 0, 100, 1).unwrap()), [1], "the byte limit still returns one change");
+        assert!(store.changes_after(3, 4, 100, usize::MAX).unwrap().is_empty());
+        assert!(store.changes_after(9, 0, 100, usize::MAX).unwrap().is_empty());
     }
 
     #[test]

@@ -115,6 +115,37 @@ mod tests {
         );
     }
 
+    /// A heartbeat's vector is a map from origin id (an integer key) to sequence number.
+    #[test]
+    fn heartbeat_golden_bytes() {
+        let heartbeat = Heartbeat {
+            server: 2,
+            fetch_endpoint: "tcp://h:1".into(),
+            vector: VersionVector::from([(1, 5), (2, 300)]),
+            time: 7,
+        };
+        let wire = WireHeartbeat { v: PROTOCOL_VERSION, heartbeat };
+        assert_eq!(hex(&encode(&wire)), concat!(
+            "82a17601a968656172746265617484a673657276657202ae66657463685f656e64706f696e74",
+            "a97463703a2f2f683a31a6766563746f7282010502cd012ca474696d6507"
+        ));
+        let decoded: WireHeartbeat = decode(&encode(&wire)).unwrap();
+        assert_eq!(decoded, wire);
+    }
+
+    #[test]
+    fn fetch_request_golden_bytes() {
+        let request = WireRequest {
+            v: PROTOCOL_VERSION,
+            id: 3,
+            request: Request::FetchChanges { origin: 2, after_seq: 40, limit: 1000 },
+        };
+        assert_eq!(hex(&encode(&request)), concat!(
+                "83a17601a2696403a77265717565737481ac46657463684368616e67657383a66f726967696e02",
+                "a961667465725f73657128a56c696d6974cd03e8"
+            ));
+    }
+
     #[test]
     fn envelopes_round_trip() {
         let wire = WireChange { v: PROTOCOL_VERSION, change: sample_change() };

@@ -11,6 +11,7 @@ mod codec;
 mod endpoint;
 mod ids;
 mod model;
+mod replication;
 mod validate;
 mod wire;
 
@@ -21,6 +22,9 @@ pub use model::{
     Change, ChangeKind, Message, PrivateMessage, Subject, User, UserStatus, MAX_NAME_CHARS,
     MAX_PASSWORD_BYTES, MAX_TEXT_BYTES, MAX_TITLE_CHARS, MIN_PASSWORD_CHARS,
 };
+pub use replication::{
+    lag, Counters, Heartbeat, Liveness, PeerStatus, QueueDepths, ServerStatus, VersionVector, WireHeartbeat,
+};
 pub use validate::{validate_name, validate_password, validate_text, validate_title, Invalid};
 pub use wire::{ErrorCode, ErrorReply, Reply, Request, WireChange, WireReply, WireRequest};
 
@@ -29,6 +33,11 @@ pub const PROTOCOL_VERSION: u16 = 1;
 
 /// Topic of the changes a data server publishes for the other data servers of its group.
 pub const TOPIC_CHECKPOINT: &str = "checkpoint";
+
+/// Topic of the heartbeats a data server publishes for the other data servers of its group.
+/// It starts with [`TOPIC_CHECKPOINT`], so a SUB socket subscribed to `checkpoint` receives
+/// both changes and heartbeats.
+pub const TOPIC_HEARTBEAT: &str = "checkpoint.heartbeat";
 
 /// Topic of the changes a data server publishes for its own web servers.
 pub const TOPIC_WEBSERVER: &str = "webserver";

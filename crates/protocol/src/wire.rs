@@ -6,8 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::ChangeId;
+use crate::ids::{ChangeId, ServerId};
 use crate::model::{Change, Message, PrivateMessage, Subject, User, UserStatus};
+use crate::replication::ServerStatus;
 
 /// A request from a web server to a data server.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,7 +42,8 @@ pub struct WireChange {
 pub enum Request {
     /// Registers a user. Replies [`Reply::User`], or `NameTaken`.
     Register { name: String, password: String },
-    /// Checks a user's password. Replies [`Reply::User`], or `BadCredentials`.
+    /// Checks a user's password. Replies [`Reply::User`], or `BadCredentials`, or `NameConflict`
+    /// when the password belongs to an account that lost its name to a concurrent registration.
     Login { name: String, password: String },
     /// Replies [`Reply::Subjects`], oldest first.
     ListSubjects,
@@ -63,6 +65,14 @@ pub enum Request {
     SetPresence { user: String, webserver: String, online: bool },
     /// Replies [`Reply::Pong`]; used as a heartbeat.
     Ping,
+    /// Asks for the stored changes of one origin with a sequence number above `after_seq`, in
+    /// sequence order. Data servers send it to each other to catch up. Replies
+    /// [`Reply::Changes`] with at most `limit` changes (and at most the server's own cap).
+    /// The changes are complete, password hashes included, so only data servers of the
+    /// group may reach the request endpoint.
+    FetchChanges { origin: ServerId, after_seq: u64, limit: u32 },
+    /// Replies [`Reply::Status`]: the server's replication state, for operators.
+    Status,
 }
 
 /// A data server's answer to a [`Request`].
@@ -79,6 +89,10 @@ pub enum Reply {
     Done,
     /// The id of the data server that answered.
     Pong { server: crate::ServerId },
+    /// A batch of changes of one origin in sequence order; empty when the server holds none
+    /// above the requested sequence number.
+    Changes(Vec<Change>),
+    Status(ServerStatus),
     Error(ErrorReply),
 }
 
@@ -99,6 +113,9 @@ pub enum ErrorCode {
     /// A field is empty, too long or has forbidden characters.
     InvalidInput,
     NameTaken,
+    /// The account lost its name to another registration of the same name made at the same
+    /// moment on another data server; its owner has to register again.
+    NameConflict,
     TitleTaken,
     BadCredentials,
     UnknownSubject,

@@ -138,6 +138,7 @@ impl ApiError {
         let kind = match error.code {
             ErrorCode::InvalidInput => return ApiError::with_detail(ErrorKind::InputRejected, error.message),
             ErrorCode::NameTaken => ErrorKind::NameTaken,
+            ErrorCode::NameConflict => return ApiError::with_detail(ErrorKind::NameTaken, error.message),
             ErrorCode::TitleTaken => ErrorKind::TitleTaken,
             ErrorCode::BadCredentials => ErrorKind::BadCredentials,
             ErrorCode::UnknownSubject => ErrorKind::UnknownSubject,

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use forum_dataserver::{Config, DataServer};
-use forum_protocol::{decode, encode, Change, Reply, Request, ServerId, WireChange, WireReply, WireRequest, PROTOCOL_VERSION};
+use forum_protocol::{
+    decode, encode, Change, Reply, Request, ServerId, WireChange, WireReply, WireRequest, PROTOCOL_VERSION, TOPIC_HEARTBEAT,
+};
 use zeromq::{ReqSocket, Socket, SocketRecv, SocketSend, SubSocket, ZmqMessage};
 
 /// How long a test waits for something that should happen at once.
@@ -81,13 +83,18 @@ impl Subscriber {
         Subscriber { socket }
     }
 
-    /// Collects (topic, change) pairs until none arrives for `quiet`.
+    /// Collects (topic, change) pairs until no change arrives for `quiet`, skipping heartbeats.
     pub async fn collect(&mut self, quiet: Duration) -> Vec<(String, Change)> {
         let mut received = Vec::new();
-        while let Ok(message) = tokio::time::timeout(quiet, self.socket.recv()).await {
+        let mut deadline = tokio::time::Instant::now() + quiet;
+        while let Ok(message) = tokio::time::timeout_at(deadline, self.socket.recv()).await {
             let message = message.expect("the SUB client receives");
-            assert_eq!(message.len(), 2, "a published change has a topic frame and a payload frame");
+            assert_eq!(message.len(), 2, "a published message has a topic frame and a payload frame");
             let topic = String::from_utf8(message.get(0).unwrap().to_vec()).expect("the topic is text");
+            if topic == TOPIC_HEARTBEAT {
+                continue;
+            }
+            deadline = tokio::time::Instant::now() + quiet;
             let wire: WireChange = decode(message.get(1).unwrap()).expect("the change decodes");
             received.push((topic, wire.change));
         }

@@ -1,0 +1,70 @@
+//! Which changes of each origin a server holds: the contiguous prefix and the ones beyond a gap.
+
+use std::collections::{BTreeSet, HashMap};
+
+use forum_protocol::{ChangeId, ServerId, VersionVector};
+
+/// Tracks, per origin, the highest sequence number up to which every change is held, and the
+/// sequence numbers held above it. A change that arrives after a gap is applied and stored at
+/// once; it only counts in the vector when the gap below it is filled.
+#[derive(Default)]
+pub(crate) struct VersionTracker {
+    contiguous: HashMap<ServerId, u64>,
+    /// Sequence numbers above the contiguous prefix, per origin. Empty sets are removed.
+    beyond_gap: HashMap<ServerId, BTreeSet<u64>>,
+}
+
+impl VersionTracker {
+    /// Records a change that was not held before.
+    pub fn record(&mut self, id: ChangeId) {
+        let contiguous = self.contiguous.entry(id.origin).or_default();
+        if id.seq != *contiguous + 1 {
+            if id.seq > *contiguous {
+                self.beyond_gap.entry(id.origin).or_default().insert(id.seq);
+            }
+            return;
+        }
+        *contiguous = id.seq;
+        if let Some(held) = self.beyond_gap.get_mut(&id.origin) {
+            while held.first() == Some(&(*contiguous + 1)) {
+                held.pop_first();
+                *contiguous += 1;
+            }
+            if held.is_empty() {
+                self.beyond_gap.remove(&id.origin);
+            }
+        }
+    }
+
+    /// Returns the contiguous sequence number per origin.
+    pub fn vector(&self) -> VersionVector {
+        self.contiguous.iter().map(|(origin, seq)| (*origin, *seq)).filter(|(_, seq)| *seq > 0).collect()
+    }
+
+    /// Returns the number of changes held beyond a gap, over all origins.
+    #[cfg(test)]
+    pub fn beyond_gap_count(&self) -> usize {
+        self.beyond_gap.values().map(BTreeSet::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gap_holds_vector_until_filled() {
+        let mut tracker = VersionTracker::default();
+        tracker.record(ChangeId::new(1, 1));
+        tracker.record(ChangeId::new(1, 3));
+        tracker.record(ChangeId::new(1, 4));
+        tracker.record(ChangeId::new(2, 2));
+        assert_eq!(tracker.vector(), VersionVector::from([(1, 1)]));
+        assert_eq!(tracker.beyond_gap_count(), 3);
+
+        tracker.record(ChangeId::new(1, 2));
+        tracker.record(ChangeId::new(2, 1));
+        assert_eq!(tracker.vector(), VersionVector::from([(1, 4), (2, 2)]));
+        assert_eq!(tracker.beyond_gap_count(), 0);
+    }
+}

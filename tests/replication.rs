@@ -1,0 +1,196 @@
+//! Replication scenarios on real `dataserver` processes: crashes, late joiners, partitions,
+//! replays and conflicts, each ending with every server holding the same forum.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use common::data_client::DataClient;
+use forum_protocol::{ChangeId, ErrorCode, Liveness, Reply, Request};
+
+/// How long a healed or restarted group may take to converge in these scenarios.
+const CONVERGENCE: Duration = Duration::from_secs(20);
+
+/// Registers `name` through `client` and asserts it worked.
+async fn register(client: &mut DataClient, name: &str, password: &str) {
+    let reply = client.expect("registering", Request::Register { name: name.into(), password: password.into() }).await;
+    assert!(matches!(reply, Reply::User(_)), "registering {name}: {reply:?}");
+}
+
+/// Creates a subject through `client` and returns its id.
+async fn create_subject(client: &mut DataClient, title: &str, author: &str) -> ChangeId {
+    match client.expect("creating a subject", Request::CreateSubject { title: title.into(), created_by: author.into() }).await {
+        Reply::Subject(subject) => subject.id,
+        other => panic!("creating {title:?}: {other:?}"),
+    }
+}
+
+/// Posts `count` messages in one pipeline and returns the ids of those acknowledged.
+async fn post_many(client: &mut DataClient, subject: ChangeId, author: &str, label: &str, count: usize) -> Vec<ChangeId> {
+    let requests = (0..count)
+        .map(|number| Request::PostMessage { subject, author: author.into(), text: format!("{label} {number}") })
+        .collect();
+    let Some(replies) = client.pipeline(requests).await else { return Vec::new() };
+    replies
+        .into_iter()
+        .filter_map(|reply| match reply {
+            Reply::Message(message) => Some(message.id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Starts a group of `size`, registers ana and creates one subject, and waits until every
+/// server has both.
+async fn seeded_cluster(size: usize) -> (Cluster, ChangeId) {
+    let cluster = Cluster::start(size).await;
+    let mut client = cluster.client(0);
+    register(&mut client, "ana", "password-of-ana").await;
+    let subject = create_subject(&mut client, "Replication", "ana").await;
+    cluster.wait_until_equal(&cluster.indices(), CONVERGENCE).await;
+    (cluster, subject)
+}
+
+/// Asserts that `snapshot` holds every id in `acknowledged`.
+fn assert_holds_all(snapshot: &common::cluster::Snapshot, acknowledged: &[ChangeId]) {
+    let held: std::collections::HashSet<ChangeId> = snapshot.message_ids().into_iter().collect();
+    let missing: Vec<&ChangeId> = acknowledged.iter().filter(|id| !held.contains(id)).collect();
+    assert!(missing.is_empty(), "{} acknowledged posts are missing, such as {:?}", missing.len(), missing.first());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_server_recovers_every_post() {
+    let (mut cluster, subject) = seeded_cluster(3).await;
+    let mut acknowledged = Vec::new();
+    let mut clients: Vec<DataClient> = cluster.indices().into_iter().map(|index| cluster.client(index)).collect();
+
+    for round in 0..3 {
+        for (index, client) in clients.iter_mut().enumerate() {
+            acknowledged.extend(post_many(client, subject, "ana", &format!("before crash {round} via {index}"), 20).await);
+        }
+    }
+    cluster.kill(1);
+    for round in 0..3 {
+        for index in [0, 2] {
+            let label = format!("while down {round} via {index}");
+            acknowledged.extend(post_many(&mut clients[index], subject, "ana", &label, 20).await);
+        }
+    }
+    assert_eq!(acknowledged.len(), 9 * 20 + 6 * 20, "every post to a live server is acknowledged");
+
+    cluster.restart(1).await;
+    let restarted = Instant::now();
+    let snapshot = cluster.wait_until_equal(&cluster.indices(), Duration::from_secs(5)).await;
+    println!("converged {:?} after the restart", restarted.elapsed());
+    assert_holds_all(&snapshot, &acknowledged);
+    assert_eq!(snapshot.histories[&subject].len(), acknowledged.len(), "no post is stored twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_server_receives_whole_history() {
+    let (mut cluster, subject) = seeded_cluster(3).await;
+    let mut acknowledged = Vec::new();
+    for index in 0..3 {
+        let mut client = cluster.client(index);
+        for batch in 0..4 {
+            let label = format!("batch {batch} via {index}");
+            let count = if index == 0 { 84 } else { 83 };
+            acknowledged.extend(post_many(&mut client, subject, "ana", &label, count).await);
+        }
+    }
+    assert_eq!(acknowledged.len(), 1000);
+
+    let fourth = cluster.add_server().await;
+    let snapshot = cluster.wait_until_equal(&cluster.indices(), CONVERGENCE).await;
+    assert_holds_all(&snapshot, &acknowledged);
+    let status = cluster.status(fourth).await;
+    assert!(status.counters.fetched_changes >= 1000, "the fourth server fetched the history: {:?}", status.counters);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_heals_into_same_history() {
+    let (cluster, subject) = seeded_cluster(3).await;
+    cluster.cut_off(2);
+    cluster.wait_until_peer_is(0, 2, Liveness::Down).await;
+    cluster.wait_until_peer_is(2, 0, Liveness::Down).await;
+
+    let mut acknowledged = Vec::new();
+    for index in [0, 1, 2, 0, 2] {
+        let mut client = cluster.client(index);
+        acknowledged.extend(post_many(&mut client, subject, "ana", &format!("cut off, via {index}"), 30).await);
+    }
+    assert_eq!(acknowledged.len(), 150);
+
+    cluster.heal_all();
+    let snapshot = cluster.wait_until_equal(&cluster.indices(), CONVERGENCE).await;
+    assert_holds_all(&snapshot, &acknowledged);
+    cluster.wait_until_peers_are(Liveness::Up, &cluster.indices()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn name_and_title_conflicts_resolve_everywhere() {
+    let (cluster, _) = seeded_cluster(3).await;
+    cluster.cut_off(2);
+    cluster.wait_until_peer_is(0, 2, Liveness::Down).await;
+
+    let (mut left, mut right) = (cluster.client(0), cluster.client(2));
+    register(&mut left, "zoe", "password-left").await;
+    register(&mut right, "ZOE", "password-right").await;
+    let left_subject = create_subject(&mut left, "Exams", "ana").await;
+    let right_subject = create_subject(&mut right, "exams", "ana").await;
+    let left_posts = post_many(&mut left, left_subject, "ana", "left", 3).await;
+    let right_posts = post_many(&mut right, right_subject, "ana", "right", 3).await;
+
+    cluster.heal_all();
+    let snapshot = cluster.wait_until_equal(&cluster.indices(), CONVERGENCE).await;
+
+    let exams: Vec<&(ChangeId, String)> =
+        snapshot.subjects.iter().filter(|(_, title)| title.eq_ignore_ascii_case("exams")).collect();
+    assert_eq!(exams.len(), 1, "one subject keeps the title: {:?}", snapshot.subjects);
+    let winner = exams[0].0;
+    assert!(winner == left_subject || winner == right_subject);
+    assert_eq!(snapshot.histories[&winner].len(), 6, "the merged history has both sides' posts");
+    assert_holds_all(&snapshot, &[left_posts, right_posts].concat());
+
+    let mut outcomes = Vec::new();
+    for index in cluster.indices() {
+        let mut client = cluster.client(index);
+        let loser = if winner == left_subject { right_subject } else { left_subject };
+        let Reply::Messages(merged) = client.expect("reading the loser's history", Request::History { subject: loser }).await else {
+            panic!("the losing subject's id resolves")
+        };
+        assert_eq!(merged.iter().map(|message| message.id).collect::<Vec<_>>(), snapshot.histories[&winner]);
+
+        let mut codes = Vec::new();
+        for password in ["password-left", "password-right"] {
+            let reply = client.expect("logging in", Request::Login { name: "zoe".into(), password: password.into() }).await;
+            codes.push(match reply {
+                Reply::User(_) => None,
+                Reply::Error(error) => Some(error.code),
+                other => panic!("unexpected login reply {other:?}"),
+            });
+        }
+        outcomes.push(codes);
+    }
+    assert!(outcomes.iter().all(|codes| *codes == outcomes[0]), "every server picks the same winner: {outcomes:?}");
+    let mut codes = outcomes[0].clone();
+    codes.sort_by_key(|code| code.is_some());
+    assert_eq!(codes, [None, Some(ErrorCode::NameConflict)], "one account logs in and the other learns of the conflict");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_peers_and_vectors() {
+    let (cluster, subject) = seeded_cluster(3).await;
+    let mut client = cluster.client(0);
+    post_many(&mut client, subject, "ana", "counted", 5).await;
+    let snapshot = cluster.wait_until_equal(&cluster.indices(), CONVERGENCE).await;
+
+    let status = cluster.status(0).await;
+    assert_eq!(status.server, 1);
+    assert_eq!(status.vector, snapshot.vector);
+    assert_eq!(status.peers.len(), 2);
+    assert!(status.peers.iter().all(|peer| peer.liveness == Liveness::Up), "{:?}", status.peers);
+    assert!(status.counters.local_changes >= 7, "{:?}", status.counters);
+    assert!(status.counters.heartbeats_received > 0, "{:?}", status.counters);
+}
