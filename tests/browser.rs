@@ -7,7 +7,11 @@
 mod common;
 mod webdriver;
 
+use std::time::Duration;
+
 use common::Group;
+use forum_dataserver::DataServer;
+use forum_webserver::{Config as WebConfig, WebServer};
 use serde_json::json;
 use webdriver::{Chromedriver, Language};
 
@@ -179,15 +183,34 @@ async fn page_is_spanish_for_spanish_browser() {
     group.shutdown().await;
 }
 
+/// Starts a web server configured with two data servers, `first` and then `second`, as a
+/// comma-separated list of endpoints, so it can move to `second` when `first` stops.
+async fn start_web_server_with_fallback(first: &DataServer, second: &DataServer) -> WebServer {
+    let config = WebConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_request_endpoint: format!("{},{}", first.request_endpoint(), second.request_endpoint()),
+        data_pub_endpoint: format!("{},{}", first.pub_endpoint(), second.pub_endpoint()),
+        name: "web-with-fallback".to_owned(),
+        request_timeout: Duration::from_secs(5),
+    };
+    WebServer::start(config).await.unwrap_or_else(|error| {
+        panic!(
+            "starting a web server with two data servers failed: {error:#}. This test needs \
+             web-server failover: a web server that takes a comma-separated list of data servers"
+        )
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs web-server failover"]
 async fn page_survives_its_data_server_stopping() {
     let Some(driver) = Chromedriver::start("failover").await else { return };
     let mut group = Group::start(3).await;
-    let ana = driver.browser("ana's browser on web server 1", Language::English).await;
+    let web = start_web_server_with_fallback(group.data(0), group.data(1)).await;
+    let ana = driver.browser("ana's browser on the web server of data servers 1 and 2", Language::English).await;
     let bob = driver.browser("bob's browser on web server 2", Language::English).await;
 
-    ana.open(&group.web(0).base).await;
+    ana.open(&format!("http://{}", web.local_addr())).await;
     ana.register("ana", PASSWORD).await;
     let subject = ana.create_subject("Failover").await;
     bob.open(&group.web(1).base).await;
@@ -198,15 +221,17 @@ async fn page_survives_its_data_server_stopping() {
     ana.set_marker().await;
 
     let first = group.nodes.remove(0);
+    first.web.shutdown().await;
     first.data.shutdown().await;
     bob.post("after the stop").await;
 
-    let missing = "web server 1 must switch to another data server when its own stops (web-server failover)";
+    let missing = "the web server must move to data server 2 when data server 1 stops (web-server failover)";
     ana.wait_for_message_or_explain("after the stop", missing).await;
     assert!(ana.has_marker().await, "ana's page was reloaded; it must keep receiving without a reload");
+    ana.screenshot("after-failover").await;
 
     ana.close().await;
     bob.close().await;
-    first.web.shutdown().await;
+    web.shutdown().await;
     group.shutdown().await;
 }

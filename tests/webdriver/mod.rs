@@ -77,7 +77,7 @@ impl Chromedriver {
         let (chromium, chromedriver) = match find_binaries() {
             Ok(binaries) => binaries,
             Err(missing) => {
-                let message = format!("{missing} is missing; install Chromium and chromedriver with `{INSTALL_COMMAND}`");
+                let message = format!("not found: {missing}; install Chromium and chromedriver with `{INSTALL_COMMAND}`");
                 assert!(std::env::var_os("CI").is_none(), "{message}");
                 eprintln!("skipped {test}: {message}");
                 return None;
@@ -423,20 +423,24 @@ fn find_binaries() -> Result<(PathBuf, PathBuf), String> {
     let chromium = find_binary("FORUM_CHROMIUM", "chromium");
     let chromedriver = find_binary("FORUM_CHROMEDRIVER", "chromedriver");
     match (chromium, chromedriver) {
-        (Some(chromium), Some(chromedriver)) => Ok((chromium, chromedriver)),
-        (None, Some(_)) => Err("chromium".to_owned()),
-        (Some(_), None) => Err("chromedriver".to_owned()),
-        (None, None) => Err("chromium and chromedriver".to_owned()),
+        (Ok(chromium), Ok(chromedriver)) => Ok((chromium, chromedriver)),
+        (Err(missing), Ok(_)) | (Ok(_), Err(missing)) => Err(missing),
+        (Err(chromium), Err(chromedriver)) => Err(format!("{chromium} and {chromedriver}")),
     }
 }
 
-fn find_binary(variable: &str, name: &str) -> Option<PathBuf> {
+/// Returns the file that `variable` names, or else `name` on `PATH`. The error names the
+/// missing binary and where it was looked for.
+fn find_binary(variable: &str, name: &str) -> Result<PathBuf, String> {
     if let Some(path) = std::env::var_os(variable) {
         let path = PathBuf::from(path);
-        return path.is_file().then_some(path);
+        return if path.is_file() { Ok(path) } else { Err(format!("{name} ({variable}={})", path.display())) };
     }
-    let search_path = std::env::var_os("PATH")?;
-    std::env::split_paths(&search_path).map(|folder| folder.join(name)).find(|path| path.is_file())
+    let search_path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&search_path)
+        .map(|folder| folder.join(name))
+        .find(|path| path.is_file())
+        .ok_or_else(|| format!("{name} (not on PATH)"))
 }
 
 /// Returns a port that was free on 127.0.0.1 a moment ago.
