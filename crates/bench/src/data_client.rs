@@ -1,0 +1,212 @@
+//! Pipelined DEALER clients: one request at a time for set-up, and many in flight for load.
+//!
+//! A DEALER sends `[payload]` with no empty delimiter, so a ROUTER peer receives `[identity,
+//! payload]` and its reply arrives as `[payload]`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use forum_protocol::{decode, encode, Reply, Request, WireReply, WireRequest, PROTOCOL_VERSION};
+use tokio::sync::Semaphore;
+use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+
+/// How long a load run waits for the replies still in flight after it stops sending.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a single set-up request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends one request on a fresh DEALER and returns the reply.
+pub async fn request(endpoint: &str, request: Request) -> anyhow::Result<Reply> {
+    let mut socket = DealerSocket::new();
+    socket.connect(endpoint).await.with_context(|| format!("failed to connect to {endpoint}"))?;
+    let payload = encode(&WireRequest { v: PROTOCOL_VERSION, id: 1, request });
+    socket.send(ZmqMessage::from(payload)).await?;
+    let message = tokio::time::timeout(REQUEST_TIMEOUT, socket.recv())
+        .await
+        .with_context(|| format!("{endpoint} did not reply within {REQUEST_TIMEOUT:?}"))??;
+    let frame = message.get(message.len() - 1).context("an empty reply")?;
+    let reply: WireReply = decode(frame)?;
+    Ok(reply.reply)
+}
+
+/// When a load run stops sending.
+#[derive(Clone, Copy, Debug)]
+pub enum Bound {
+    /// Sends for this long; only replies received within it count.
+    Time(Duration),
+    /// Sends exactly this many requests in all, and waits for every reply, for at most
+    /// the given time.
+    Count(u64, Duration),
+}
+
+/// The outcome of a load run.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadResult {
+    /// Replies that passed the check, within the time bound for [`Bound::Time`].
+    pub accepted: u64,
+    /// Replies that failed the check.
+    pub rejected: u64,
+    pub elapsed: Duration,
+}
+
+impl LoadResult {
+    pub fn per_second(&self) -> f64 {
+        self.accepted as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Counters that every connection of one load run shares.
+struct Shared {
+    started: Instant,
+    bound: Bound,
+    next_index: AtomicU64,
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+}
+
+impl Shared {
+    /// Claims the index of the next request to send, or `None` once the run stops sending.
+    fn claim(&self) -> Option<u64> {
+        match self.bound {
+            Bound::Time(length) => (self.started.elapsed() < length).then(|| self.next_index.fetch_add(1, Ordering::Relaxed)),
+            Bound::Count(total, limit) => {
+                if self.started.elapsed() >= limit {
+                    return None;
+                }
+                let index = self.next_index.fetch_add(1, Ordering::Relaxed);
+                (index < total).then_some(index)
+            }
+        }
+    }
+
+    fn counts(&self, now: Instant) -> bool {
+        match self.bound {
+            Bound::Time(length) => now.duration_since(self.started) < length,
+            Bound::Count(..) => true,
+        }
+    }
+}
+
+/// Runs `connections` DEALER connections, spread round-robin over `endpoints`, each with up
+/// to `window` requests in flight. `payload` builds the request of a given index, and
+/// `accept` checks a reply payload.
+pub async fn load<P, A>(
+    endpoints: &[String],
+    connections: usize,
+    window: usize,
+    bound: Bound,
+    payload: P,
+    accept: A,
+) -> anyhow::Result<LoadResult>
+where
+    P: Fn(u64) -> Bytes + Send + Sync + 'static,
+    A: Fn(&[u8]) -> bool + Send + Sync + 'static,
+{
+    let payload = Arc::new(payload);
+    let accept = Arc::new(accept);
+    let mut sockets = Vec::with_capacity(connections);
+    for index in 0..connections {
+        let endpoint = &endpoints[index % endpoints.len()];
+        let mut socket = DealerSocket::new();
+        socket.connect(endpoint).await.with_context(|| format!("failed to connect to {endpoint}"))?;
+        sockets.push(socket);
+    }
+
+    let shared = Arc::new(Shared {
+        started: Instant::now(),
+        bound,
+        next_index: AtomicU64::new(0),
+        accepted: AtomicU64::new(0),
+        rejected: AtomicU64::new(0),
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for socket in sockets {
+        tasks.spawn(drive(socket, window, Arc::clone(&shared), Arc::clone(&payload), Arc::clone(&accept)));
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.context("a load connection panicked")??;
+    }
+    let elapsed = match bound {
+        Bound::Time(length) => length,
+        Bound::Count(..) => shared.started.elapsed(),
+    };
+    Ok(LoadResult { accepted: shared.accepted.load(Ordering::Relaxed), rejected: shared.rejected.load(Ordering::Relaxed), elapsed })
+}
+
+/// Sends on one connection while the run lasts, keeping up to `window` requests in flight,
+/// then waits for the outstanding replies.
+async fn drive<P, A>(socket: DealerSocket, window: usize, shared: Arc<Shared>, payload: Arc<P>, accept: Arc<A>) -> anyhow::Result<()>
+where
+    P: Fn(u64) -> Bytes + Send + Sync + 'static,
+    A: Fn(&[u8]) -> bool + Send + Sync + 'static,
+{
+    let (mut sender, mut receiver) = socket.split();
+    let permits = Arc::new(Semaphore::new(window));
+    let sent = Arc::new(AtomicU64::new(0));
+    let sending = {
+        let permits = Arc::clone(&permits);
+        let sent = Arc::clone(&sent);
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            loop {
+                let permit = permits.acquire().await.expect("the semaphore is never closed");
+                let Some(index) = shared.claim() else { break };
+                permit.forget();
+                sender.send(ZmqMessage::from(payload(index))).await?;
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(sender)
+        })
+    };
+
+    let mut received = 0u64;
+    let mut sending = Some(sending);
+    let mut drain_deadline = None;
+    let mut _sender_half = None;
+    loop {
+        if let Some(task) = sending.as_mut().filter(|task| task.is_finished()) {
+            _sender_half = Some(task.await.context("the sending task panicked")??);
+            sending = None;
+            drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
+        }
+        if sending.is_none() && received >= sent.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let wait = match drain_deadline {
+            Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+            None => Duration::from_millis(20),
+        };
+        let message = match tokio::time::timeout(wait, receiver.recv()).await {
+            Ok(message) => message?,
+            Err(_) if drain_deadline.is_some() => {
+                bail!("{} replies did not arrive within {DRAIN_TIMEOUT:?}", sent.load(Ordering::Relaxed) - received)
+            }
+            Err(_) => continue,
+        };
+        let now = Instant::now();
+        received += 1;
+        permits.add_permits(1);
+        let frame = message.get(message.len() - 1).map(|frame| frame.as_ref()).unwrap_or(&[]);
+        if accept(frame) {
+            if shared.counts(now) {
+                shared.accepted.fetch_add(1, Ordering::Relaxed);
+            }
+        } else {
+            shared.rejected.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Returns true when `frame` is a [`WireReply`] carrying a stored message.
+pub fn is_stored_message(frame: &[u8]) -> bool {
+    matches!(decode::<WireReply>(frame), Ok(WireReply { reply: Reply::Message(_), .. }))
+}
+
+/// Encodes a `PostMessage` request.
+pub fn post_request(id: u64, subject: forum_protocol::ChangeId, author: &str, text: String) -> Bytes {
+    let request = Request::PostMessage { subject, author: author.to_owned(), text };
+    Bytes::from(encode(&WireRequest { v: PROTOCOL_VERSION, id, request }))
+}

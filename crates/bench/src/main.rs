@@ -1,0 +1,171 @@
+//! `forum-bench`: measures the forum on this machine and writes the figures as JSON and SVG.
+//!
+//! It starts everything it measures itself, on 127.0.0.1 only. Each server runs in its own
+//! process: a copy of this binary started with a hidden subcommand that runs the same library
+//! code as the `dataserver` and `webserver` binaries. So a server's resident memory is read
+//! from `/proc/PID/status` without the load generator's share. docs/benchmarks.md describes
+//! every figure.
+
+mod catch_up;
+mod children;
+mod data_client;
+mod end_to_end;
+mod fan_out;
+mod forum;
+mod machine;
+mod memory;
+mod plot;
+mod report;
+mod roles;
+mod sse;
+mod stats;
+mod transport;
+mod writes;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+use crate::report::Report;
+
+/// Measures transport ceilings, data server writes, end-to-end delivery, fan-out, catch-up
+/// and memory, and writes the figures to <OUT>/results.json with plots as SVG.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Arguments {
+    #[command(flatten)]
+    options: Options,
+
+    #[command(subcommand)]
+    role: Option<roles::Role>,
+}
+
+/// The sizes and durations of the measurements.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Options {
+    /// Runs a tiny configuration that only shows the tool still works (about 30 s); its
+    /// figures mean nothing. Sizes given explicitly still apply.
+    #[arg(long)]
+    quick: bool,
+
+    /// The number of runs of each figure; the tool prints the median [default: 3, quick: 1].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=20))]
+    runs: Option<u32>,
+
+    /// The length of each timed run, in seconds [default: 3, quick: 0.5].
+    #[arg(long, value_name = "SECONDS")]
+    seconds: Option<f64>,
+
+    /// Event-stream clients on each of the three web servers in the end-to-end benchmark
+    /// [default: 20, quick: 2].
+    #[arg(long, value_name = "N")]
+    streams_per_web: Option<usize>,
+
+    /// Event-stream clients on the one web server of the fan-out benchmark
+    /// [default: 10000, quick: 100].
+    #[arg(long, value_name = "N")]
+    fan_out_streams: Option<usize>,
+
+    /// Changes that a stopped data server misses before the catch-up benchmark restarts it
+    /// [default: 100000, quick: 1000].
+    #[arg(long, value_name = "N")]
+    catch_up_changes: Option<u64>,
+
+    /// Messages stored in the data server of the memory benchmark [default: 1000000, quick: 5000].
+    #[arg(long, value_name = "N")]
+    stored_messages: Option<u64>,
+
+    /// The size of each post's text, in bytes; every benchmark uses it.
+    #[arg(long, value_name = "BYTES", default_value_t = 140, value_parser = clap::value_parser!(u64).range(16..=4096))]
+    text_bytes: u64,
+
+    /// The folder for results.json and the SVG plots; created when missing.
+    #[arg(long, value_name = "DIR", default_value = "target/forum-bench")]
+    out: PathBuf,
+
+    /// The folder under which the data servers' stores are created (in a fresh temporary
+    /// folder that is removed at the end) [default: the system's temporary folder].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+/// The resolved sizes of one invocation.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Plan {
+    pub quick: bool,
+    pub runs: u32,
+    pub run_length: Duration,
+    pub streams_per_web: usize,
+    pub fan_out_streams: usize,
+    pub catch_up_changes: u64,
+    pub stored_messages: u64,
+    pub text_bytes: usize,
+    /// Pipelined connections of the write benchmarks, and requests in flight on each.
+    pub write_connections: usize,
+    pub write_window: usize,
+    /// HTTP requests in flight on each web server while the end-to-end peak is measured.
+    pub posts_in_flight_per_web: usize,
+}
+
+impl Plan {
+    fn from_options(options: &Options) -> Plan {
+        let quick = options.quick;
+        Plan {
+            quick,
+            runs: options.runs.unwrap_or(if quick { 1 } else { 3 }),
+            run_length: Duration::from_secs_f64(options.seconds.unwrap_or(if quick { 0.5 } else { 3.0 }).clamp(0.1, 60.0)),
+            streams_per_web: options.streams_per_web.unwrap_or(if quick { 2 } else { 20 }).max(1),
+            fan_out_streams: options.fan_out_streams.unwrap_or(if quick { 100 } else { 10_000 }).max(1),
+            catch_up_changes: options.catch_up_changes.unwrap_or(if quick { 1_000 } else { 100_000 }).max(2),
+            stored_messages: options.stored_messages.unwrap_or(if quick { 5_000 } else { 1_000_000 }).max(1),
+            text_bytes: options.text_bytes as usize,
+            write_connections: 4,
+            write_window: 128,
+            posts_in_flight_per_web: 16,
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let arguments = Arguments::parse();
+    if let Some(role) = arguments.role {
+        return roles::run(role);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("failed to start tokio")?;
+    runtime.block_on(measure(arguments.options))
+}
+
+async fn measure(options: Options) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let plan = Plan::from_options(&options);
+    let open_files = machine::raise_open_file_limit()?;
+    std::fs::create_dir_all(&options.out)
+        .with_context(|| format!("failed to create the output folder {}", options.out.display()))?;
+    let scratch = match &options.data_dir {
+        Some(parent) => tempfile::Builder::new().prefix("forum-bench-").tempdir_in(parent),
+        None => tempfile::Builder::new().prefix("forum-bench-").tempdir(),
+    }
+    .context("failed to create a temporary folder for the data servers' stores")?;
+
+    let machine = machine::describe(open_files);
+    let mut report = Report::new(machine, plan.clone(), options.out.clone());
+    report.print_header();
+
+    transport::measure(&plan, scratch.path(), &mut report).await?;
+    writes::measure(&plan, scratch.path(), &mut report).await?;
+    end_to_end::measure(&plan, scratch.path(), &mut report).await?;
+    fan_out::measure(&plan, scratch.path(), &mut report).await?;
+    catch_up::measure(&plan, scratch.path(), &mut report).await?;
+    memory::measure(&plan, scratch.path(), &mut report).await?;
+
+    report.print_targets();
+    report.write_json()?;
+    plot::draw(&report)?;
+    println!("\nwrote {}", options.out.display());
+    Ok(())
+}

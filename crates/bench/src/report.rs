@@ -1,0 +1,141 @@
+//! The figures: printed as they are measured, checked against the targets, and written as
+//! JSON.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::machine::Machine;
+use crate::stats::median;
+use crate::Plan;
+
+/// One measured figure: the median of its runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figure {
+    pub label: String,
+    pub unit: String,
+    pub median: f64,
+    pub runs: Vec<f64>,
+}
+
+/// A target for a figure, and whether the median meets it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetCheck {
+    pub figure: String,
+    pub target: String,
+    /// `None` when the figure was not measured.
+    pub met: Option<bool>,
+}
+
+/// Everything one invocation measured.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub machine: Machine,
+    pub plan: Plan,
+    /// Figures by key, such as `writes.servers_1.per_second`.
+    pub figures: BTreeMap<String, Figure>,
+    /// Measurements that could not be made, by key, with the reason.
+    pub unavailable: BTreeMap<String, String>,
+    pub targets: Vec<TargetCheck>,
+    #[serde(skip)]
+    out: PathBuf,
+}
+
+impl Report {
+    pub fn new(machine: Machine, plan: Plan, out: PathBuf) -> Report {
+        Report { machine, plan, figures: BTreeMap::new(), unavailable: BTreeMap::new(), targets: Vec::new(), out }
+    }
+
+    pub fn out(&self) -> &PathBuf {
+        &self.out
+    }
+
+    pub fn print_header(&self) {
+        let machine = &self.machine;
+        println!(
+            "machine: {} cores ({}), {} MiB memory, Linux {}, open-file limit {}, load average {:.1}",
+            machine.cores, machine.cpu, machine.memory_mib, machine.kernel, machine.open_file_limit, machine.load_average
+        );
+        let plan = &self.plan;
+        println!(
+            "plan: {}{} runs of {:.1} s each, posts of {} bytes of text; each figure is the median of its runs",
+            if plan.quick { "QUICK (figures mean nothing), " } else { "" },
+            plan.runs,
+            plan.run_length.as_secs_f64(),
+            plan.text_bytes
+        );
+    }
+
+    /// Stores and prints a figure measured once per run.
+    pub fn add(&mut self, key: &str, label: &str, unit: &str, runs: Vec<f64>) -> f64 {
+        let value = median(&runs);
+        let shown: Vec<String> = runs.iter().map(|run| format_value(*run)).collect();
+        println!("  {label:<58} {:>12} {unit:<10} runs: {}", format_value(value), shown.join(", "));
+        self.figures.insert(key.to_owned(), Figure { label: label.to_owned(), unit: unit.to_owned(), median: value, runs });
+        value
+    }
+
+    /// Records and prints a measurement that could not be made.
+    pub fn add_unavailable(&mut self, key: &str, label: &str, reason: &str) {
+        println!("  {label:<58} not available: {reason}");
+        self.unavailable.insert(key.to_owned(), reason.to_owned());
+    }
+
+    pub fn value(&self, key: &str) -> Option<f64> {
+        self.figures.get(key).map(|figure| figure.median).filter(|value| !value.is_nan())
+    }
+
+    pub fn section(title: &str) {
+        println!("\n{title}");
+    }
+
+    /// Compares the figures with the targets set for this 2-core machine and prints them.
+    pub fn print_targets(&mut self) {
+        if let Some(load) = crate::machine::load_average() {
+            println!("\nload average at the end: {load:.1}");
+        }
+        let checks: [(&str, &str, fn(f64) -> bool); 7] = [
+            ("writes.servers_1.ratio_to_dealer_router", "at least 0.5 of the DEALER/ROUTER ceiling", |v| v >= 0.5),
+            ("end_to_end.load_50.p50_ms", "p50 under 3 ms at 50% of the peak", |v| v < 3.0),
+            ("end_to_end.load_50.p99_ms", "p99 under 20 ms at 50% of the peak", |v| v < 20.0),
+            ("fan_out.kib_per_stream", "under 16 KiB per event-stream client", |v| v < 16.0),
+            ("fan_out.p99_ms", "p99 under 250 ms to reach every client", |v| v < 250.0),
+            ("catch_up.seconds", "under 3 s", |v| v < 3.0),
+            ("memory.max_mib", "under 400 MiB", |v| v < 400.0),
+        ];
+        Report::section("targets");
+        for (key, target, meets) in checks {
+            let met = self.value(key).map(meets);
+            let verdict = match met {
+                Some(true) => "met",
+                Some(false) => "MISSED",
+                None => "not measured",
+            };
+            let shown = self.value(key).map_or_else(|| "-".to_owned(), format_value);
+            println!("  {key:<45} {shown:>12}  {target:<45} {verdict}");
+            self.targets.push(TargetCheck { figure: key.to_owned(), target: target.to_owned(), met });
+        }
+    }
+
+    /// Writes the report as `results.json` in the output folder.
+    pub fn write_json(&self) -> anyhow::Result<()> {
+        let path = self.out.join("results.json");
+        let json = serde_json::to_string_pretty(self)?;
+        std::fs::write(&path, json + "\n").with_context(|| format!("failed to write {}", path.display()))
+    }
+}
+
+/// Formats a value with three significant digits, or as a whole number when it is large.
+pub fn format_value(value: f64) -> String {
+    if value.is_nan() {
+        "-".to_owned()
+    } else if value.abs() >= 100.0 {
+        format!("{value:.0}")
+    } else if value.abs() >= 10.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.2}")
+    }
+}

@@ -1,0 +1,161 @@
+//! The hidden subcommands that the tool starts as child processes: a data server, a web
+//! server, and the two raw zeromq peers of the transport ceiling.
+//!
+//! Each one prints one line `READY <address>...` on standard output once it is bound, then
+//! serves until SIGTERM.
+
+use std::io::{BufRead, Write};
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Subcommand;
+use forum_dataserver::DataServer;
+use forum_webserver::WebServer;
+use zeromq::{PubSocket, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+
+#[derive(Subcommand, Debug)]
+pub enum Role {
+    /// Runs one data server (the library code of the `dataserver` binary).
+    #[command(hide = true)]
+    ServeData {
+        #[arg(long)]
+        id: u32,
+        #[arg(long)]
+        request: String,
+        #[arg(long)]
+        publish: String,
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The other data servers' PUB endpoints, separated by commas.
+        #[arg(long, default_value = "")]
+        peers: String,
+    },
+    /// Runs one web server (the library code of the `webserver` binary).
+    #[command(hide = true)]
+    ServeWeb {
+        #[arg(long)]
+        data_request: String,
+        #[arg(long)]
+        data_pub: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// Binds a ROUTER socket and sends every message back to its sender.
+    #[command(hide = true)]
+    Echo,
+    /// Binds a PUB socket and publishes `count` messages of `bytes` bytes for each line read
+    /// from standard input.
+    #[command(hide = true)]
+    Publish {
+        #[arg(long)]
+        count: u64,
+        #[arg(long)]
+        bytes: usize,
+    },
+}
+
+/// Runs a child role to its end.
+pub fn run(role: Role) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    // The same runtime as `#[tokio::main]` in the server binaries: one worker per core.
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("failed to start tokio")?;
+    runtime.block_on(async move {
+        match role {
+            Role::ServeData { id, request, publish, data_dir, peers } => serve_data(id, request, publish, data_dir, peers).await,
+            Role::ServeWeb { data_request, data_pub, name } => serve_web(data_request, data_pub, name).await,
+            Role::Echo => echo().await,
+            Role::Publish { count, bytes } => publish(count, bytes).await,
+        }
+    })
+}
+
+fn announce(addresses: &[&str]) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "READY {}", addresses.join(" "))?;
+    stdout.flush()?;
+    Ok(())
+}
+
+async fn terminated() -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("failed to listen for SIGTERM")?;
+    terminate.recv().await;
+    Ok(())
+}
+
+async fn serve_data(id: u32, request: String, publish: String, data_dir: PathBuf, peers: String) -> anyhow::Result<()> {
+    let peers = forum_protocol::parse_peer_list(&peers)?;
+    let config = forum_dataserver::Config { id, request_endpoint: request, pub_endpoint: publish, data_dir, peers };
+    let server = DataServer::start(config).await?;
+    announce(&[server.request_endpoint(), server.pub_endpoint()])?;
+    terminated().await?;
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn serve_web(data_request: String, data_pub: String, name: String) -> anyhow::Result<()> {
+    let config = forum_webserver::Config {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        data_request_endpoint: data_request,
+        data_pub_endpoint: data_pub,
+        name,
+        request_timeout: forum_webserver::DEFAULT_REQUEST_TIMEOUT,
+    };
+    let server = WebServer::start(config).await?;
+    announce(&[&server.local_addr().to_string()])?;
+    terminated().await?;
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn echo() -> anyhow::Result<()> {
+    let mut socket = RouterSocket::new();
+    let bound = socket.bind("tcp://127.0.0.1:0").await?;
+    announce(&[&bound.to_string()])?;
+    let stop = terminated();
+    tokio::pin!(stop);
+    loop {
+        let message = tokio::select! {
+            result = &mut stop => return result,
+            message = socket.recv() => message?,
+        };
+        // A ROUTER message is [identity, payload]; sending it back routes it to its sender.
+        socket.send(message).await?;
+    }
+}
+
+async fn publish(count: u64, bytes: usize) -> anyhow::Result<()> {
+    let mut socket = PubSocket::new();
+    let bound = socket.bind("tcp://127.0.0.1:0").await?;
+    announce(&[&bound.to_string()])?;
+    let payload = Bytes::from(vec![b'x'; bytes]);
+    let (lines, mut starts) = tokio::sync::mpsc::channel::<()>(1);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            if line.is_err() || lines.blocking_send(()).is_err() {
+                break;
+            }
+        }
+    });
+    let stop = terminated();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            result = &mut stop => return result,
+            start = starts.recv() => if start.is_none() { return Ok(()) },
+        }
+        for _ in 0..count {
+            let frames = vec![Bytes::from_static(forum_protocol::TOPIC_WEBSERVER.as_bytes()), payload.clone()];
+            socket.send(ZmqMessage::try_from(frames).expect("two frames")).await?;
+        }
+        // Lets the socket's writer tasks flush before the next command.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,57 @@
+//! (b) Acknowledged writes per second: pipelined `PostMessage` requests to groups of one,
+//! two and three data servers. A data server replies only after the group commit, so every
+//! counted reply is a write stored on disk.
+
+use std::path::Path;
+
+use anyhow::bail;
+use forum_protocol::ChangeId;
+
+use crate::data_client::{self, Bound};
+use crate::forum::{self, post_text, USER};
+use crate::report::Report;
+use crate::Plan;
+
+pub async fn measure(plan: &Plan, scratch: &Path, report: &mut Report) -> anyhow::Result<()> {
+    Report::section("(b) data server: acknowledged (durable) writes from pipelined DEALER clients");
+    let ceiling = report.value("transport.dealer_router.per_second");
+    for size in 1..=3usize {
+        let servers = forum::start_data_group(size, scratch, &format!("writes-{size}")).await?;
+        let subject = forum::prepare(&servers, "Write benchmark").await?;
+        let endpoints: Vec<String> = servers.iter().map(|server| server.request.clone()).collect();
+
+        // A short warm-up fills the caches and the store's first pages.
+        run(plan, &endpoints, subject, Bound::Time(plan.run_length / 4)).await?;
+        let mut rates = Vec::new();
+        for _ in 0..plan.runs {
+            rates.push(run(plan, &endpoints, subject, Bound::Time(plan.run_length)).await?);
+        }
+        forum::stop_all(servers.into_iter().map(|server| server.process).collect()).await?;
+
+        let key = format!("writes.servers_{size}");
+        let label = format!("{size} data server{}, writes spread over all", if size == 1 { "" } else { "s" });
+        let rate = report.add(&format!("{key}.per_second"), &label, "writes/s", rates);
+        if let Some(ceiling) = ceiling {
+            report.add(&format!("{key}.ratio_to_dealer_router"), "  ratio to the DEALER→ROUTER ceiling", "", vec![rate / ceiling]);
+        }
+    }
+    Ok(())
+}
+
+/// Sends posts to `endpoints` for one run and returns the acknowledged writes per second.
+pub async fn run(plan: &Plan, endpoints: &[String], subject: ChangeId, bound: Bound) -> anyhow::Result<f64> {
+    let text_bytes = plan.text_bytes;
+    let result = data_client::load(
+        endpoints,
+        plan.write_connections.max(endpoints.len()),
+        plan.write_window,
+        bound,
+        move |index| data_client::post_request(index, subject, USER, post_text(index, text_bytes)),
+        data_client::is_stored_message,
+    )
+    .await?;
+    if result.rejected > 0 {
+        bail!("{} of the posts were rejected; see the data servers' logs", result.rejected);
+    }
+    Ok(result.per_second())
+}
