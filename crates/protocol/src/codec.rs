@@ -3,6 +3,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::nesting::{check_nesting, MAX_NESTING};
 use crate::PROTOCOL_VERSION;
 
 /// The error for bytes that are not a valid envelope of this protocol version.
@@ -25,7 +26,10 @@ pub fn encode<T: Serialize>(envelope: &T) -> Vec<u8> {
 ///
 /// The version is read alone first, so a peer speaking another version gets a clear
 /// [`CodecError::UnsupportedVersion`] even when the rest of its message has another shape.
+/// Before either step, the structure is scanned without recursion, so hostile nesting is
+/// rejected instead of overflowing the stack.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    check_nesting(bytes, MAX_NESTING).map_err(CodecError::Malformed)?;
     #[derive(Deserialize)]
     struct VersionOnly {
         v: u16,

@@ -43,8 +43,11 @@ impl FromStr for ChangeId {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let invalid = || InvalidChangeId(text.to_owned());
         let (origin, seq) = text.split_once('-').ok_or_else(invalid)?;
-        let all_digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
-        if !all_digits(origin) || !all_digits(seq) {
+        // Only the canonical form: digits without leading zeros, so one id has one spelling.
+        let canonical = |part: &str| {
+            !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) && (part == "0" || !part.starts_with('0'))
+        };
+        if !canonical(origin) || !canonical(seq) {
             return Err(invalid());
         }
         Ok(Self {
@@ -80,7 +83,7 @@ mod tests {
 
     #[test]
     fn change_id_rejects_malformed_text() {
-        for text in ["", "2", "2-", "-17", "a-1", "1-b", "1-2-3", "+1-2", "99999999999-1"] {
+        for text in ["", "2", "2-", "-17", "a-1", "1-b", "1-2-3", "+1-2", "99999999999-1", "01-2", "1-02"] {
             assert!(text.parse::<ChangeId>().is_err(), "accepted {text:?}");
         }
     }

@@ -11,6 +11,7 @@ mod codec;
 mod endpoint;
 mod ids;
 mod model;
+mod nesting;
 mod replication;
 mod validate;
 mod wire;

@@ -21,12 +21,14 @@ pub enum Invalid {
     TitleEmpty,
     #[error("the subject title is longer than {MAX_TITLE_CHARS} characters")]
     TitleTooLong,
-    #[error("the subject title contains control characters")]
+    #[error("the subject title contains control or invisible formatting characters")]
     TitleCharacters,
     #[error("the message text is empty")]
     TextEmpty,
     #[error("the message text is larger than {MAX_TEXT_BYTES} bytes")]
     TextTooLong,
+    #[error("the message text contains control characters or text-direction overrides")]
+    TextCharacters,
 }
 
 impl Invalid {
@@ -43,6 +45,7 @@ impl Invalid {
             Invalid::TitleCharacters => "title_characters",
             Invalid::TextEmpty => "text_empty",
             Invalid::TextTooLong => "text_too_long",
+            Invalid::TextCharacters => "text_characters",
         }
     }
 }
@@ -75,7 +78,8 @@ pub fn validate_password(password: &str) -> Result<(), Invalid> {
 }
 
 /// Checks a subject title, which callers store trimmed: not blank, at most
-/// [`MAX_TITLE_CHARS`] characters, no control characters.
+/// [`MAX_TITLE_CHARS`] characters, no control characters and no invisible formatting
+/// characters, so a title cannot look blank or display reversed.
 pub fn validate_title(title: &str) -> Result<(), Invalid> {
     let title = title.trim();
     if title.is_empty() {
@@ -84,21 +88,44 @@ pub fn validate_title(title: &str) -> Result<(), Invalid> {
     if title.chars().count() > MAX_TITLE_CHARS {
         return Err(Invalid::TitleTooLong);
     }
-    if title.chars().any(char::is_control) {
+    if title.chars().any(|c| c.is_control() || is_invisible_format(c)) {
         return Err(Invalid::TitleCharacters);
     }
     Ok(())
 }
 
-/// Checks the text of a public or private message: not blank, at most [`MAX_TEXT_BYTES`] bytes.
+/// Checks the text of a public or private message: not blank, at most [`MAX_TEXT_BYTES`]
+/// bytes, no control characters but line breaks and tabs, and no text-direction overrides
+/// (which make text display in another order than it reads). Direction marks such as U+200F,
+/// which right-to-left writing needs, are allowed.
 pub fn validate_text(text: &str) -> Result<(), Invalid> {
-    if text.trim().is_empty() {
-        return Err(Invalid::TextEmpty);
-    }
     if text.len() > MAX_TEXT_BYTES {
         return Err(Invalid::TextTooLong);
     }
+    if text.chars().all(|c| c.is_whitespace() || is_invisible_format(c)) {
+        return Err(Invalid::TextEmpty);
+    }
+    let forbidden = |c: char| (c.is_control() && !matches!(c, '\n' | '\r' | '\t')) || is_direction_override(c);
+    if text.chars().any(forbidden) {
+        return Err(Invalid::TextCharacters);
+    }
     Ok(())
+}
+
+/// Characters that change how the text around them is laid out: embeddings, overrides and
+/// isolates (U+202A to U+202E, U+2066 to U+2069).
+fn is_direction_override(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Characters of Unicode's "format" category that take no space on screen: the soft hyphen,
+/// zero-width spaces and joiners, direction marks and overrides, and the byte-order mark.
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}' | '\u{FEFF}'
+    )
 }
 
 #[cfg(test)]
@@ -132,5 +159,18 @@ mod tests {
         assert_eq!(validate_text(" \n "), Err(Invalid::TextEmpty));
         assert_eq!(validate_text(&"x".repeat(4096)), Ok(()));
         assert_eq!(validate_text(&"x".repeat(4097)), Err(Invalid::TextTooLong));
+    }
+
+    #[test]
+    fn invisible_and_control_characters() {
+        assert_eq!(validate_title("\u{200B}"), Err(Invalid::TitleCharacters));
+        assert_eq!(validate_title("\u{202E}evil"), Err(Invalid::TitleCharacters));
+        assert_eq!(validate_text("\u{0}"), Err(Invalid::TextCharacters));
+        assert_eq!(validate_text("a\u{7}b"), Err(Invalid::TextCharacters));
+        assert_eq!(validate_text("\u{202E}evil"), Err(Invalid::TextCharacters));
+        assert_eq!(validate_text("\u{200B}\u{FEFF} "), Err(Invalid::TextEmpty));
+        assert_eq!(validate_text("line one\nline two\ttab"), Ok(()));
+        assert_eq!(validate_text("\u{200F}שלום"), Ok(()));
+        assert_eq!(validate_name("ana\u{200B}"), Err(Invalid::NameCharacters));
     }
 }

@@ -66,9 +66,10 @@ fn english(kind: &ErrorKind) -> String {
             Invalid::PasswordTooLong => format!("The password is longer than {MAX_PASSWORD_BYTES} bytes."),
             Invalid::TitleEmpty => "The subject title is empty.".into(),
             Invalid::TitleTooLong => format!("The subject title is longer than {MAX_TITLE_CHARS} characters."),
-            Invalid::TitleCharacters => "The subject title contains control characters.".into(),
+            Invalid::TitleCharacters => "The subject title contains control or invisible formatting characters.".into(),
             Invalid::TextEmpty => "The message text is empty.".into(),
             Invalid::TextTooLong => format!("The message text is larger than {MAX_TEXT_BYTES} bytes."),
+            Invalid::TextCharacters => "The message text contains control characters or text-direction overrides.".into(),
         },
         ErrorKind::InvalidJson => "The request body is not valid JSON.".into(),
         ErrorKind::InvalidBody => "The request body does not have the fields this request expects.".into(),
@@ -103,9 +104,12 @@ fn spanish(kind: &ErrorKind) -> String {
             Invalid::PasswordTooLong => format!("La contraseña ocupa más de {MAX_PASSWORD_BYTES} bytes."),
             Invalid::TitleEmpty => "El título del tema está vacío.".into(),
             Invalid::TitleTooLong => format!("El título del tema tiene más de {MAX_TITLE_CHARS} caracteres."),
-            Invalid::TitleCharacters => "El título del tema contiene caracteres de control.".into(),
+            Invalid::TitleCharacters => "El título del tema contiene caracteres de control o de formato invisibles.".into(),
             Invalid::TextEmpty => "El texto del mensaje está vacío.".into(),
             Invalid::TextTooLong => format!("El texto del mensaje ocupa más de {MAX_TEXT_BYTES} bytes."),
+            Invalid::TextCharacters => {
+                "El texto del mensaje contiene caracteres de control o cambios forzados de dirección del texto.".into()
+            }
         },
         ErrorKind::InvalidJson => "El cuerpo de la petición no es JSON válido.".into(),
         ErrorKind::InvalidBody => "El cuerpo de la petición no tiene los campos que esta petición espera.".into(),
@@ -164,6 +168,7 @@ mod tests {
             Invalid::TitleCharacters,
             Invalid::TextEmpty,
             Invalid::TextTooLong,
+            Invalid::TextCharacters,
         ];
         let mut kinds: Vec<ErrorKind> = invalid.into_iter().map(ErrorKind::Invalid).collect();
         kinds.extend(ErrorKind::ALL_OWN.iter().cloned());
