@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
 use common::data_client::DataClient;
-use forum_protocol::{ChangeId, ErrorCode, Liveness, Reply, Request};
+use forum_protocol::{ChangeId, ChangeKind, ErrorCode, Liveness, Reply, Request};
 
 /// How long a healed or restarted group may take to converge in these scenarios.
 const CONVERGENCE: Duration = Duration::from_secs(20);
@@ -71,6 +71,7 @@ async fn crashed_server_recovers_every_post() {
         }
     }
     cluster.kill(1);
+    cluster.wait_until_peer_is(0, 1, Liveness::Down).await;
     for round in 0..3 {
         for index in [0, 2] {
             let label = format!("while down {round} via {index}");
@@ -85,6 +86,12 @@ async fn crashed_server_recovers_every_post() {
     println!("converged {:?} after the restart", restarted.elapsed());
     assert_holds_all(&snapshot, &acknowledged);
     assert_eq!(snapshot.histories[&subject].len(), acknowledged.len(), "no post is stored twice");
+
+    cluster.wait_until_peer_is(0, 1, Liveness::Up).await;
+    let log = cluster.log(0);
+    for transition in ["peer is suspected", "peer is down", "peer is back"] {
+        assert_eq!(log.matches(transition).count(), 1, "server 1 logs {transition:?} once:\n{log}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,4 +200,144 @@ async fn status_reports_peers_and_vectors() {
     assert!(status.peers.iter().all(|peer| peer.liveness == Liveness::Up), "{:?}", status.peers);
     assert!(status.counters.local_changes >= 7, "{:?}", status.counters);
     assert!(status.counters.heartbeats_received > 0, "{:?}", status.counters);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_change_is_stored_once() {
+    use forum_dataserver::{Config, DataServer};
+    use forum_protocol::TOPIC_CHECKPOINT;
+    use zeromq::{PubSocket, Socket, SocketRecv, SocketSend, SubSocket};
+
+    let directory = tempfile::tempdir().unwrap();
+    let config = |id: u32, peers: Vec<String>| Config {
+        id,
+        request_endpoint: "tcp://127.0.0.1:0".into(),
+        pub_endpoint: "tcp://127.0.0.1:0".into(),
+        data_dir: directory.path().join(format!("data-{id}")),
+        peers,
+    };
+    // Capture a real checkpoint message from an origin server.
+    let origin = DataServer::start(config(1, Vec::new())).await.unwrap();
+    let mut tap = SubSocket::new();
+    tap.connect(origin.pub_endpoint()).await.unwrap();
+    tap.subscribe(TOPIC_CHECKPOINT).await.unwrap();
+    let mut origin_client = DataClient::new(origin.request_endpoint());
+    let captured = loop {
+        register(&mut origin_client, &format!("user{}", rand::random::<u32>()), "password-of-test").await;
+        if let Ok(Ok(message)) = tokio::time::timeout(Duration::from_millis(500), tap.recv()).await {
+            if message.get(0).is_some_and(|topic| topic.as_ref() == TOPIC_CHECKPOINT.as_bytes()) {
+                break message;
+            }
+        }
+    };
+    let payload: forum_protocol::WireChange = forum_protocol::decode(captured.get(1).unwrap()).unwrap();
+    let ChangeKind::UserRegistered { user, .. } = payload.change.kind.clone() else { panic!("a registration was captured") };
+
+    // A replica subscribed to a replaying peer receives that message again and again.
+    let mut replayer = PubSocket::new();
+    let replayer_endpoint = replayer.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    let replica = DataServer::start(config(2, vec![replayer_endpoint])).await.unwrap();
+    let mut replica_client = DataClient::new(replica.request_endpoint());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut duplicates = 0;
+    while duplicates < 3 {
+        replayer.send(captured.clone()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let Reply::Status(status) = replica_client.expect("reading the status", Request::Status).await else { panic!("a status") };
+        duplicates = status.counters.duplicate_changes;
+        assert!(Instant::now() < deadline, "the replica did not receive the replays: {:?}", status.counters);
+    }
+
+    let Reply::Users(users) = replica_client.expect("listing users", Request::ListUsers).await else { panic!("users") };
+    let names: Vec<&str> = users.iter().map(|status| status.name.as_str()).collect();
+    assert_eq!(names, [user.name.as_str()], "the replayed registration is stored once");
+    let Reply::Status(status) = replica_client.expect("reading the status", Request::Status).await else { panic!("a status") };
+    assert_eq!(status.counters.replicated_changes, 1);
+    replica.shutdown().await;
+    origin.shutdown().await;
+}
+
+/// One step of a random scenario on three servers.
+#[derive(Clone, Debug)]
+enum Step {
+    Post { server: usize, count: usize },
+    /// Kill -9 the server and start it again on the same data folder.
+    Crash { server: usize },
+    CutOff { server: usize },
+    HealAll,
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        4 => (0..3usize, 1..15usize).prop_map(|(server, count)| Step::Post { server, count }),
+        1 => (0..3usize).prop_map(|server| Step::Crash { server }),
+        1 => (0..3usize).prop_map(|server| Step::CutOff { server }),
+        1 => Just(Step::HealAll),
+    ]
+}
+
+/// Runs the steps on a fresh group of three and checks that it converges with every
+/// acknowledged post.
+async fn run_scenario(steps: Vec<Step>) {
+    let (mut cluster, subject) = seeded_cluster(3).await;
+    let mut acknowledged = Vec::new();
+    for (number, step) in steps.iter().enumerate() {
+        match *step {
+            Step::Post { server, count } => {
+                let mut client = cluster.client(server);
+                acknowledged.extend(post_many(&mut client, subject, "ana", &format!("step {number}"), count).await);
+            }
+            Step::Crash { server } => {
+                cluster.kill(server);
+                cluster.restart(server).await;
+            }
+            Step::CutOff { server } => cluster.cut_off(server),
+            Step::HealAll => cluster.heal_all(),
+        }
+    }
+    cluster.heal_all();
+    let snapshot = cluster.wait_until_equal(&cluster.indices(), CONVERGENCE).await;
+    assert_holds_all(&snapshot, &acknowledged);
+    assert_eq!(snapshot.histories[&subject].len(), acknowledged.len(), "no post is stored twice");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 8, max_shrink_iters: 8, ..Default::default() })]
+
+    #[test]
+    fn random_faults_end_in_same_state(steps in proptest::collection::vec(step(), 1..8)) {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        runtime.block_on(run_scenario(steps));
+    }
+}
+
+/// Measures catch-up: a server that joins late fetches 100,000 changes. Run it in release
+/// mode, where it prints the time: `cargo test --release --test replication -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement that takes a minute in debug builds"]
+async fn catch_up_of_100k_changes() {
+    let mut cluster = Cluster::start(1).await;
+    let mut client = cluster.client(0);
+    register(&mut client, "ana", "password-of-ana").await;
+    let subject = create_subject(&mut client, "Bulk", "ana").await;
+    for batch in 0..200 {
+        let acknowledged = post_many(&mut client, subject, "ana", &format!("bulk {batch}"), 500).await;
+        assert_eq!(acknowledged.len(), 500, "batch {batch} was acknowledged");
+    }
+    let origin_vector = cluster.status(0).await.vector;
+    assert_eq!(origin_vector.get(&1), Some(&100_002));
+
+    let started = Instant::now();
+    let late = cluster.add_server().await;
+    loop {
+        if cluster.status(late).await.vector == origin_vector {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "catch-up did not finish within 120 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    let caught_up = cluster.log(late).lines().find(|line| line.contains("caught up from peer")).unwrap_or_default().to_owned();
+    println!("100,002 changes caught up {elapsed:?} after the process started\n{caught_up}");
 }

@@ -23,9 +23,24 @@ use super::workspace_binary;
 /// How long a server process may take to answer its first request.
 const START_PATIENCE: Duration = Duration::from_secs(20);
 
-/// Returns a loopback port that was free a moment ago.
+/// Returns a loopback port that was free a moment ago, for a server to bind later.
+///
+/// The ports come from 20000 to 32767, below Linux's default ephemeral range (32768 to
+/// 60999), so that no socket bound to port 0 and no outgoing connection, in this test or
+/// another, takes the port before the server binds it. Each test process starts at a random
+/// point and moves on, so parallel tests do not pick the same port.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("binding a probe port").local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 20000;
+    const COUNT: u16 = 12768;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(0, rand::random::<u16>() % COUNT + 1, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let port = FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % COUNT;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// One data server process and how to start it again.
@@ -60,6 +75,8 @@ impl Server {
             .arg(&self.advertise)
             .arg(self.peers.join(","))
             .env("RUST_LOG", "info")
+            .env("RUST_BACKTRACE", "0")
+            .env("RUST_LIB_BACKTRACE", "0")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("sharing the log file"))
             .stderr(log)
@@ -122,7 +139,9 @@ impl Cluster {
         for index in 0..size {
             cluster.wait_until_answering(index).await;
         }
-        cluster.wait_until_peers_are(Liveness::Up, &(0..size).collect::<Vec<_>>()).await;
+        if size > 1 {
+            cluster.wait_until_peers_are(Liveness::Up, &(0..size).collect::<Vec<_>>()).await;
+        }
         cluster
     }
 
@@ -332,6 +351,11 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Returns the whole log of server `index`, over all its runs.
+    pub fn log(&self, index: usize) -> String {
+        std::fs::read_to_string(&self.servers[index].log_path).unwrap_or_default()
     }
 
     /// Returns the last lines of every server's log, for failure messages.

@@ -155,6 +155,7 @@ impl Actor {
                 }
                 return self.reload().await;
             }
+            add(&self.metrics.commits, 1);
         }
 
         for pending in replies {

@@ -59,6 +59,7 @@ pub(crate) fn prometheus_text(status: &ServerStatus) -> String {
     metric("forum_local_changes_total", "counter", "Changes made by this server.", counter_samples(counters.local_changes));
     metric("forum_replicated_changes_total", "counter", "New changes received live from peers.", counter_samples(counters.replicated_changes));
     metric("forum_fetched_changes_total", "counter", "New changes received by catch-up fetches.", counter_samples(counters.fetched_changes));
+    metric("forum_commits_total", "counter", "Write transactions committed to the store.", counter_samples(counters.commits));
     metric("forum_duplicate_changes_total", "counter", "Received changes that were already stored.", counter_samples(counters.duplicate_changes));
     metric("forum_heartbeats_received_total", "counter", "Heartbeats received from peers.", counter_samples(counters.heartbeats_received));
     metric("forum_fetches_served_total", "counter", "FetchChanges requests answered for peers.", counter_samples(counters.fetches_served));

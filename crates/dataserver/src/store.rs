@@ -145,6 +145,22 @@ mod tests {
     }
 
     #[test]
+    fn damaged_record_fails_whole_load() {
+        let directory = tempfile::tempdir().unwrap();
+        let store = Store::open(directory.path()).unwrap();
+        store.append(&[presence(1), presence(3)]).unwrap();
+        let transaction = store.database.begin_write().unwrap();
+        transaction.open_table(CHANGES).unwrap().insert((3, 2), b"\xc1 not messagepack".as_slice()).unwrap();
+        transaction.commit().unwrap();
+        drop(store);
+
+        let store = Store::open(directory.path()).unwrap();
+        let message = format!("{:#}", store.load().expect_err("a damaged record fails the load"));
+        assert!(message.contains("3-2"), "{message}");
+        assert!(message.contains(&directory.path().join(STORE_FILE).display().to_string()), "{message}");
+    }
+
+    #[test]
     fn damaged_store_error_names_path() {
         let directory = tempfile::tempdir().unwrap();
         std::fs::write(directory.path().join(STORE_FILE), b"not a redb file, just some bytes".repeat(200)).unwrap();

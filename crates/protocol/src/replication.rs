@@ -93,6 +93,8 @@ pub struct Counters {
     pub replicated_changes: u64,
     /// New changes received through catch-up fetches.
     pub fetched_changes: u64,
+    /// Write transactions committed to the store; with group commit, fewer than the changes.
+    pub commits: u64,
     /// Changes received that were already stored, and so ignored.
     pub duplicate_changes: u64,
     pub heartbeats_received: u64,

@@ -1,0 +1,94 @@
+//! What operators rely on: a damaged store stops the server with its path, writes are
+//! committed in groups, and the admin endpoint serves health and metrics.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::data_client::DataClient;
+use common::workspace_binary;
+use forum_dataserver::{Config, DataServer, Options, STORE_FILE};
+use forum_protocol::{Reply, Request};
+
+fn config(directory: &std::path::Path) -> Config {
+    Config {
+        id: 1,
+        request_endpoint: "tcp://127.0.0.1:0".into(),
+        pub_endpoint: "tcp://127.0.0.1:0".into(),
+        data_dir: directory.to_owned(),
+        peers: Vec::new(),
+    }
+}
+
+#[test]
+fn damaged_store_stops_server_naming_path() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = directory.path().join(STORE_FILE);
+    std::fs::write(&store, b"\x00\x01 this is not a redb database ".repeat(300)).unwrap();
+
+    let output = Command::new(workspace_binary("dataserver"))
+        .args(["--id", "1", "--request", "tcp://127.0.0.1:0", "--pub", "tcp://127.0.0.1:0", "--data-dir"])
+        .arg(directory.path())
+        .env("RUST_BACKTRACE", "0")
+        .env("RUST_LIB_BACKTRACE", "0")
+        .output()
+        .expect("running the dataserver");
+
+    assert!(!output.status.success(), "the server started on a damaged store");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&store.display().to_string()), "the error does not name {}:\n{stderr}", store.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_writes_share_commits() {
+    let directory = tempfile::tempdir().unwrap();
+    let server = DataServer::start(config(directory.path())).await.unwrap();
+    let mut client = DataClient::new(server.request_endpoint());
+    let registered = client.expect("registering", Request::Register { name: "ana".into(), password: "password-of-ana".into() }).await;
+    assert!(matches!(registered, Reply::User(_)), "{registered:?}");
+    let created = client.expect("creating", Request::CreateSubject { title: "Load".into(), created_by: "ana".into() }).await;
+    let Reply::Subject(subject) = created else { panic!("a subject: {created:?}") };
+
+    let posts = (0..500)
+        .map(|number| Request::PostMessage { subject: subject.id, author: "ana".into(), text: format!("post {number}") })
+        .collect();
+    let replies = client.pipeline(posts).await.expect("every post is answered");
+    assert!(replies.iter().all(|reply| matches!(reply, Reply::Message(_))));
+
+    let Reply::Status(status) = client.expect("reading the status", Request::Status).await else { panic!("a status") };
+    assert_eq!(status.counters.local_changes, 502);
+    assert!(
+        status.counters.commits * 4 <= status.counters.local_changes,
+        "500 pipelined posts took {} commits; group commit should share them",
+        status.counters.commits
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_serves_health_and_metrics() {
+    let directory = tempfile::tempdir().unwrap();
+    let options = Options { advertise: None, admin: Some("127.0.0.1:0".parse().unwrap()) };
+    let server = DataServer::start_with(config(directory.path()), options).await.unwrap();
+    let admin = server.admin_address().expect("an admin address");
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+
+    let health = http.get(format!("http://{admin}/healthz")).send().await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    assert_eq!(health.text().await.unwrap(), "ok\n");
+
+    let mut client = DataClient::new(server.request_endpoint());
+    client.expect("registering", Request::Register { name: "ana".into(), password: "password-of-ana".into() }).await;
+    let metrics = http.get(format!("http://{admin}/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status().as_u16(), 200);
+    let text = metrics.text().await.unwrap();
+    assert!(text.contains("# TYPE forum_requests_total counter"), "{text}");
+    assert!(text.contains("forum_local_changes_total{server=\"1\"} 1\n"), "{text}");
+    assert!(text.contains("forum_version_vector{server=\"1\",origin=\"1\"} 1\n"), "{text}");
+
+    let missing = http.get(format!("http://{admin}/nothing")).send().await.unwrap();
+    assert_eq!(missing.status().as_u16(), 404);
+    let stopped = tokio::time::timeout(Duration::from_secs(10), server.shutdown()).await;
+    assert!(stopped.is_ok(), "shutdown stops the admin endpoint");
+}
