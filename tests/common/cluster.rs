@@ -1,6 +1,6 @@
-//! A scenario harness for replication: data servers as real `dataserver` processes on
-//! loopback ports that it picks, a [`Proxy`] on every link between two servers so a test can
-//! cut and heal it, and helpers to post, kill -9, restart and compare the servers' states.
+//! A scenario harness for replication. It runs data servers as real `dataserver` processes on
+//! loopback ports that it picks, with a [`Proxy`] on every link between two servers so a test
+//! can cut and heal it. Helpers post, kill -9, restart and compare the servers' states.
 //!
 //! Server `i` (ids start at 1 for index 0) subscribes to server `j` through the link proxy
 //! `(i, j)`, and advertises a fetch proxy in front of its own request socket. Cutting a server
@@ -40,6 +40,15 @@ fn free_port() -> u16 {
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
+    }
+}
+
+/// Returns the `dataserver` binary to run: the one in `FORUM_DATASERVER_BINARY` when set, such
+/// as a release build for measurements, or else the one built beside the tests.
+fn dataserver_binary() -> PathBuf {
+    match std::env::var_os("FORUM_DATASERVER_BINARY") {
+        Some(path) => PathBuf::from(path),
+        None => workspace_binary("dataserver"),
     }
 }
 
@@ -121,7 +130,7 @@ impl Cluster {
     pub async fn start(size: usize) -> Cluster {
         super::init_logging();
         let mut cluster = Cluster {
-            binary: workspace_binary("dataserver"),
+            binary: dataserver_binary(),
             directory: tempfile::tempdir().expect("creating a temporary folder"),
             servers: Vec::new(),
             links: HashMap::new(),
@@ -202,6 +211,12 @@ impl Cluster {
     /// Returns the request endpoint of server `index`, for clients in other tasks.
     pub fn request_endpoint(&self, index: usize) -> String {
         self.servers[index].request_endpoint()
+    }
+
+    /// Returns the endpoint through which server `subscriber` subscribes to server `publisher`,
+    /// as the subscriber's logs name that peer.
+    pub fn link_endpoint(&self, subscriber: usize, publisher: usize) -> String {
+        self.links[&(subscriber, publisher)].endpoint()
     }
 
     /// Kills server `index` with SIGKILL, as a crash would, and waits for the process to end.

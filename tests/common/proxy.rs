@@ -42,7 +42,7 @@ impl Proxy {
         Proxy { port, open, acceptor }
     }
 
-    /// The endpoint that peers use in place of the target's.
+    /// Returns the endpoint that peers use in place of the target's.
     pub fn endpoint(&self) -> String {
         format!("tcp://127.0.0.1:{}", self.port)
     }

@@ -1,4 +1,4 @@
-//! Catch-up: fetching the changes a peer holds and this server lacks, in bounded batches,
+//! Catch-up: fetching the changes that a peer has and this server lacks, in bounded batches,
 //! over a DEALER socket to the peer's request endpoint.
 //!
 //! zeromq 0.7's DEALER never reconnects, so a [`Fetcher`] whose request times out is dropped,

@@ -1,7 +1,7 @@
 //! Heartbeats: what a data server announces to its peers every [`HEARTBEAT_INTERVAL`], and
 //! how long a silent peer stays trusted.
 //!
-//! A heartbeat carries the sender's id, its version vector and the endpoint where it answers
+//! A heartbeat carries the sender's id, its version vector and the endpoint that serves
 //! `FetchChanges`. It goes out on the topic `checkpoint.heartbeat` as a [`WireHeartbeat`],
 //! next to the changes on `checkpoint`, so one SUB socket per peer receives both.
 

@@ -32,7 +32,7 @@ pub(crate) struct ReceivedHeartbeat {
     pub heartbeat: Heartbeat,
 }
 
-/// Where a peer subscriber sends what it receives.
+/// The channels that a peer subscriber sends its messages to.
 pub(crate) struct PeerOutputs {
     /// Changes to the actor. A full channel makes the subscriber wait.
     pub actor: mpsc::Sender<Command>,
@@ -58,7 +58,7 @@ pub(crate) async fn run(
     info!(server, peer, "peer subscriber stopped");
 }
 
-/// What one message on the checkpoint topics carries.
+/// The content of one message on the checkpoint topics.
 enum Received {
     Change(Change),
     Heartbeat(Heartbeat),

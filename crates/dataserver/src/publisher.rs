@@ -34,7 +34,7 @@ pub(crate) async fn bind(endpoint: &str) -> anyhow::Result<(PubSocket, String)> 
     Ok((socket, bound.to_string()))
 }
 
-/// What the heartbeat announces besides the server id.
+/// The heartbeat's content besides the server id.
 pub(crate) struct HeartbeatSource {
     /// The request endpoint that peers fetch changes from.
     pub fetch_endpoint: String,

@@ -1,4 +1,4 @@
-//! The replicator: the one task that owns what this server knows about its peers. It tracks
+//! The replicator: the one task that owns this server's view of its peers. It tracks
 //! each peer's liveness and version vector from its heartbeats, logs every change of
 //! liveness once, and starts a catch-up from a live peer that holds changes this server lacks.
 //!
@@ -24,7 +24,7 @@ use crate::rate_limit::LogRateLimit;
 /// How often liveness is re-evaluated and a catch-up considered.
 const TICK: Duration = Duration::from_millis(250);
 
-/// What this server knows about one peer.
+/// This server's view of one peer, built from its heartbeats.
 struct Peer {
     id: Option<ServerId>,
     fetch_endpoint: Option<String>,
@@ -35,7 +35,8 @@ struct Peer {
     fetcher: Option<Fetcher>,
 }
 
-/// What a finished catch-up returns.
+/// The result of a finished catch-up: the peer's PUB endpoint, the fetcher when still usable,
+/// and the number of changes fetched or the error.
 type CatchUpOutcome = (String, Option<Fetcher>, anyhow::Result<u64>);
 
 /// The inputs and outputs of the replicator task.

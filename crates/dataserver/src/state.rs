@@ -61,7 +61,7 @@ pub(crate) struct ForumState {
     max_lamport: u64,
     /// The greatest sequence number applied, per origin server.
     max_seq: HashMap<ServerId, u64>,
-    /// Which changes of each origin are applied, with and without gaps.
+    /// The applied changes of each origin, as a contiguous prefix and a set beyond a gap.
     versions: VersionTracker,
     /// Every registration of each folded name, sorted by order key: the first one won the
     /// name, the others lost it to a concurrent registration on another server.

@@ -1,4 +1,4 @@
-//! The status report: what a data server tells operators about itself and its peers, as a
+//! The status report: a data server's state and its peers' for operators, as a
 //! [`ServerStatus`] reply and in the Prometheus text format.
 
 use std::fmt::Write as _;

@@ -1,4 +1,5 @@
-//! Which changes of each origin a server holds: the contiguous prefix and the ones beyond a gap.
+//! The version tracker: the changes of each origin that a server has, as a contiguous prefix
+//! and a set beyond a gap.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -6,7 +7,7 @@ use forum_protocol::{ChangeId, ServerId, VersionVector};
 
 /// Tracks, per origin, the highest sequence number up to which every change is held, and the
 /// sequence numbers held above it. A change that arrives after a gap is applied and stored at
-/// once; it only counts in the vector when the gap below it is filled.
+/// once, but it counts in the vector only when the gap below it is filled.
 #[derive(Default)]
 pub(crate) struct VersionTracker {
     contiguous: HashMap<ServerId, u64>,

@@ -1,5 +1,5 @@
-//! What data servers tell each other, and operators, about replication: heartbeats with
-//! version vectors, and the status report.
+//! Replication messages: the heartbeats with version vectors that data servers exchange, and
+//! the status report for operators.
 
 use std::collections::BTreeMap;
 
@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::ServerId;
 
-/// For each origin server, the highest sequence number up to which a data server holds every
-/// change of that origin without a gap. An origin that is missing holds 0.
+/// For each origin server, the highest sequence number up to which a data server has every
+/// change of that origin without a gap. A missing origin means 0.
 pub type VersionVector = BTreeMap<ServerId, u64>;
 
 /// A data server's periodic announcement on [`crate::TOPIC_HEARTBEAT`]: it is alive, what it
@@ -31,7 +31,7 @@ pub struct WireHeartbeat {
     pub heartbeat: Heartbeat,
 }
 
-/// What a data server believes about a peer, from the heartbeats it receives.
+/// A peer's state as a data server infers it from the heartbeats it receives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Liveness {
     /// No heartbeat has arrived yet since this server started.
@@ -45,7 +45,7 @@ pub enum Liveness {
 }
 
 impl Liveness {
-    /// A stable lower-case name, for logs and metrics labels.
+    /// Returns a stable lower-case name, for logs and metrics labels.
     pub fn name(self) -> &'static str {
         match self {
             Liveness::Unknown => "unknown",
@@ -66,7 +66,7 @@ pub struct PeerStatus {
     pub liveness: Liveness,
     /// The peer's version vector from its latest heartbeat.
     pub vector: VersionVector,
-    /// How many changes the peer holds that this server does not: the sum over origins of
+    /// The number of changes that the peer has and this server lacks: the sum over origins of
     /// the peer's sequence number minus this server's, where positive.
     pub lag: u64,
     /// Milliseconds since the latest heartbeat, or `None` when none has arrived.
@@ -116,7 +116,7 @@ pub struct ServerStatus {
     pub counters: Counters,
 }
 
-/// Returns how many changes `ahead` holds beyond `behind`: the sum over origins of the
+/// Returns the number of changes that `ahead` has beyond `behind`: the sum over origins of the
 /// positive differences of their sequence numbers.
 pub fn lag(behind: &VersionVector, ahead: &VersionVector) -> u64 {
     ahead

@@ -89,7 +89,7 @@ pub enum Reply {
     Done,
     /// The id of the data server that answered.
     Pong { server: crate::ServerId },
-    /// A batch of changes of one origin in sequence order; empty when the server holds none
+    /// A batch of changes of one origin in sequence order. It is empty when the server has none
     /// above the requested sequence number.
     Changes(Vec<Change>),
     Status(ServerStatus),
@@ -113,8 +113,8 @@ pub enum ErrorCode {
     /// A field is empty, too long or has forbidden characters.
     InvalidInput,
     NameTaken,
-    /// The account lost its name to another registration of the same name made at the same
-    /// moment on another data server; its owner has to register again.
+    /// The account lost its name to a registration of the same name made at the same moment
+    /// on another data server, so its owner has to register again.
     NameConflict,
     TitleTaken,
     BadCredentials,
