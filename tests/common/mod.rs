@@ -249,9 +249,24 @@ impl WebClient {
 
     /// Opens the event stream with this client's session.
     pub async fn events(&self) -> EventStream {
-        let response = self.http.get(format!("{}/api/events", self.base)).send().await.expect("opening events");
+        self.events_after(None).await
+    }
+
+    /// Opens the event stream as a reconnecting browser does: with `Last-Event-ID` when given.
+    pub async fn events_after(&self, last_event_id: Option<&str>) -> EventStream {
+        let mut request = self.http.get(format!("{}/api/events", self.base));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await.expect("opening events");
         assert_eq!(response.status().as_u16(), 200, "opening the event stream");
         EventStream::spawn(response)
+    }
+
+    /// Returns a client of another web server that sends this client's cookies, as a browser
+    /// does when a load balancer sends it elsewhere on the same host.
+    pub fn same_browser_at(&self, address: SocketAddr) -> WebClient {
+        WebClient { base: format!("http://{address}"), http: self.http.clone(), cookies: self.cookies.clone() }
     }
 }
 
@@ -317,6 +332,15 @@ impl EventStream {
                 Ok(None) => panic!("the event stream closed while waiting for a {kind:?} event"),
                 Err(_) => panic!("no matching {kind:?} event within {PATIENCE:?}"),
             }
+        }
+    }
+
+    /// Returns the next event of any kind, or `None` when the stream closed. Panics after
+    /// [`PATIENCE`].
+    pub async fn next(&mut self) -> Option<Event> {
+        match tokio::time::timeout(PATIENCE, self.events.recv()).await {
+            Ok(event) => event,
+            Err(_) => panic!("no event within {PATIENCE:?}"),
         }
     }
 
@@ -432,4 +456,46 @@ pub fn workspace_binary(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Returns a TCP port on 127.0.0.1 that was free a moment ago, for servers that run as
+/// separate processes and cannot report an ephemeral port back.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port").local_addr().expect("local address").port()
+}
+
+/// A server binary running as a child process; it is killed when dropped.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+}
+
+impl ServerProcess {
+    /// Starts a workspace binary with `args`, its logs going to this test's output.
+    pub fn spawn(binary: &str, args: &[&str]) -> ServerProcess {
+        let child = std::process::Command::new(workspace_binary(binary))
+            .args(args)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .spawn()
+            .unwrap_or_else(|error| panic!("starting {binary}: {error}"));
+        ServerProcess { child }
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`, `KILL`) with the `kill` command.
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -{name} {} failed", self.child.id());
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        // SIGCONT first, so a stopped process can die; both fail harmlessly if it is gone.
+        let _ = std::process::Command::new("kill").arg("-CONT").arg(self.child.id().to_string()).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -22,7 +22,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn request(endpoint: &str, request: Request) -> anyhow::Result<Reply> {
     let mut socket = DealerSocket::new();
     socket.connect(endpoint).await.with_context(|| format!("failed to connect to {endpoint}"))?;
-    let payload = encode(&WireRequest { v: PROTOCOL_VERSION, id: 1, request });
+    let payload = encode(&WireRequest { v: PROTOCOL_VERSION, id: 1, request, client: None });
     socket.send(ZmqMessage::from(payload)).await?;
     let message = tokio::time::timeout(REQUEST_TIMEOUT, socket.recv())
         .await
@@ -208,5 +208,5 @@ pub fn is_stored_message(frame: &[u8]) -> bool {
 /// Encodes a `PostMessage` request.
 pub fn post_request(id: u64, subject: forum_protocol::ChangeId, author: &str, text: String) -> Bytes {
     let request = Request::PostMessage { subject, author: author.to_owned(), text };
-    Bytes::from(encode(&WireRequest { v: PROTOCOL_VERSION, id, request }))
+    Bytes::from(encode(&WireRequest { v: PROTOCOL_VERSION, id, request, client: None }))
 }

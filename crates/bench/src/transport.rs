@@ -36,7 +36,7 @@ pub fn published_post_size(text_bytes: usize) -> usize {
         time: forum_protocol::now_millis(),
         lamport: 1_000_000,
     };
-    let change = Change { id, lamport: message.lamport, time: message.time, kind: ChangeKind::MessagePosted { message } };
+    let change = Change { id, lamport: message.lamport, time: message.time, kind: ChangeKind::MessagePosted { message }, key: None };
     encode(&WireChange { v: PROTOCOL_VERSION, change }).len()
 }
 

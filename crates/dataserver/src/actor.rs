@@ -84,17 +84,23 @@ impl Actor {
         let mut changes: Vec<Publication> = Vec::new();
         for command in batch.drain(..) {
             match command {
-                Command::Write { write, reply } => {
+                Command::Write { write, key, reply } => {
+                    // A retried write gets the reply of the change it already made, here or
+                    // on another server of the group.
+                    if let Some(original) = key.and_then(|key| self.state.original_write(key)) {
+                        replies.push(PendingReply::Reply(reply, reply_for(original)));
+                        continue;
+                    }
                     let id = ChangeId::new(self.id, self.state.next_seq(self.id));
                     let lamport = self.state.next_lamport();
                     let time = now_millis();
                     let answer = match self.state.prepare(write, id, lamport, time) {
                         Ok(Some(kind)) => {
-                            let change = Change { id, lamport, time, kind };
+                            let change = Change { id, lamport, time, kind, key };
                             self.state.apply(&change);
                             let answer = reply_for(&change);
                             add(&self.metrics.local_changes, 1);
-                            changes.push(Publication { change, local: true });
+                            changes.push(Publication { change, local: true, position: 0 });
                             answer
                         }
                         Ok(None) => Reply::Done,
@@ -120,7 +126,7 @@ impl Actor {
                     }
                     if self.state.apply(&change) {
                         add(&self.metrics.replicated_changes, 1);
-                        changes.push(Publication { change, local: false });
+                        changes.push(Publication { change, local: false, position: 0 });
                     } else {
                         add(&self.metrics.duplicate_changes, 1);
                         debug!(server = self.id, change = %change.id, "ignored a change that is already applied");
@@ -131,7 +137,7 @@ impl Actor {
                     for change in fetched {
                         if self.state.apply(&change) {
                             add(&self.metrics.fetched_changes, 1);
-                            changes.push(Publication { change, local: false });
+                            changes.push(Publication { change, local: false, position: 0 });
                         } else {
                             add(&self.metrics.duplicate_changes, 1);
                         }
@@ -143,17 +149,24 @@ impl Actor {
         }
 
         if !changes.is_empty() {
-            if let Err(error) = self.commit(&changes).await {
+            match self.commit(&changes).await {
+                Ok(first_position) => {
+                    for (position, publication) in (first_position..).zip(changes.iter_mut()) {
+                        publication.position = position;
+                    }
+                }
+                Err(error) => {
                 error!(
                     server = self.id,
                     changes = changes.len(),
                     error = format!("{error:#}"),
                     "failed to store a group of changes; replying with an internal error and reloading the state"
                 );
-                for pending in replies {
-                    fail(pending);
+                    for pending in replies {
+                        fail(pending);
+                    }
+                    return self.reload().await;
                 }
-                return self.reload().await;
             }
             add(&self.metrics.commits, 1);
         }
@@ -184,7 +197,8 @@ impl Actor {
         Ok(())
     }
 
-    async fn commit(&self, publications: &[Publication]) -> anyhow::Result<()> {
+    /// Stores the changes and returns the feed position of the first one.
+    async fn commit(&self, publications: &[Publication]) -> anyhow::Result<u64> {
         let changes: Vec<Change> = publications.iter().map(|publication| publication.change.clone()).collect();
         let store = Arc::clone(&self.store);
         tokio::task::spawn_blocking(move || store.append(&changes)).await?
@@ -207,7 +221,10 @@ fn reply_for(change: &Change) -> Reply {
         ChangeKind::SubjectCreated { subject } => Reply::Subject(subject.clone()),
         ChangeKind::MessagePosted { message } => Reply::Message(message.clone()),
         ChangeKind::PrivateSent { message } => Reply::PrivateMessage(message.clone()),
-        ChangeKind::PresenceChanged { .. } => Reply::Done,
+        ChangeKind::PresenceChanged { .. }
+        | ChangeKind::SessionCreated { .. }
+        | ChangeKind::SessionRevoked { .. }
+        | ChangeKind::PresenceLease { .. } => Reply::Done,
     }
 }
 

@@ -58,7 +58,7 @@ impl Fetcher {
     async fn fetch(&mut self, origin: ServerId, after_seq: u64) -> anyhow::Result<Vec<Change>> {
         let id = self.next_request_id;
         self.next_request_id += 1;
-        let request = WireRequest { v: PROTOCOL_VERSION, id, request: Request::FetchChanges { origin, after_seq, limit: FETCH_BATCH } };
+        let request = WireRequest { v: PROTOCOL_VERSION, id, request: Request::FetchChanges { origin, after_seq, limit: FETCH_BATCH }, client: None };
         self.socket
             .send(ZmqMessage::from(Bytes::from(encode(&request))))
             .await

@@ -1,6 +1,6 @@
 //! The commands that the request handlers and the peer subscribers send to the actor.
 
-use forum_protocol::{Change, ChangeId, Reply, User};
+use forum_protocol::{Change, ChangeId, IdempotencyKey, Reply, User};
 use tokio::sync::oneshot;
 
 /// A local write, already validated by the request handler. The actor checks it against the
@@ -13,6 +13,9 @@ pub(crate) enum Write {
     PostMessage { subject: ChangeId, author: String, text: String },
     SendPrivate { from: String, to: String, text: String },
     SetPresence { user: String, webserver: String, online: bool },
+    CreateSession { token_hash: String, user: String, expires_at: u64 },
+    RevokeSession { token_hash: String },
+    RenewPresence { webserver: String, instance: u64, users: Vec<String>, expires_at: u64 },
 }
 
 /// A query of the state. It changes nothing.
@@ -22,6 +25,7 @@ pub(crate) enum Read {
     History { subject: ChangeId },
     PrivateHistory { user: String, other: String },
     ListUsers,
+    Session { token_hash: String },
 }
 
 /// A user and the argon2 PHC hash of their password, for a login check outside the actor.
@@ -37,7 +41,8 @@ pub(crate) struct Credentials {
 /// A message to the actor task.
 #[derive(Debug)]
 pub(crate) enum Command {
-    Write { write: Write, reply: oneshot::Sender<Reply> },
+    /// `key` is the write's idempotency key, when its web server sent one.
+    Write { write: Write, key: Option<IdempotencyKey>, reply: oneshot::Sender<Reply> },
     Read { read: Read, reply: oneshot::Sender<Reply> },
     /// Looks up a user by name, ignoring case; `None` when no such user exists.
     Credentials { name: String, reply: oneshot::Sender<Option<Credentials>> },

@@ -4,14 +4,15 @@
 use std::sync::{Arc, Mutex};
 
 use forum_protocol::{
-    decode, validate_name, validate_password, validate_text, validate_title, CodecError, ErrorCode, Invalid,
-    Reply, Request, ServerId, WireReply, WireRequest, PROTOCOL_VERSION,
+    decode, now_millis, validate_name, validate_password, validate_text, validate_title, CodecError, ErrorCode,
+    FeedBatch, IdempotencyKey, Invalid, Reply, Request, ServerId, WireReply, WireRequest, PROTOCOL_VERSION,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
 
 use crate::catch_up::{FETCH_BATCH, FETCH_MAX_BYTES};
 use crate::command::{Command, Read, Write};
+use crate::feed::{self, MAX_FEED_BATCH};
 use crate::metrics::add;
 use crate::password::Passwords;
 use crate::rate_limit::LogRateLimit;
@@ -20,6 +21,9 @@ use crate::store::Store;
 
 /// The largest request payload accepted, in bytes. Larger ones are rejected unread.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// The longest presence lease a web server may ask for, in milliseconds.
+pub const MAX_LEASE_MS: u64 = 60_000;
 
 /// The request handling state that every request in flight shares.
 #[derive(Clone)]
@@ -72,11 +76,12 @@ impl Handler {
                 return wire_reply(0, Reply::error(code, error.to_string()));
             }
         };
-        let reply = self.reply(request.id, request.request).await;
+        let key = request.client.map(|client| IdempotencyKey { client, request: request.id });
+        let reply = self.reply(request.id, key, request.request).await;
         wire_reply(request.id, reply)
     }
 
-    async fn reply(&self, request_id: u64, request: Request) -> Reply {
+    async fn reply(&self, request_id: u64, key: Option<IdempotencyKey>, request: Request) -> Reply {
         match request {
             Request::Ping => Reply::Pong { server: self.server },
             Request::Status => Reply::Status(self.status.snapshot()),
@@ -86,7 +91,7 @@ impl Handler {
                     return invalid(reason);
                 }
                 match self.passwords.hash(password).await {
-                    Ok(password_hash) => self.write(Write::Register { name, password_hash }).await,
+                    Ok(password_hash) => self.write(Write::Register { name, password_hash }, key).await,
                     Err(error) => {
                         error!(server = self.server, request = request_id, error = format!("{error:#}"), "failed to hash a password");
                         internal()
@@ -96,16 +101,16 @@ impl Handler {
             Request::Login { name, password } => self.login(request_id, name, password).await,
             Request::ListSubjects => self.read(Read::ListSubjects).await,
             Request::CreateSubject { title, created_by } => match validate_title(&title) {
-                Ok(()) => self.write(Write::CreateSubject { title, created_by }).await,
+                Ok(()) => self.write(Write::CreateSubject { title, created_by }, key).await,
                 Err(reason) => invalid(reason),
             },
             Request::PostMessage { subject, author, text } => match validate_text(&text) {
-                Ok(()) => self.write(Write::PostMessage { subject, author, text }).await,
+                Ok(()) => self.write(Write::PostMessage { subject, author, text }, key).await,
                 Err(reason) => invalid(reason),
             },
             Request::History { subject } => self.read(Read::History { subject }).await,
             Request::SendPrivate { from, to, text } => match validate_text(&text) {
-                Ok(()) => self.write(Write::SendPrivate { from, to, text }).await,
+                Ok(()) => self.write(Write::SendPrivate { from, to, text }, key).await,
                 Err(reason) => invalid(reason),
             },
             Request::PrivateHistory { user, other } => self.read(Read::PrivateHistory { user, other }).await,
@@ -114,7 +119,41 @@ impl Handler {
                 if webserver.trim().is_empty() {
                     return Reply::error(ErrorCode::InvalidInput, "the web server name is empty");
                 }
-                self.write(Write::SetPresence { user, webserver, online }).await
+                self.write(Write::SetPresence { user, webserver, online }, key).await
+            }
+            Request::FeedSince { after, limit } => self.feed_since(request_id, after, limit).await,
+            Request::CreateSession { token_hash, user, expires_at } => {
+                self.write(Write::CreateSession { token_hash, user, expires_at }, key).await
+            }
+            Request::CheckSession { token_hash } => self.read(Read::Session { token_hash }).await,
+            Request::RevokeSession { token_hash } => self.write(Write::RevokeSession { token_hash }, key).await,
+            Request::RenewPresence { webserver, instance, users, lease_ms } => {
+                if webserver.trim().is_empty() {
+                    return Reply::error(ErrorCode::InvalidInput, "the web server name is empty");
+                }
+                if lease_ms > MAX_LEASE_MS {
+                    let message = format!("the lease of {lease_ms} ms is longer than the maximum of {MAX_LEASE_MS} ms");
+                    return Reply::error(ErrorCode::InvalidInput, message);
+                }
+                let expires_at = now_millis() + lease_ms;
+                self.write(Write::RenewPresence { webserver, instance, users, expires_at }, key).await
+            }
+        }
+    }
+
+    async fn feed_since(&self, request_id: u64, after: u64, limit: u32) -> Reply {
+        let limit = (limit as usize).min(MAX_FEED_BATCH);
+        let store = Arc::clone(&self.store);
+        let read = tokio::task::spawn_blocking(move || feed::read_after(store.database(), after, limit)).await;
+        match read {
+            Ok(Ok((entries, last))) => Reply::Feed(FeedBatch { server: self.server, entries, last }),
+            Ok(Err(error)) => {
+                error!(server = self.server, request = request_id, error = format!("{error:#}"), "failed to read the feed");
+                internal()
+            }
+            Err(error) => {
+                error!(server = self.server, request = request_id, %error, "the task reading the feed failed");
+                internal()
             }
         }
     }
@@ -184,9 +223,9 @@ impl Handler {
         }
     }
 
-    async fn write(&self, write: Write) -> Reply {
+    async fn write(&self, write: Write, key: Option<IdempotencyKey>) -> Reply {
         let (sender, receiver) = oneshot::channel();
-        self.ask(Command::Write { write, reply: sender }, receiver).await
+        self.ask(Command::Write { write, key, reply: sender }, receiver).await
     }
 
     async fn read(&self, read: Read) -> Reply {

@@ -1,13 +1,15 @@
 //! The PUB socket that publishes every applied change.
 //!
 //! A local change goes out twice: on the checkpoint topic, in full, for the other data
-//! servers, and on the webserver topic, redacted, for the web servers. A change received from
-//! a peer goes out on the webserver topic only, so changes are never relayed between peers.
-//! Between changes, a timer publishes this server's heartbeat for its peers.
+//! servers, and on the webserver topic, redacted and with its feed position, for the web
+//! servers. A change received from a peer goes out on the webserver topic only, so changes
+//! are never relayed between peers. Between changes, a timer publishes this server's heartbeat
+//! for its peers.
 
 use bytes::Bytes;
 use forum_protocol::{
-    encode, Change, ServerId, VersionVector, WireChange, PROTOCOL_VERSION, TOPIC_CHECKPOINT, TOPIC_WEBSERVER,
+    encode, Change, ServerId, VersionVector, WireChange, WireFeedChange, PROTOCOL_VERSION, TOPIC_CHECKPOINT,
+    TOPIC_WEBSERVER,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -22,6 +24,8 @@ pub(crate) struct Publication {
     pub change: Change,
     /// True for a change made by this server, false for one received from a peer.
     pub local: bool,
+    /// The change's position in this server's feed.
+    pub position: u64,
 }
 
 /// Binds a PUB socket and returns it with the endpoint as bound (with the real port).
@@ -66,12 +70,13 @@ pub(crate) async fn run(
                 continue;
             }
         };
-        let Some(Publication { change, local }) = publication else { break };
+        let Some(Publication { change, local, position }) = publication else { break };
         let mut messages = Vec::with_capacity(2);
         if local {
             messages.push(message(TOPIC_CHECKPOINT, &change));
         }
-        messages.push(message(TOPIC_WEBSERVER, &change.redacted()));
+        let feed_change = WireFeedChange { v: PROTOCOL_VERSION, server, position, change: change.redacted() };
+        messages.push(two_frames(TOPIC_WEBSERVER, encode(&feed_change)));
         for message in messages {
             // zeromq 0.7's PUB send only queues the message and drops it for a subscriber
             // whose queue is full, so this await does not wait on the network.
@@ -89,7 +94,10 @@ pub(crate) async fn run(
 }
 
 fn message(topic: &'static str, change: &Change) -> ZmqMessage {
-    let payload = encode(&WireChange { v: PROTOCOL_VERSION, change: change.clone() });
+    two_frames(topic, encode(&WireChange { v: PROTOCOL_VERSION, change: change.clone() }))
+}
+
+fn two_frames(topic: &'static str, payload: Vec<u8>) -> ZmqMessage {
     let frames = vec![Bytes::from_static(topic.as_bytes()), Bytes::from(payload)];
     ZmqMessage::try_from(frames).expect("a message with two frames is not empty")
 }

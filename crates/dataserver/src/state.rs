@@ -7,11 +7,14 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use forum_protocol::{
-    Change, ChangeId, ChangeKind, ErrorCode, ErrorReply, Message, PrivateMessage, Reply, ServerId, Subject,
-    User, UserStatus, VersionVector,
+    now_millis, Change, ChangeId, ChangeKind, ErrorCode, ErrorReply, IdempotencyKey, Message, PrivateMessage, Reply,
+    ServerId, Subject, User, UserStatus, VersionVector,
 };
 
 use crate::command::{Credentials, Read, Write};
+use crate::idempotency::{Admission, Writes};
+use crate::leases::Leases;
+use crate::sessions::SessionTable;
 use crate::version_vector::VersionTracker;
 
 /// The total order of changes: (lamport, origin, seq). Histories sort by it, and the smallest
@@ -77,6 +80,12 @@ pub(crate) struct ForumState {
     conversations: HashMap<(String, String), BTreeMap<OrderKey, PrivateMessage>>,
     /// The latest presence change per (folded user name, web server), and whether it is online.
     presence: HashMap<(String, String), (OrderKey, bool)>,
+    /// The kept change of every idempotency key, for retried writes.
+    writes: Writes,
+    sessions: SessionTable,
+    /// Presence leases. A web server that has one reports its online users through it, and
+    /// its entries in `presence` only drive the `presence` events.
+    leases: Leases,
 }
 
 impl ForumState {
@@ -114,6 +123,11 @@ impl ForumState {
         self.applied.contains(&id)
     }
 
+    /// Returns the change kept for an idempotency key, when a write with that key was applied.
+    pub fn original_write(&self, key: IdempotencyKey) -> Option<&Change> {
+        self.writes.original(key)
+    }
+
     /// Applies a change and returns true, or returns false when it was already applied.
     pub fn apply(&mut self, change: &Change) -> bool {
         if !self.applied.insert(change.id) {
@@ -123,6 +137,11 @@ impl ForumState {
         let max_seq = self.max_seq.entry(change.id.origin).or_default();
         *max_seq = (*max_seq).max(change.id.seq);
         self.versions.record(change.id);
+        match self.writes.admit(change) {
+            Admission::Apply => {}
+            Admission::Skip => return true,
+            Admission::Replace(duplicate) => self.withdraw(&duplicate),
+        }
 
         let key = order_key(change);
         match &change.kind {
@@ -153,8 +172,28 @@ impl ForumState {
                     self.presence.insert(slot, (key, *online));
                 }
             }
+            ChangeKind::SessionCreated { .. } | ChangeKind::SessionRevoked { .. } => self.sessions.apply(change),
+            ChangeKind::PresenceLease { .. } => self.leases.apply(change, fold),
         }
         true
+    }
+
+    /// Removes the message of a change that lost to a duplicate with the same idempotency key.
+    fn withdraw(&mut self, duplicate: &Change) {
+        let key = order_key(duplicate);
+        match &duplicate.kind {
+            ChangeKind::MessagePosted { message } => {
+                if let Some(messages) = self.messages.get_mut(&message.subject) {
+                    messages.remove(&key);
+                }
+            }
+            ChangeKind::PrivateSent { message } => {
+                if let Some(conversation) = self.conversations.get_mut(&conversation_key(&message.from, &message.to)) {
+                    conversation.remove(&key);
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Checks a local write against the state and returns what the change will do, or `None`
@@ -199,6 +238,25 @@ impl ForumState {
                 }
                 ChangeKind::PresenceChanged { user, webserver: slot.1, online }
             }
+            Write::CreateSession { token_hash, user, expires_at } => {
+                let user = self.user(&user)?.name.clone();
+                if self.sessions.exists(&token_hash) {
+                    return Ok(None);
+                }
+                ChangeKind::SessionCreated { token_hash, user, expires_at }
+            }
+            Write::RevokeSession { token_hash } => {
+                if !self.sessions.exists(&token_hash) || self.sessions.is_revoked(&token_hash) {
+                    return Ok(None);
+                }
+                ChangeKind::SessionRevoked { token_hash }
+            }
+            Write::RenewPresence { webserver, instance, users, expires_at } => {
+                // Users unknown here (not replicated yet, or never registered) are left out
+                // until a later renewal.
+                let users = users.iter().filter_map(|user| self.user(user).ok()).map(|user| user.name.clone()).collect();
+                ChangeKind::PresenceLease { webserver, instance, users, expires_at }
+            }
         };
         Ok(Some(kind))
     }
@@ -213,6 +271,10 @@ impl ForumState {
                 Reply::PrivateMessages(conversation.map(|messages| messages.values().cloned().collect()).unwrap_or_default())
             }),
             Read::ListUsers => Ok(Reply::Users(self.list_users())),
+            Read::Session { token_hash } => match self.sessions.valid(&token_hash, now_millis()) {
+                Some((user, expires_at)) => Ok(Reply::Session { user: user.to_owned(), expires_at }),
+                None => Err(error(ErrorCode::UnknownSession, "the session does not exist, was revoked or has expired".into())),
+            },
         };
         result.unwrap_or_else(Reply::Error)
     }
@@ -276,12 +338,13 @@ impl ForumState {
 
     /// Lists every user with their online flag, sorted by name ignoring case.
     fn list_users(&self) -> Vec<UserStatus> {
-        let online: HashSet<&str> = self
+        let mut online: HashSet<&str> = self
             .presence
             .iter()
-            .filter(|(_, (_, online))| *online)
+            .filter(|((_, webserver), (_, online))| *online && !self.leases.has_lease(webserver))
             .map(|((user, _), _)| user.as_str())
             .collect();
+        online.extend(self.leases.online_users(now_millis()));
         let mut users: Vec<(&String, &UserEntry)> =
             self.users.iter().filter_map(|(folded, entries)| Some((folded, entries.first()?))).collect();
         users.sort_by_key(|(folded, _)| *folded);
@@ -297,7 +360,7 @@ mod tests {
     use super::*;
 
     fn change(origin: ServerId, seq: u64, lamport: u64, kind: ChangeKind) -> Change {
-        Change { id: ChangeId::new(origin, seq), lamport, time: 0, kind }
+        Change { id: ChangeId::new(origin, seq), lamport, time: 0, kind, key: None }
     }
 
     fn registered(origin: ServerId, seq: u64, lamport: u64, name: &str, hash: &str) -> Change {

@@ -3,21 +3,26 @@
 //! Every method blocks on file I/O, so async callers run them in `spawn_blocking`.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use forum_protocol::{decode, encode, Change, ServerId, WireChange, PROTOCOL_VERSION};
 use redb::{Database, ReadableTable, TableDefinition};
 
+use crate::feed;
+
 /// The file name of the store inside the data directory.
 pub const STORE_FILE: &str = "forum.redb";
 
 /// Changes by (origin server id, sequence number); values are encoded [`WireChange`]s.
-const CHANGES: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("changes");
+pub(crate) const CHANGES: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("changes");
 
 /// An open change log. Dropping it closes the file.
 pub(crate) struct Store {
     database: Database,
     path: PathBuf,
+    /// The feed position that the next stored change gets.
+    next_position: AtomicU64,
 }
 
 impl Store {
@@ -37,8 +42,14 @@ impl Store {
         let transaction = database.begin_write().with_context(|| format!("failed to write to {}", path.display()))?;
         transaction.open_table(CHANGES).with_context(|| format!("failed to open the changes table in {}", path.display()))?;
         transaction.commit().with_context(|| format!("failed to commit to {}", path.display()))?;
+        let last_position = feed::open(&database).with_context(|| format!("failed to open the feed in {}", path.display()))?;
 
-        Ok(Store { database, path })
+        Ok(Store { database, path, next_position: AtomicU64::new(last_position + 1) })
+    }
+
+    /// Returns the database, for the feed's reads.
+    pub fn database(&self) -> &Database {
+        &self.database
     }
 
     /// Returns the path of the store file.
@@ -88,9 +99,12 @@ impl Store {
         Ok(changes)
     }
 
-    /// Stores changes in one write transaction and returns once it is committed to disk.
-    pub fn append(&self, changes: &[Change]) -> anyhow::Result<()> {
+    /// Stores changes in one write transaction, with their feed positions, and returns once
+    /// it is committed to disk. Returns the feed position of the first change; the others
+    /// follow it in order. Only the actor calls it, so appends never overlap.
+    pub fn append(&self, changes: &[Change]) -> anyhow::Result<u64> {
         let path = self.path.display();
+        let first_position = self.next_position.load(Ordering::Acquire);
         let transaction = self.database.begin_write().with_context(|| format!("failed to write to {path}"))?;
         {
             let mut table =
@@ -102,8 +116,10 @@ impl Store {
                     .with_context(|| format!("failed to store change {} in {path}", change.id))?;
             }
         }
+        feed::record(&transaction, first_position, changes).with_context(|| format!("failed to write the feed in {path}"))?;
         transaction.commit().with_context(|| format!("failed to commit {} changes to {path}", changes.len()))?;
-        Ok(())
+        self.next_position.store(first_position + changes.len() as u64, Ordering::Release);
+        Ok(first_position)
     }
 }
 
@@ -114,7 +130,7 @@ mod tests {
 
     fn presence(seq: u64) -> Change {
         let kind = ChangeKind::PresenceChanged { user: "ana".into(), webserver: "w1".into(), online: seq % 2 == 1 };
-        Change { id: ChangeId::new(3, seq), lamport: seq, time: 0, kind }
+        Change { id: ChangeId::new(3, seq), lamport: seq, time: 0, kind, key: None }
     }
 
     #[test]
@@ -158,6 +174,22 @@ mod tests {
         let message = format!("{:#}", store.load().expect_err("a damaged record fails the load"));
         assert!(message.contains("3-2"), "{message}");
         assert!(message.contains(&directory.path().join(STORE_FILE).display().to_string()), "{message}");
+    }
+
+    #[test]
+    fn feed_positions_survive_reopen() {
+        let directory = tempfile::tempdir().unwrap();
+        let store = Store::open(directory.path()).unwrap();
+        assert_eq!(store.append(&[presence(2), presence(1)]).unwrap(), 1);
+        drop(store);
+
+        let store = Store::open(directory.path()).unwrap();
+        assert_eq!(store.append(&[presence(3)]).unwrap(), 3);
+        let (entries, last) = feed::read_after(store.database(), 1, 10).unwrap();
+        assert_eq!(last, 3);
+        let read: Vec<(u64, u64)> = entries.iter().map(|entry| (entry.position, entry.change.id.seq)).collect();
+        assert_eq!(read, [(2, 1), (3, 3)], "positions follow the order of storing, not of ids");
+        assert_eq!(feed::read_after(store.database(), 0, 1).unwrap().0.len(), 1, "the limit is kept");
     }
 
     #[test]

@@ -119,7 +119,7 @@ async fn two_servers_replicate_and_publish_once() {
 fn registration(seq: u64, name: &str) -> Change {
     let id = ChangeId::new(50, seq);
     let user = User { id, name: name.into(), time: 0 };
-    Change { id, lamport: seq, time: 0, kind: ChangeKind::UserRegistered { user, password_hash: "$argon2id$fake".into() } }
+    Change { id, lamport: seq, time: 0, kind: ChangeKind::UserRegistered { user, password_hash: "$argon2id$fake".into() }, key: None }
 }
 
 #[tokio::test]

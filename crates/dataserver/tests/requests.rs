@@ -99,7 +99,7 @@ async fn dealer_pipelines_requests() {
         } else {
             Request::History { subject: subject.id }
         };
-        let payload = Bytes::from(encode(&WireRequest { v: PROTOCOL_VERSION, id, request }));
+        let payload = Bytes::from(encode(&WireRequest { v: PROTOCOL_VERSION, id, request, client: None }));
         let frames = if id.is_multiple_of(3) { vec![Bytes::new(), payload] } else { vec![payload] };
         dealer.send(ZmqMessage::try_from(frames).unwrap()).await.unwrap();
     }
@@ -135,7 +135,7 @@ async fn bad_payloads_get_error_replies() {
     assert_eq!(garbage.id, 0);
     assert_eq!(error_code(&garbage.reply), ErrorCode::Malformed);
 
-    let other_version = client.send_raw(encode(&WireRequest { v: 99, id: 5, request: Request::Ping })).await;
+    let other_version = client.send_raw(encode(&WireRequest { v: 99, id: 5, request: Request::Ping, client: None })).await;
     assert_eq!(other_version.id, 0);
     assert_eq!(error_code(&other_version.reply), ErrorCode::UnsupportedVersion);
 
@@ -144,6 +144,7 @@ async fn bad_payloads_get_error_replies() {
         v: PROTOCOL_VERSION,
         id: 6,
         request: Request::Register { name: huge_name, password: "secret12".into() },
+        client: None,
     });
     let too_large = client.send_raw(huge).await;
     assert_eq!(error_code(&too_large.reply), ErrorCode::InvalidInput);

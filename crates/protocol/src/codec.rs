@@ -66,6 +66,7 @@ mod tests {
                     lamport: 40,
                 },
             },
+            key: None,
         }
     }
 
@@ -73,13 +74,14 @@ mod tests {
     /// PROTOCOL_VERSION and update the bytes on purpose, never by accident.
     #[test]
     fn request_golden_bytes() {
-        let request = WireRequest { v: PROTOCOL_VERSION, id: 7, request: Request::ListSubjects };
+        let request = WireRequest { v: PROTOCOL_VERSION, id: 7, request: Request::ListSubjects, client: None };
         assert_eq!(hex(&encode(&request)), "83a17601a2696407a772657175657374ac4c6973745375626a65637473");
 
         let login = WireRequest {
             v: PROTOCOL_VERSION,
             id: 8,
             request: Request::Login { name: "ana".into(), password: "secret12".into() },
+            client: None,
         };
         assert_eq!(
             hex(&encode(&login)),
@@ -143,6 +145,7 @@ mod tests {
             v: PROTOCOL_VERSION,
             id: 3,
             request: Request::FetchChanges { origin: 2, after_seq: 40, limit: 1000 },
+            client: None,
         };
         assert_eq!(hex(&encode(&request)), concat!(
                 "83a17601a2696403a77265717565737481ac46657463684368616e67657383a66f726967696e02",
@@ -159,7 +162,7 @@ mod tests {
 
     #[test]
     fn decode_rejects_other_versions() {
-        let request = WireRequest { v: 99, id: 1, request: Request::Ping };
+        let request = WireRequest { v: 99, id: 1, request: Request::Ping, client: None };
         match decode::<WireRequest>(&encode(&request)) {
             Err(CodecError::UnsupportedVersion { found: 99, expected: PROTOCOL_VERSION }) => {}
             other => panic!("expected UnsupportedVersion, got {other:?}"),
@@ -183,6 +186,7 @@ mod tests {
                 user: User { id: ChangeId::new(1, 1), name: "ana".into(), time: 0 },
                 password_hash: "$argon2id$secret".into(),
             },
+            key: None,
         };
         let encoded = encode(&WireChange { v: PROTOCOL_VERSION, change: change.redacted() });
         assert!(!String::from_utf8_lossy(&encoded).contains("argon2"));

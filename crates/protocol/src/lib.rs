@@ -9,6 +9,7 @@
 
 mod codec;
 mod endpoint;
+mod feed;
 mod ids;
 mod model;
 mod nesting;
@@ -18,6 +19,7 @@ mod wire;
 
 pub use codec::{decode, encode, CodecError};
 pub use endpoint::{parse_endpoint, parse_peer_list, EndpointError};
+pub use feed::{FeedBatch, FeedEntry, IdempotencyKey, WireFeedChange};
 pub use ids::{ChangeId, ServerId};
 pub use model::{
     Change, ChangeKind, Message, PrivateMessage, Subject, User, UserStatus, MAX_NAME_CHARS,

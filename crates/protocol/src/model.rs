@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::feed::IdempotencyKey;
 use crate::ids::ChangeId;
 
 /// Maximum length of a user name, in characters.
@@ -80,6 +81,11 @@ pub struct Change {
     /// Wall-clock time at the origin, in milliseconds since the Unix epoch.
     pub time: u64,
     pub kind: ChangeKind,
+    /// The idempotency key of the write that made this change, when it came from a web
+    /// server that sends one. Two changes with the same key are the same write retried: every
+    /// replica keeps only the one with the smallest (lamport, origin, seq).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<IdempotencyKey>,
 }
 
 /// What a change does.
@@ -94,6 +100,16 @@ pub enum ChangeKind {
     /// A user opened their first, or closed their last, event stream on the web server
     /// named `webserver`.
     PresenceChanged { user: String, webserver: String, online: bool },
+    /// A login session started. `token_hash` is the BLAKE2b-256 hash of the session token in
+    /// lowercase hex; the token itself is never stored. The session ends at `expires_at`
+    /// (milliseconds since the Unix epoch) or when revoked.
+    SessionCreated { token_hash: String, user: String, expires_at: u64 },
+    /// A session ended by logging out, on every web server.
+    SessionRevoked { token_hash: String },
+    /// The web server `webserver` (the run identified by `instance`) has an open event stream
+    /// for each of `users`, until `expires_at` (milliseconds since the Unix epoch) unless it
+    /// renews the lease. It replaces that web server's previous lease.
+    PresenceLease { webserver: String, instance: u64, users: Vec<String>, expires_at: u64 },
 }
 
 impl Change {

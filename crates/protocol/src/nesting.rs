@@ -86,6 +86,7 @@ mod tests {
             v: crate::PROTOCOL_VERSION,
             id: 1,
             request: crate::Request::Login { name: "ana".into(), password: "x".repeat(300) },
+            client: None,
         };
         assert_eq!(check_nesting(&crate::encode(&request), MAX_NESTING), Ok(()));
     }

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::feed::FeedBatch;
 use crate::ids::{ChangeId, ServerId};
 use crate::model::{Change, Message, PrivateMessage, Subject, User, UserStatus};
 use crate::replication::ServerStatus;
@@ -18,6 +19,10 @@ pub struct WireRequest {
     /// Chosen by the client; the reply carries it back so a pipelined client can match them.
     pub id: u64,
     pub request: Request,
+    /// The random id of the web server run that sent the request. With `id` it forms the
+    /// idempotency key of a write, so a write retried on another data server is stored once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<u64>,
 }
 
 /// A data server's reply to one [`WireRequest`].
@@ -73,6 +78,20 @@ pub enum Request {
     FetchChanges { origin: ServerId, after_seq: u64, limit: u32 },
     /// Replies [`Reply::Status`]: the server's replication state, for operators.
     Status,
+    /// Replies [`Reply::Feed`] with at most `limit` changes (and at most the server's own cap)
+    /// that come after `after` in the data server's feed. `after: 0` reads from the start.
+    FeedSince { after: u64, limit: u32 },
+    /// Stores a session for `user` until `expires_at`. Replies [`Reply::Done`], also when the
+    /// session already exists, or `UnknownUser`.
+    CreateSession { token_hash: String, user: String, expires_at: u64 },
+    /// Replies [`Reply::Session`] for a session that exists, is not revoked and has not
+    /// expired, or `UnknownSession`.
+    CheckSession { token_hash: String },
+    /// Revokes a session. Replies [`Reply::Done`], also when there is no such session.
+    RevokeSession { token_hash: String },
+    /// Renews the presence lease of a web server: `users` have an open event stream there
+    /// for the next `lease_ms` milliseconds. Replies [`Reply::Done`].
+    RenewPresence { webserver: String, instance: u64, users: Vec<String>, lease_ms: u64 },
 }
 
 /// A data server's answer to a [`Request`].
@@ -94,6 +113,9 @@ pub enum Reply {
     Changes(Vec<Change>),
     Status(ServerStatus),
     Error(ErrorReply),
+    Feed(FeedBatch),
+    /// A valid session: its user's name and when it expires, in milliseconds since the Unix epoch.
+    Session { user: String, expires_at: u64 },
 }
 
 /// Why a request failed, with a message for the operator or the user.
@@ -124,6 +146,8 @@ pub enum ErrorCode {
     Overloaded,
     /// The server failed to carry out a valid request (a storage error, for example).
     Internal,
+    /// The session does not exist, was revoked or has expired.
+    UnknownSession,
 }
 
 impl Reply {

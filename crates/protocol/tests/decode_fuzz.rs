@@ -25,6 +25,11 @@ fn any_request() -> impl Strategy<Value = Request> {
         (any_text(), any_text(), any_text()).prop_map(|(from, to, text)| Request::SendPrivate { from, to, text }),
         Just(Request::ListUsers),
         Just(Request::Ping),
+        (any::<u64>(), any::<u32>()).prop_map(|(after, limit)| Request::FeedSince { after, limit }),
+        any_text().prop_map(|token_hash| Request::CheckSession { token_hash }),
+        (any_text(), any::<u64>(), any_text(), any::<u64>()).prop_map(|(webserver, instance, user, lease_ms)| {
+            Request::RenewPresence { webserver, instance, users: vec![user], lease_ms }
+        }),
     ]
 }
 
@@ -45,7 +50,7 @@ proptest! {
 
     #[test]
     fn requests_round_trip(id in any::<u64>(), request in any_request()) {
-        let envelope = WireRequest { v: PROTOCOL_VERSION, id, request };
+        let envelope = WireRequest { v: PROTOCOL_VERSION, id, request, client: (id % 2 == 0).then_some(id / 2) };
         let decoded: WireRequest = decode(&encode(&envelope)).unwrap();
         prop_assert_eq!(decoded, envelope);
     }
@@ -56,7 +61,7 @@ proptest! {
         flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
         cut in any::<prop::sample::Index>(),
     ) {
-        let mut bytes = encode(&WireRequest { v: PROTOCOL_VERSION, id: 1, request });
+        let mut bytes = encode(&WireRequest { v: PROTOCOL_VERSION, id: 1, request, client: Some(7) });
         for (index, value) in flips {
             let position = index.index(bytes.len());
             bytes[position] = value;

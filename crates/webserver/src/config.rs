@@ -11,9 +11,12 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Config {
     /// The HTTP address to listen on; port 0 picks a free port (see [`crate::WebServer::local_addr`]).
     pub listen: SocketAddr,
-    /// The data server's request (ROUTER) endpoint, such as `tcp://127.0.0.1:21000`.
+    /// The data servers' request (ROUTER) endpoints, separated by commas, such as
+    /// `tcp://127.0.0.1:21000` or `tcp://127.0.0.1:21000,tcp://127.0.0.1:21001`. The web server
+    /// uses the first, and moves to the next when the one in use stops answering.
     pub data_request_endpoint: String,
-    /// The data server's change-feed (PUB) endpoint, such as `tcp://127.0.0.1:20000`.
+    /// The same data servers' change-feed (PUB) endpoints, separated by commas, in the same
+    /// order and as many as in `data_request_endpoint`.
     pub data_pub_endpoint: String,
     /// This web server's name in presence records.
     pub name: String,

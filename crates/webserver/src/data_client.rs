@@ -1,14 +1,19 @@
-//! The client side of the data server's request socket.
+//! The client side of the data servers' request sockets, with failover.
 //!
-//! One DEALER socket carries every request of this web server, and many HTTP requests can be
-//! in flight at once. Each [`WireRequest`] gets a fresh id, and a pending entry maps that id
-//! to a oneshot sender. A writer task sends the frames, and a reader task completes the
-//! entries as replies arrive. Frames are `[empty delimiter, WireRequest]` each way, so the data server's
-//! ROUTER sees the same shape as from a REQ socket.
+//! One DEALER socket at a time carries every request of this web server, and many HTTP
+//! requests can be in flight at once. Each [`WireRequest`] gets a fresh id and carries this
+//! web server run's random client id, so the pair is the idempotency key of a write. A pending
+//! entry maps the id to a oneshot sender and keeps the encoded request. A writer task sends
+//! the frames, and a reader task completes the entries as replies arrive. Frames are
+//! `[empty delimiter, WireRequest]` each way, so the data server's ROUTER sees the same shape
+//! as from a REQ socket.
 //!
-//! zeromq 0.7's DEALER never reconnects by itself, so a supervisor task sends a `Ping` every
-//! second and, after [`MAX_MISSED_HEARTBEATS`] consecutive failures, drops the socket, fails the
-//! pending requests and connects a new one.
+//! zeromq 0.7's DEALER never reconnects by itself, so a supervisor task pings the data
+//! server every [`HEARTBEAT_INTERVAL`]. After [`MAX_MISSED_HEARTBEATS`] consecutive failed
+//! pings it drops the socket and connects to the next data server of the list (or the same
+//! one when there is only one). The requests still pending are sent again, with the same id,
+//! on the new socket: a data server that already stored a write with that key replies with
+//! the original result instead of storing it twice.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -16,20 +21,26 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use forum_protocol::{decode, encode, Reply, Request, WireReply, WireRequest, PROTOCOL_VERSION};
+use forum_protocol::{decode, encode, Reply, Request, ServerId, WireReply, WireRequest, PROTOCOL_VERSION};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use zeromq::{DealerRecvHalf, DealerSendHalf, DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+use zeromq::{DealerRecvHalf, DealerSendHalf, DealerSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
 
 /// How often the supervisor pings the data server.
-const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
-/// Consecutive failed pings after which the DEALER is rebuilt.
-pub const MAX_MISSED_HEARTBEATS: u32 = 3;
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a ping may take before it counts as missed.
+pub const PING_TIMEOUT: Duration = Duration::from_millis(750);
+/// Consecutive missed pings after which the client moves to the next data server. With the
+/// interval and the ping timeout above, the client leaves a silent data server at most
+/// about 2 s after its last reply.
+pub const MAX_MISSED_HEARTBEATS: u32 = 2;
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Requests waiting for the writer task. When it is full, new requests fail at once with
 /// [`DataError::QueueFull`] (HTTP 503) instead of waiting.
 const OUTGOING_QUEUE_CAPACITY: usize = 1024;
-/// Pause between failed connection attempts.
+/// Pause after every data server of the list failed to connect.
 const RECONNECT_DELAY: Duration = Duration::from_millis(200);
 
 /// The failure of a request that got no reply from the data server.
@@ -43,6 +54,17 @@ pub enum DataError {
     QueueFull,
 }
 
+/// The data server that the client is connected to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ActiveServer {
+    /// Its place in the configured list of data servers.
+    pub index: usize,
+    /// Its id, from its reply to the first ping.
+    pub server: ServerId,
+    /// The number of connections made so far, this one included.
+    pub connection: u64,
+}
+
 /// A cheap-to-clone handle for sending requests to the data server.
 #[derive(Clone)]
 pub struct DataClient {
@@ -50,73 +72,87 @@ pub struct DataClient {
 }
 
 struct Shared {
-    pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    pending: Mutex<HashMap<u64, Pending>>,
     next_id: AtomicU64,
-    outgoing: mpsc::Sender<Outgoing>,
+    /// This run's random id, sent with every request.
+    client: u64,
+    outgoing: mpsc::Sender<u64>,
     request_timeout: Duration,
     link: AtomicU8,
-    /// The number of connections made so far; it grows by one with each new socket.
-    connections: watch::Sender<u64>,
+    /// The data server in use, or `None` while connecting.
+    active: watch::Sender<Option<ActiveServer>>,
 }
 
-struct Outgoing {
-    id: u64,
+/// A request waiting for its reply.
+struct Pending {
+    reply: oneshot::Sender<Reply>,
+    /// The encoded [`WireRequest`], kept to send it again on a new connection.
     payload: Bytes,
+    /// The connection it was last sent on, or `None` while it waits in the queue.
+    sent_on: Option<u64>,
 }
 
 /// The state of the link, stored in [`Shared::link`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 enum Link {
-    /// No connection yet since start: requests queue and wait up to their timeout.
+    /// Connecting, at start or after a lost connection: requests queue and wait up to their
+    /// timeout.
     Connecting = 0,
     Connected = 1,
-    /// The connection was lost and is being rebuilt: requests fail at once.
+    /// Every data server of the list failed in a row: requests fail at once until one
+    /// connects.
     Lost = 2,
 }
 
 impl DataClient {
-    /// Starts the supervisor task, which connects to `endpoint` in the background. Requests
-    /// made before the first connection wait for it, up to `request_timeout`.
+    /// Starts the supervisor task, which connects to the first of `endpoints` (request, ROUTER,
+    /// endpoints) in the background. Requests made before the first connection wait for it, up
+    /// to `request_timeout`.
     pub fn start(
-        endpoint: String,
+        endpoints: Vec<String>,
         request_timeout: Duration,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> DataClient {
+        assert!(!endpoints.is_empty(), "the data client needs at least one data server endpoint");
         let (outgoing, outgoing_receiver) = mpsc::channel(OUTGOING_QUEUE_CAPACITY);
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            client: rand::random(),
             outgoing,
             request_timeout,
             link: AtomicU8::new(Link::Connecting as u8),
-            connections: watch::Sender::new(0),
+            active: watch::Sender::new(None),
         });
         let client = DataClient { shared };
-        tracker.spawn(supervise(client.clone(), endpoint, outgoing_receiver, shutdown, tracker.clone()));
+        tracker.spawn(supervise(client.clone(), endpoints, outgoing_receiver, shutdown, tracker.clone()));
         client
     }
 
-    /// Sends a request and waits for its reply, up to the configured request timeout.
-    /// An error reply from the data server is an `Ok(Reply::Error(..))`.
+    /// Sends a request and waits for its reply, up to the configured request timeout, across
+    /// a move to another data server. An error reply from the data server is an
+    /// `Ok(Reply::Error(..))`.
     pub async fn request(&self, request: Request) -> Result<Reply, DataError> {
+        if self.link() == Link::Lost {
+            return Err(DataError::Unavailable);
+        }
         self.request_within(request, self.shared.request_timeout).await
     }
 
     async fn request_within(&self, request: Request, timeout: Duration) -> Result<Reply, DataError> {
-        if self.link() == Link::Lost {
-            return Err(DataError::Unavailable);
-        }
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let payload = Bytes::from(encode(&WireRequest { v: PROTOCOL_VERSION, id, request }));
+        let wire = WireRequest { v: PROTOCOL_VERSION, id, request, client: Some(self.shared.client) };
+        let payload = Bytes::from(encode(&wire));
         let (sender, receiver) = oneshot::channel();
-        self.shared.pending.lock().expect("pending map lock").insert(id, sender);
+        let pending = Pending { reply: sender, payload, sent_on: None };
+        self.shared.pending.lock().expect("pending map lock").insert(id, pending);
         // Removes the entry however this function ends, including when the HTTP request that
         // awaits it is dropped.
         let _entry = PendingEntry { shared: &self.shared, id };
 
-        match self.shared.outgoing.try_send(Outgoing { id, payload }) {
+        match self.shared.outgoing.try_send(id) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => return Err(DataError::QueueFull),
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(DataError::Unavailable),
@@ -128,10 +164,10 @@ impl DataClient {
         }
     }
 
-    /// Returns a receiver of the number of connections made so far, which changes each time
-    /// a new socket connects, for state that must be sent again to a restarted data server.
-    pub fn connections(&self) -> watch::Receiver<u64> {
-        self.shared.connections.subscribe()
+    /// Returns a receiver of the data server in use, which changes on each new connection
+    /// and is `None` while connecting.
+    pub fn active(&self) -> watch::Receiver<Option<ActiveServer>> {
+        self.shared.active.subscribe()
     }
 
     fn link(&self) -> Link {
@@ -146,27 +182,39 @@ impl DataClient {
         self.shared.link.store(link as u8, Ordering::Release);
     }
 
-    /// Fails every pending request with [`DataError::Unavailable`] by dropping its sender.
-    fn fail_pending(&self) -> usize {
-        let drained: Vec<_> = self.shared.pending.lock().expect("pending map lock").drain().collect();
-        drained.len()
+    /// Returns the payload of a pending request to send on `connection` and marks it sent
+    /// there, or `None` when it is no longer pending or was already sent on that connection.
+    fn take_for_sending(&self, id: u64, connection: u64) -> Option<Bytes> {
+        let mut pending = self.shared.pending.lock().expect("pending map lock");
+        let entry = pending.get_mut(&id)?;
+        if entry.sent_on == Some(connection) {
+            return None;
+        }
+        entry.sent_on = Some(connection);
+        Some(entry.payload.clone())
     }
 
-    fn is_pending(&self, id: u64) -> bool {
-        self.shared.pending.lock().expect("pending map lock").contains_key(&id)
+    /// Returns the ids of the requests sent on an earlier connection and still without a reply,
+/// oldest first.
+    fn unanswered_before(&self, connection: u64) -> Vec<u64> {
+        let pending = self.shared.pending.lock().expect("pending map lock");
+        let mut ids: Vec<u64> =
+            pending.iter().filter(|(_, entry)| entry.sent_on.is_some_and(|sent| sent < connection)).map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids
     }
 
     fn complete(&self, reply: WireReply) {
-        let sender = self.shared.pending.lock().expect("pending map lock").remove(&reply.id);
-        match sender {
-            Some(sender) => {
+        let entry = self.shared.pending.lock().expect("pending map lock").remove(&reply.id);
+        match entry {
+            Some(entry) => {
                 // The receiver is gone only if the caller stopped waiting just now.
-                let _ = sender.send(reply.reply);
+                let _ = entry.reply.send(reply.reply);
             }
             None if reply.id == 0 => {
                 tracing::warn!(reply = ?reply.reply, "data server could not decode one of our requests");
             }
-            None => tracing::debug!(id = reply.id, "reply arrived after its request timed out"),
+            None => tracing::debug!(id = reply.id, "ignored a reply to a request that timed out or already got a reply"),
         }
     }
 }
@@ -182,101 +230,163 @@ impl Drop for PendingEntry<'_> {
     }
 }
 
-/// Connects, watches the connection with heartbeats and rebuilds it, until `shutdown`.
+/// Opens a DEALER socket to `endpoint`, giving up after [`CONNECT_TIMEOUT`].
+async fn connect(endpoint: &str) -> Result<DealerSocket, String> {
+    let mut options = SocketOptions::default();
+    options.connect_timeout(CONNECT_TIMEOUT);
+    let mut socket = DealerSocket::with_options(options);
+    match tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(endpoint)).await {
+        Ok(Ok(())) => Ok(socket),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_elapsed) => Err(format!("no connection within {CONNECT_TIMEOUT:?}")),
+    }
+}
+
+/// Connects, watches the connection with heartbeats and moves to the next data server when the
+/// current one stops replying, until `shutdown`.
 async fn supervise(
     client: DataClient,
-    endpoint: String,
-    mut outgoing: mpsc::Receiver<Outgoing>,
+    endpoints: Vec<String>,
+    mut outgoing: mpsc::Receiver<u64>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let ping_timeout = client.shared.request_timeout.min(HEARTBEAT_INTERVAL);
-    let mut logged_unreachable = false;
+    let mut index = 0;
+    let mut failures_in_a_row = 0;
+    let mut connections: u64 = 0;
+    let mut logged_unreachable = vec![false; endpoints.len()];
     loop {
+        let endpoint = &endpoints[index];
         tracing::info!(%endpoint, "connecting to the data server");
-        let mut socket = DealerSocket::new();
         let connected = tokio::select! {
             _ = shutdown.cancelled() => return,
-            result = socket.connect(&endpoint) => result,
+            result = connect(endpoint) => result,
         };
-        if let Err(error) = connected {
-            if !logged_unreachable {
-                tracing::warn!(%endpoint, %error, "failed to connect to the data server; retrying until it is up");
-                logged_unreachable = true;
+        let socket = match connected {
+            Ok(socket) => socket,
+            Err(error) => {
+                if !logged_unreachable[index] {
+                    tracing::warn!(%endpoint, %error, "failed to connect to the data server; retrying until it is up");
+                    logged_unreachable[index] = true;
+                }
+                failures_in_a_row += 1;
+                if failures_in_a_row >= endpoints.len() {
+                    client.set_link(Link::Lost);
+                }
+                index = (index + 1) % endpoints.len();
+                if index == 0 || endpoints.len() == 1 {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(RECONNECT_DELAY) => {}
+                    }
+                }
+                continue;
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(RECONNECT_DELAY) => continue,
-            }
-        }
-        logged_unreachable = false;
-        client.set_link(Link::Connected);
-        client.shared.connections.send_modify(|count| *count += 1);
-        tracing::info!(%endpoint, "connected to the data server");
+        };
+        logged_unreachable[index] = false;
+        connections += 1;
+        let connection = connections;
 
         let (send_half, receive_half) = socket.split();
-        let connection = shutdown.child_token();
-        let reader = tracker.spawn(read_replies(client.clone(), receive_half, connection.clone()));
-        let writer = tracker.spawn(write_requests(client.clone(), send_half, outgoing, connection.clone()));
+        let stop = shutdown.child_token();
+        let reader = tracker.spawn(read_replies(client.clone(), receive_half, stop.clone()));
+        let writer = tracker.spawn(write_requests(client.clone(), send_half, outgoing, connection, stop.clone()));
 
-        let mut missed = 0;
-        let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        while missed < MAX_MISSED_HEARTBEATS {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = heartbeat.tick() => {}
-            }
-            let pong = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                pong = client.request_within(Request::Ping, ping_timeout) => pong,
-            };
-            match pong {
-                Ok(Reply::Pong { .. }) => missed = 0,
-                Ok(other) => {
-                    tracing::warn!(reply = ?other, "data server answered a ping with something else");
-                    missed = 0;
-                }
-                Err(error) => {
-                    missed += 1;
-                    tracing::debug!(%error, missed, "heartbeat failed");
-                }
-            }
+        // The reply to the first ping carries the data server's id. The connection counts only
+        // once that reply arrived.
+        let first_pong = tokio::select! {
+            _ = shutdown.cancelled() => None,
+            pong = client.request_within(Request::Ping, PING_TIMEOUT) => match pong {
+                Ok(Reply::Pong { server }) => Some(server),
+                _ => None,
+            },
+        };
+        if let Some(server) = first_pong {
+            failures_in_a_row = 0;
+            client.set_link(Link::Connected);
+            client.shared.active.send_replace(Some(ActiveServer { index, server, connection }));
+            tracing::info!(%endpoint, server, "connected to the data server");
+            watch_heartbeats(&client, &shutdown, &stop).await;
         }
 
-        connection.cancel();
+        stop.cancel();
         outgoing = writer.await.expect("the writer task does not panic");
         let _ = reader.await;
-        let failed = client.fail_pending();
+        client.shared.active.send_replace(None);
         if shutdown.is_cancelled() {
             return;
         }
-        client.set_link(Link::Lost);
+        failures_in_a_row += 1;
+        client.set_link(if failures_in_a_row >= endpoints.len() { Link::Lost } else { Link::Connecting });
+        let pending = client.shared.pending.lock().expect("pending map lock").len();
+        index = (index + 1) % endpoints.len();
         tracing::warn!(
-            %endpoint,
-            failed_requests = failed,
-            "data server missed {MAX_MISSED_HEARTBEATS} heartbeats; reconnecting with a new socket"
+            left = %endpoint,
+            next = %endpoints[index],
+            pending_requests = pending,
+            "data server stopped replying; moving to the next data server and sending the pending requests again"
         );
     }
 }
 
-/// Sends queued requests until `stop`, then hands the queue back for the next socket.
+/// Pings until [`MAX_MISSED_HEARTBEATS`] pings in a row fail, the reader stops or `shutdown`.
+async fn watch_heartbeats(client: &DataClient, shutdown: &CancellationToken, connection: &CancellationToken) {
+    let mut missed = 0;
+    let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while missed < MAX_MISSED_HEARTBEATS {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = connection.cancelled() => return,
+            _ = heartbeat.tick() => {}
+        }
+        let pong = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = connection.cancelled() => return,
+            pong = client.request_within(Request::Ping, PING_TIMEOUT) => pong,
+        };
+        match pong {
+            Ok(Reply::Pong { .. }) => missed = 0,
+            Ok(other) => {
+                tracing::warn!(reply = ?other, "data server replied to a ping with an unexpected reply");
+                missed = 0;
+            }
+            Err(error) => {
+                missed += 1;
+                tracing::debug!(%error, missed, "heartbeat failed");
+            }
+        }
+    }
+}
+
+/// Sends the requests left unanswered by earlier connections, then the queued ones, until
+/// `stop`; then hands the queue back for the next socket.
 async fn write_requests(
     client: DataClient,
     mut socket: DealerSendHalf,
-    mut outgoing: mpsc::Receiver<Outgoing>,
+    mut outgoing: mpsc::Receiver<u64>,
+    connection: u64,
     stop: CancellationToken,
-) -> mpsc::Receiver<Outgoing> {
+) -> mpsc::Receiver<u64> {
+    let retries = client.unanswered_before(connection);
+    if !retries.is_empty() {
+        tracing::info!(requests = retries.len(), connection, "sending unanswered requests again on the new connection");
+    }
+    let mut retries = retries.into_iter();
     loop {
-        let next = tokio::select! {
-            _ = stop.cancelled() => break,
-            next = outgoing.recv() => next,
+        let id = match retries.next() {
+            Some(id) => id,
+            None => {
+                let next = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    next = outgoing.recv() => next,
+                };
+                let Some(id) = next else { break };
+                id
+            }
         };
-        let Some(Outgoing { id, payload }) = next else { break };
-        // A request whose caller already timed out must not be executed later.
-        if !client.is_pending(id) {
-            continue;
-        }
+        // A request whose caller already stopped waiting must not be executed later.
+        let Some(payload) = client.take_for_sending(id, connection) else { continue };
         let mut message = ZmqMessage::from(payload);
         message.push_front(Bytes::new());
         let sent = tokio::select! {
@@ -284,14 +394,15 @@ async fn write_requests(
             sent = socket.send(message) => sent,
         };
         if let Err(error) = sent {
+            // The request stays pending and is sent again on the next connection.
             tracing::warn!(id, %error, "failed to send a request to the data server");
-            client.shared.pending.lock().expect("pending map lock").remove(&id);
         }
     }
     outgoing
 }
 
-/// Completes pending requests with the replies that arrive, until `stop` or a socket error.
+/// Completes pending requests with the replies that arrive, until `stop` or a socket error,
+/// which also ends the connection.
 async fn read_replies(client: DataClient, mut socket: DealerRecvHalf, stop: CancellationToken) {
     let mut undecodable: u64 = 0;
     loop {
@@ -302,8 +413,8 @@ async fn read_replies(client: DataClient, mut socket: DealerRecvHalf, stop: Canc
         let message = match received {
             Ok(message) => message,
             Err(error) => {
-                // The heartbeat notices the lost peer and rebuilds the socket.
-                tracing::warn!(%error, "failed to receive from the data server");
+                tracing::warn!(%error, "failed to receive from the data server; moving on");
+                stop.cancel();
                 return;
             }
         };

@@ -144,6 +144,7 @@ impl ApiError {
             ErrorCode::UnknownSubject => ErrorKind::UnknownSubject,
             ErrorCode::UnknownUser => ErrorKind::UnknownUser,
             ErrorCode::Overloaded => ErrorKind::Overloaded,
+            ErrorCode::UnknownSession => ErrorKind::LoginRequired,
             ErrorCode::Malformed | ErrorCode::UnsupportedVersion | ErrorCode::Internal => {
                 tracing::error!(code = ?error.code, message = %error.message, "data server failed a request");
                 ErrorKind::Internal

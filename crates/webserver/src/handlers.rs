@@ -51,12 +51,16 @@ fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
     warp::reply::with_status(warp::reply::json(value), status).into_response()
 }
 
-fn session(state: &AppState, headers: &RequestHeaders) -> Option<Session> {
-    state.sessions.get(headers.session_token.as_deref()?)
+/// Returns the session of the request's cookie, or `None` without a valid one.
+async fn session(state: &AppState, headers: &RequestHeaders) -> Result<Option<Session>, ApiError> {
+    match headers.session_token.as_deref() {
+        Some(token) => Ok(state.sessions.get(token).await?),
+        None => Ok(None),
+    }
 }
 
-fn require_session(state: &AppState, headers: &RequestHeaders) -> Result<Session, ApiError> {
-    session(state, headers).ok_or(ApiError::new(ErrorKind::LoginRequired))
+async fn require_session(state: &AppState, headers: &RequestHeaders) -> Result<Session, ApiError> {
+    session(state, headers).await?.ok_or(ApiError::new(ErrorKind::LoginRequired))
 }
 
 /// Parses the `{id}` segment of a subject URL.
@@ -91,7 +95,7 @@ pub async fn login(state: Arc<AppState>, body: Result<Credentials, ApiError>) ->
     let Credentials { name, password } = body?;
     match state.data.request(Request::Login { name, password }).await? {
         Reply::User(user) => {
-            let token = state.sessions.create(&user.name);
+            let token = state.sessions.create(&user.name).await?;
             tracing::info!(user = %user.name, "user logged in");
             let mut response = json_response(StatusCode::OK, &UserName { name: user.name });
             let cookie = HeaderValue::from_str(&session_cookie(&token)).expect("hex token is a valid header value");
@@ -105,7 +109,7 @@ pub async fn login(state: Arc<AppState>, body: Result<Credentials, ApiError>) ->
 /// `POST /api/logout`: revokes the session, if any, and clears the cookie.
 pub async fn logout(state: Arc<AppState>, headers: RequestHeaders) -> ApiResult {
     if let Some(token) = &headers.session_token {
-        state.sessions.revoke(token);
+        state.sessions.revoke(token).await?;
     }
     let mut response = warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response();
     let cookie = HeaderValue::from_str(&cleared_cookie()).expect("static cookie is a valid header value");
@@ -115,7 +119,7 @@ pub async fn logout(state: Arc<AppState>, headers: RequestHeaders) -> ApiResult 
 
 /// `GET /api/me`: the session's user.
 pub async fn me(state: Arc<AppState>, headers: RequestHeaders) -> ApiResult {
-    let session = require_session(&state, &headers)?;
+    let session = require_session(&state, &headers).await?;
     Ok(json_response(StatusCode::OK, &UserName { name: session.user }))
 }
 
@@ -137,7 +141,7 @@ pub async fn list_subjects(state: Arc<AppState>) -> ApiResult {
 
 /// `POST /api/subjects`: creates a subject with the trimmed title.
 pub async fn create_subject(state: Arc<AppState>, headers: RequestHeaders, body: Result<NewSubject, ApiError>) -> ApiResult {
-    let session = require_session(&state, &headers)?;
+    let session = require_session(&state, &headers).await?;
     let NewSubject { title } = body?;
     validate_title(&title)?;
     let request = Request::CreateSubject { title: title.trim().to_owned(), created_by: session.user };
@@ -163,7 +167,7 @@ pub async fn post_message(
     headers: RequestHeaders,
     body: Result<NewText, ApiError>,
 ) -> ApiResult {
-    let session = require_session(&state, &headers)?;
+    let session = require_session(&state, &headers).await?;
     let subject = subject_id(&segment)?;
     let NewText { text } = body?;
     validate_text(&text)?;
@@ -175,7 +179,7 @@ pub async fn post_message(
 
 /// `GET /api/private/{user}`: the conversation between the session's user and `{user}`.
 pub async fn private_history(segment: String, state: Arc<AppState>, headers: RequestHeaders) -> ApiResult {
-    let session = require_session(&state, &headers)?;
+    let session = require_session(&state, &headers).await?;
     let other = user_name(&segment)?;
     match state.data.request(Request::PrivateHistory { user: session.user, other }).await? {
         Reply::PrivateMessages(messages) => Ok(json_response(StatusCode::OK, &messages)),
@@ -190,7 +194,7 @@ pub async fn send_private(
     headers: RequestHeaders,
     body: Result<NewText, ApiError>,
 ) -> ApiResult {
-    let session = require_session(&state, &headers)?;
+    let session = require_session(&state, &headers).await?;
     let to = user_name(&segment)?;
     let NewText { text } = body?;
     validate_text(&text)?;
@@ -200,10 +204,11 @@ pub async fn send_private(
     }
 }
 
-/// `GET /api/events`: the event stream, with private messages only when logged in.
+/// `GET /api/events`: the event stream, with private messages only when logged in. It
+/// resumes after the request's `Last-Event-ID`.
 pub async fn events(state: Arc<AppState>, headers: RequestHeaders) -> ApiResult {
-    let session = session(&state, &headers);
-    Ok(events::open(&state, session))
+    let session = session(&state, &headers).await?;
+    Ok(events::open(&state, session, headers.last_event_id.clone()))
 }
 
 /// Returns the 404 error for any unknown address.

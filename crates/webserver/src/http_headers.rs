@@ -13,6 +13,8 @@ pub struct RequestHeaders {
     /// The session token from the `forum_session` cookie, not yet checked against the
     /// session store.
     pub session_token: Option<String>,
+    /// The `Last-Event-ID` header that a reconnecting event stream sends.
+    pub last_event_id: Option<String>,
 }
 
 impl RequestHeaders {
@@ -22,6 +24,7 @@ impl RequestHeaders {
         RequestHeaders {
             language: Language::from_accept_language(text(header::ACCEPT_LANGUAGE)),
             session_token: token_from_cookie_header(text(header::COOKIE)),
+            last_event_id: text(HeaderName::from_static("last-event-id")).map(str::to_owned),
         }
     }
 }

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use forum_protocol::parse_endpoint;
+use forum_protocol::parse_peer_list;
 use forum_webserver::{Config, WebServer};
 
-/// Serves the forum page and its HTTP API, backed by one data server.
+/// Serves the forum page and its HTTP API, backed by one data server of a list, with failover.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Arguments {
@@ -17,12 +17,14 @@ struct Arguments {
     #[arg(long, env = "FORUM_WEB_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
 
-    /// The data server's request endpoint (its ROUTER socket), as tcp://HOST:PORT.
-    #[arg(long, env = "FORUM_DATA_REQUEST", default_value = "tcp://127.0.0.1:21000", value_parser = endpoint)]
+    /// The data servers' request endpoints (their ROUTER sockets), as tcp://HOST:PORT separated
+    /// by commas. The first is used, and the next one when it stops replying.
+    #[arg(long, env = "FORUM_DATA_REQUEST", default_value = "tcp://127.0.0.1:21000", value_parser = endpoints)]
     data_request: String,
 
-    /// The data server's change-feed endpoint (its PUB socket), as tcp://HOST:PORT.
-    #[arg(long, env = "FORUM_DATA_PUB", default_value = "tcp://127.0.0.1:20000", value_parser = endpoint)]
+    /// The same data servers' change-feed endpoints (their PUB sockets), as tcp://HOST:PORT
+    /// separated by commas, in the same order as --data-request.
+    #[arg(long, env = "FORUM_DATA_PUB", default_value = "tcp://127.0.0.1:20000", value_parser = endpoints)]
     data_pub: String,
 
     /// This web server's name in presence records [default: web-<listen address>].
@@ -34,8 +36,13 @@ struct Arguments {
     request_timeout_ms: u64,
 }
 
-fn endpoint(text: &str) -> Result<String, String> {
-    parse_endpoint(text).map_err(|error| error.to_string())
+/// Checks a comma-separated endpoint list and keeps it as given.
+fn endpoints(text: &str) -> Result<String, String> {
+    match parse_peer_list(text) {
+        Ok(list) if list.is_empty() => Err("give at least one endpoint, such as tcp://127.0.0.1:21000".to_owned()),
+        Ok(list) => Ok(list.join(",")),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 #[tokio::main]

@@ -5,6 +5,12 @@
 //! last reported to the data server and sends `SetPresence` for each difference: online on
 //! 0→1, offline on 1→0. Comparing sets instead of queueing events means no queue can grow,
 //! a quick close-and-reopen sends nothing, and a report that failed is retried.
+//!
+//! Those reports drive the `presence` events. The online list itself comes from a lease: every
+//! [`LEASE_RENEWAL_INTERVAL`] the reporter sends the full set of users online here, valid for
+//! [`LEASE_DURATION`]. When this web server dies, its users drop off the online list of every
+//! data server once the lease lapses, at most [`LEASE_DURATION`] after the death (plus the
+//! difference between the data servers' clocks).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -18,6 +24,11 @@ use crate::data_client::DataClient;
 
 /// Pause before retrying reports that failed.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
+/// How often the presence lease is renewed.
+pub const LEASE_RENEWAL_INTERVAL: Duration = Duration::from_secs(3);
+/// How long a presence lease lasts: the bound on how long the users of a dead web server stay
+/// online.
+pub const LEASE_DURATION: Duration = Duration::from_secs(10);
 
 /// Counts of open event streams per user name.
 #[derive(Default)]
@@ -60,23 +71,42 @@ impl Drop for PresenceGuard {
     }
 }
 
-/// Reports presence changes to the data server until `stop`, then reports every user it
-/// had reported online as offline, each report bounded by the request timeout.
+/// Reports presence changes and renews the presence lease until `stop`, then reports every
+/// user it had reported online as offline and ends the lease, each report bounded by the
+/// request timeout.
 pub async fn report(presence: Arc<Presence>, data: DataClient, webserver: String, stop: CancellationToken) {
+    let instance: u64 = rand::random();
     let mut reported: HashSet<String> = HashSet::new();
-    let mut connections = data.connections();
-    let mut last_connection = *connections.borrow_and_update();
+    let mut active_servers = data.active();
+    let mut last_connection = active_servers.borrow_and_update().map(|active| active.connection);
+    let mut renewal = tokio::time::interval(LEASE_RENEWAL_INTERVAL);
+    renewal.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The users of the last lease accepted, and when; a lease is sent again when the users
+    // change or the renewal interval has passed.
+    let mut leased: Option<(HashSet<String>, tokio::time::Instant)> = None;
     loop {
-        let connection = *connections.borrow_and_update();
-        if connection != last_connection {
+        let connection = active_servers.borrow_and_update().map(|active| active.connection);
+        if connection.is_some() && connection != last_connection {
             last_connection = connection;
-            // A new connection may lead to a restarted data server that lost what was
-            // reported, so the users still online are reported again. Offline reports that
-            // failed are still pending in `reported`.
+            // A new connection may lead to a restarted data server or another one that lacks
+            // what was reported, so the users still online are reported again. Offline
+            // reports that failed are still pending in `reported`.
             let online = presence.online_users();
             reported.retain(|user| !online.contains(user));
         }
-        let all_sent = reconcile(&presence.online_users(), &mut reported, &data, &webserver).await;
+        let online = presence.online_users();
+        let mut all_sent = reconcile(&online, &mut reported, &data, &webserver).await;
+        let lease_due = leased.as_ref().is_none_or(|(users, renewed_at)| {
+            *users != online || renewed_at.elapsed() + Duration::from_millis(100) >= LEASE_RENEWAL_INTERVAL
+        });
+        if lease_due {
+            let renewed_at = tokio::time::Instant::now();
+            if renew_lease(&online, &data, &webserver, instance, LEASE_DURATION).await {
+                leased = Some((online, renewed_at));
+            } else {
+                all_sent = false;
+            }
+        }
         let retry = async {
             if all_sent {
                 std::future::pending::<()>().await;
@@ -87,11 +117,32 @@ pub async fn report(presence: Arc<Presence>, data: DataClient, webserver: String
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = presence.changed.notified() => {}
-            _ = connections.changed() => {}
+            _ = active_servers.changed() => {}
+            _ = renewal.tick() => {}
             _ = retry => {}
         }
     }
     reconcile(&HashSet::new(), &mut reported, &data, &webserver).await;
+    renew_lease(&HashSet::new(), &data, &webserver, instance, Duration::ZERO).await;
+}
+
+/// Sends this web server's presence lease. Returns whether the data server accepted it.
+async fn renew_lease(online: &HashSet<String>, data: &DataClient, webserver: &str, instance: u64, duration: Duration) -> bool {
+    let mut users: Vec<String> = online.iter().cloned().collect();
+    users.sort_unstable();
+    let request =
+        Request::RenewPresence { webserver: webserver.to_owned(), instance, users, lease_ms: duration.as_millis() as u64 };
+    match data.request(request).await {
+        Ok(Reply::Done) => true,
+        Ok(other) => {
+            tracing::warn!(reply = ?other, "data server rejected a presence lease");
+            false
+        }
+        Err(error) => {
+            tracing::debug!(%error, "failed to renew the presence lease; retrying");
+            false
+        }
+    }
 }
 
 /// Sends the differences between `wanted` and `reported`, updating `reported` for each one

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use forum_protocol::parse_endpoint;
+use forum_protocol::parse_peer_list;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::changes;
+use crate::changes::{self, Feed};
 use crate::config::Config;
 use crate::data_client::DataClient;
 use crate::presence::{self, Presence};
@@ -38,13 +38,12 @@ pub struct WebServer {
 impl WebServer {
     /// Binds the HTTP listener and starts the tasks that talk to the data server.
     ///
-    /// Fails on an invalid endpoint or when the listen address cannot be bound. The data
-    /// server need not be up yet: the sockets connect in the background, and API requests
-    /// made before that wait for it up to the request timeout.
+    /// Fails on an invalid endpoint list or when the listen address cannot be bound. The data
+    /// servers need not be up yet: the sockets connect in the background, and API requests
+    /// made before that wait for one up to the request timeout.
     pub async fn start(config: Config) -> anyhow::Result<WebServer> {
-        let request_endpoint = parse_endpoint(&config.data_request_endpoint)
-            .context("invalid data server request endpoint")?;
-        let pub_endpoint = parse_endpoint(&config.data_pub_endpoint).context("invalid data server pub endpoint")?;
+        let (request_endpoints, pub_endpoints) =
+            data_server_endpoints(&config.data_request_endpoint, &config.data_pub_endpoint)?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("failed to listen on {}", config.listen))?;
@@ -52,9 +51,9 @@ impl WebServer {
 
         let sockets_stop = CancellationToken::new();
         let sockets = TaskTracker::new();
-        let data = DataClient::start(request_endpoint, config.request_timeout, sockets_stop.clone(), &sockets);
-        let changes = changes::channel();
-        sockets.spawn(changes::subscribe(pub_endpoint, changes.clone(), sockets_stop.clone()));
+        let data = DataClient::start(request_endpoints, config.request_timeout, sockets_stop.clone(), &sockets);
+        let feed = Arc::new(Feed::new());
+        sockets.spawn(changes::run(Arc::clone(&feed), data.clone(), pub_endpoints, sockets_stop.clone()));
 
         let presence = Arc::new(Presence::default());
         let presence_stop = CancellationToken::new();
@@ -62,10 +61,11 @@ impl WebServer {
             tokio::spawn(presence::report(Arc::clone(&presence), data.clone(), config.name.clone(), presence_stop.clone()));
 
         let state = Arc::new(AppState {
+            sessions: Sessions::new(data.clone()),
             data,
-            sessions: Sessions::default(),
             presence,
-            changes,
+            feed,
+            request_timeout: config.request_timeout,
             shutdown: CancellationToken::new(),
             streams: TaskTracker::new(),
         });
@@ -86,6 +86,16 @@ impl WebServer {
             sockets_stop,
             sockets,
         })
+    }
+
+    /// Returns the id of the data server in use, or `None` while connecting to one.
+    pub fn data_server(&self) -> Option<forum_protocol::ServerId> {
+        self.state.data.active().borrow().map(|active| active.server)
+    }
+
+    /// Returns the number of event streams open now.
+    pub fn open_streams(&self) -> usize {
+        self.state.streams.len()
     }
 
     /// Returns the address the HTTP listener is bound to.
@@ -116,5 +126,46 @@ impl WebServer {
         self.sockets.close();
         self.sockets.wait().await;
         tracing::info!(local_addr = %self.local_addr, "web server stopped");
+    }
+}
+
+/// Parses the comma-separated request and PUB endpoint lists of the data servers, which must
+/// name the same number of servers, in the same order.
+fn data_server_endpoints(requests: &str, pubs: &str) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let request_endpoints = parse_peer_list(requests).context("invalid data server request endpoint")?;
+    let pub_endpoints = parse_peer_list(pubs).context("invalid data server pub endpoint")?;
+    if request_endpoints.is_empty() {
+        anyhow::bail!("no data server request endpoint given; give at least one, such as tcp://127.0.0.1:21000");
+    }
+    if request_endpoints.len() != pub_endpoints.len() {
+        anyhow::bail!(
+            "{} data server request endpoints but {} pub endpoints were given; give one of each per data server, in the same order",
+            request_endpoints.len(),
+            pub_endpoints.len()
+        );
+    }
+    Ok((request_endpoints, pub_endpoints))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_lists_pair_up() {
+        let (requests, pubs) = data_server_endpoints("tcp://127.0.0.1:1,tcp://127.0.0.1:2", "tcp://127.0.0.1:3,tcp://127.0.0.1:4").unwrap();
+        assert_eq!(requests, ["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"]);
+        assert_eq!(pubs, ["tcp://127.0.0.1:3", "tcp://127.0.0.1:4"]);
+
+        let single = data_server_endpoints("tcp://127.0.0.1:1", "tcp://127.0.0.1:3").unwrap();
+        assert_eq!(single, (vec!["tcp://127.0.0.1:1".to_owned()], vec!["tcp://127.0.0.1:3".to_owned()]));
+    }
+
+    #[test]
+    fn endpoint_lists_must_match() {
+        let error = data_server_endpoints("tcp://127.0.0.1:1,tcp://127.0.0.1:2", "tcp://127.0.0.1:3").unwrap_err();
+        assert!(error.to_string().contains("2 data server request endpoints but 1"), "{error}");
+        assert!(data_server_endpoints("", "").is_err());
+        assert!(data_server_endpoints("http://x", "tcp://127.0.0.1:3").is_err());
     }
 }

@@ -1,12 +1,12 @@
 //! The state shared by every request handler.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::changes::NumberedChange;
+use crate::changes::Feed;
 use crate::data_client::DataClient;
 use crate::presence::Presence;
 use crate::sessions::Sessions;
@@ -16,8 +16,10 @@ pub struct AppState {
     pub data: DataClient,
     pub sessions: Sessions,
     pub presence: Arc<Presence>,
-    /// The change broadcast that the subscriber feeds; each event stream subscribes to it.
-    pub changes: broadcast::Sender<Arc<NumberedChange>>,
+    /// The change feed; each event stream subscribes to its broadcast.
+    pub feed: Arc<Feed>,
+    /// How long a request to the data server may take.
+    pub request_timeout: Duration,
     /// Cancelled at shutdown to end every event stream.
     pub shutdown: CancellationToken,
     /// The forwarder tasks of the event streams, joined at shutdown.

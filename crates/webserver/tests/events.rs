@@ -49,7 +49,9 @@ async fn private_events_reach_only_their_users() {
     assert_eq!(private.data["from"], "ana");
     let post = luis_events.next_named("post").await;
     assert_eq!(post.data["text"], "public");
-    assert!(post.id.parse::<u64>().unwrap() > private.id.parse::<u64>().unwrap(), "ids increase");
+    // Event ids are "{data server id}:{feed position}".
+    let position = |id: &str| id.split_once(':').expect("id has a colon").1.parse::<u64>().expect("position is a number");
+    assert!(position(&post.id) > position(&private.id), "ids increase");
 
     for reader in [&mut eva_events, &mut anonymous_events] {
         loop {

@@ -1,0 +1,51 @@
+//! What a data server tells its web servers about its local apply order (the feed), and the
+//! key that makes a retried write take effect once.
+//!
+//! Every data server numbers the changes it applies, its own and its peers', in the order it
+//! stores them: positions 1, 2, 3 and so on, kept in its store so they survive a restart. A web
+//! server reads the feed live on the `webserver` topic as [`WireFeedChange`]s and fetches the
+//! positions it missed with [`crate::Request::FeedSince`]. Event streams use
+//! `"{server}:{position}"` as the event id, so a browser can resume after a reconnection.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::ServerId;
+use crate::model::Change;
+
+/// The key that makes a retried write idempotent: the random id of the web server instance that
+/// sent it and that instance's request id. The change the write creates carries it, so every
+/// replica recognises a retry of the same write, on any data server of the group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct IdempotencyKey {
+    pub client: u64,
+    pub request: u64,
+}
+
+/// A change as a data server publishes it on the `webserver` topic: with the data server's id and
+/// the change's position in that server's feed. The secrets are removed (see
+/// [`Change::redacted`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireFeedChange {
+    pub v: u16,
+    pub server: ServerId,
+    pub position: u64,
+    pub change: Change,
+}
+
+/// One change of a data server's feed and its position there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedEntry {
+    pub position: u64,
+    pub change: Change,
+}
+
+/// The reply to [`crate::Request::FeedSince`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedBatch {
+    /// The id of the data server whose feed this is.
+    pub server: ServerId,
+    /// The changes after the requested position, in feed order, redacted.
+    pub entries: Vec<FeedEntry>,
+    /// The newest position in the feed when the batch was read; 0 for an empty feed.
+    pub last: u64,
+}
