@@ -1,11 +1,19 @@
-//! Hostile ZeroMQ requests sent straight to a data server's request socket: each gets an error
-//! reply, nothing is stored, and the server keeps serving.
+//! Hostile ZeroMQ input sent to a data server: hostile requests get an error reply and
+//! nothing is stored, and hostile byte streams on every bound port (the request and pub
+//! sockets) are cut by the ZMTP guards. After each attack the server still answers a new
+//! client promptly, and a server run as a process keeps its memory bounded.
 
 mod common;
 
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
+use common::data_client::DataClient;
 use forum_dataserver::{Config, DataServer};
 use forum_protocol::{decode, encode, ErrorCode, Reply, Request, WireReply, WireRequest, PROTOCOL_VERSION};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use zeromq::{Socket, SocketRecv, SocketSend};
 
 async fn start_server(dir: &std::path::Path) -> DataServer {
@@ -62,4 +70,236 @@ async fn deeply_nested_request_is_rejected() {
     let reply = request_raw(&endpoint, ping).await;
     assert!(matches!(reply.reply, Reply::Pong { server: 1 }), "the server stopped serving: {reply:?}");
     server.shutdown().await;
+}
+
+/// How long a fresh client may take to connect and get a Pong after an attack. A passing run
+/// measures a few milliseconds; the bound leaves room for a busy CI machine.
+const PROMPT_REPLY: Duration = Duration::from_secs(1);
+
+/// How much a data server's resident memory may grow during one attack. The 73-byte attack
+/// alone would ask zeromq 0.7 for 32 TiB, and 1,000 idle connections cost a few MiB.
+const MAX_RSS_GROWTH_KIB: u64 = 128 * 1024;
+
+/// A `dataserver` process on loopback ports picked for it. It is killed when dropped.
+struct ServerProcess {
+    child: Child,
+    request: String,
+    publish: String,
+    _data_dir: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    async fn start() -> ServerProcess {
+        let data_dir = tempfile::tempdir().expect("creating a temporary folder");
+        let request = format!("tcp://127.0.0.1:{}", free_port());
+        let publish = format!("tcp://127.0.0.1:{}", free_port());
+        let child = Command::new(common::workspace_binary("dataserver"))
+            .args(["--id", "1", "--request", &request, "--pub", &publish])
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting a dataserver process");
+        let mut server = ServerProcess { child, request, publish, _data_dir: data_dir };
+        let deadline = Instant::now() + common::PATIENCE;
+        while DataClient::new(&server.request).request(Request::Ping).await.is_none() {
+            assert!(server.child.try_wait().unwrap().is_none(), "the dataserver process exited at start");
+            assert!(Instant::now() < deadline, "the dataserver process did not answer within {:?}", common::PATIENCE);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        server
+    }
+
+    /// Returns the process's resident memory in KiB, from /proc/PID/status.
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("reading /proc/PID/status");
+        let line = status.lines().find(|line| line.starts_with("VmRSS:")).expect("a VmRSS line");
+        line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).expect("a VmRSS value in kB")
+    }
+
+    /// Asserts that the process is alive and that a new client gets a Pong within
+    /// [`PROMPT_REPLY`], and returns the time that took.
+    async fn assert_serves(&mut self, after: &str) -> Duration {
+        assert!(self.child.try_wait().unwrap().is_none(), "the dataserver process died after {after}");
+        let started = Instant::now();
+        let reply = DataClient::new(&self.request).request(Request::Ping).await;
+        let elapsed = started.elapsed();
+        assert!(matches!(reply, Some(Reply::Pong { server: 1 })), "no Pong after {after}: {reply:?}");
+        assert!(elapsed < PROMPT_REPLY, "the Pong after {after} took {elapsed:?}");
+        eprintln!("Pong after {after} in {elapsed:?}");
+        elapsed
+    }
+
+    /// Asserts that resident memory grew by less than [`MAX_RSS_GROWTH_KIB`] since `baseline`.
+    fn assert_memory_bounded(&self, baseline: u64, after: &str) {
+        let now = self.rss_kib();
+        eprintln!("VmRSS after {after}: {now} KiB (baseline {baseline} KiB)");
+        assert!(now < baseline + MAX_RSS_GROWTH_KIB, "VmRSS grew from {baseline} KiB to {now} KiB after {after}");
+    }
+
+    fn ports(&self) -> [(&'static str, String); 2] {
+        [("request", address_of(&self.request)), ("pub", address_of(&self.publish))]
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn address_of(endpoint: &str) -> String {
+    endpoint.trim_start_matches("tcp://").to_owned()
+}
+
+/// A ZMTP 3.0 greeting for the NULL mechanism, as a client sends it (64 bytes).
+fn greeting() -> Vec<u8> {
+    let mut bytes = vec![0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0x7f, 3, 0];
+    bytes.extend_from_slice(b"NULL");
+    bytes.resize(32, 0);
+    bytes.push(0); // as-server: false
+    bytes.resize(64, 0);
+    bytes
+}
+
+/// A greeting followed by the READY command of a DEALER socket: a valid, idle client.
+fn handshake() -> Vec<u8> {
+    let mut body = vec![5];
+    body.extend_from_slice(b"READY");
+    body.push(11);
+    body.extend_from_slice(b"Socket-Type");
+    body.extend_from_slice(&6u32.to_be_bytes());
+    body.extend_from_slice(b"DEALER");
+    let mut bytes = greeting();
+    bytes.extend_from_slice(&[0x04, body.len() as u8]);
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
+/// Writes `bytes` and ignores a write error, which means the guard already cut the connection.
+async fn send(address: &str, bytes: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(address).await.expect("connecting to a guarded port");
+    let _ = stream.write_all(bytes).await;
+    stream
+}
+
+/// Reads until the server closes `stream`, and returns the time that took from `since`.
+async fn wait_for_close(stream: &mut TcpStream, since: Instant, within: Duration) -> Duration {
+    let mut buffer = [0u8; 1024];
+    let outcome = tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(outcome.is_ok(), "the connection stayed open for {within:?}");
+    since.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn size_attack_on_every_port() {
+    let mut server = ServerProcess::start().await;
+    let baseline = server.rss_kib();
+    for (socket, address) in server.ports() {
+        // 64 bytes of greeting and a 9-byte long frame header declaring 2^45 bytes.
+        let mut attack = greeting();
+        attack.push(0x02);
+        attack.extend_from_slice(&(1u64 << 45).to_be_bytes());
+        assert_eq!(attack.len(), 73);
+        let started = Instant::now();
+        let mut stream = send(&address, &attack).await;
+        let cut = wait_for_close(&mut stream, started, PROMPT_REPLY).await;
+        eprintln!("73-byte attack on the {socket} port cut in {cut:?}");
+        server.assert_serves(&format!("the 73-byte attack on the {socket} port")).await;
+    }
+    server.assert_memory_bounded(baseline, "the 73-byte attacks");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_bytes_on_every_port() {
+    let mut server = ServerProcess::start().await;
+    let baseline = server.rss_kib();
+    for (socket, address) in server.ports() {
+        for _ in 0..20 {
+            let noise: Vec<u8> = (0..64 * 1024).map(|_| rand::random::<u8>()).collect();
+            let started = Instant::now();
+            let mut stream = send(&address, &noise).await;
+            wait_for_close(&mut stream, started, PROMPT_REPLY).await;
+        }
+        server.assert_serves(&format!("random bytes on the {socket} port")).await;
+    }
+    server.assert_memory_bounded(baseline, "random bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_are_cut() {
+    let mut server = ServerProcess::start().await;
+    let baseline = server.rss_kib();
+    let started = Instant::now();
+    let mut held = Vec::new();
+    for (_, address) in server.ports() {
+        held.push(("a greeting then silence", send(&address, &greeting()).await));
+        // A long frame header that stops after 3 of its 9 bytes.
+        let mut partial = handshake();
+        partial.extend_from_slice(&[0x02, 0, 0]);
+        held.push(("an unfinished frame header", send(&address, &partial).await));
+    }
+    server.assert_serves("silent clients connected").await;
+
+    // The guard allows 5 s for the greeting and 10 s of silence inside a frame.
+    for (attack, stream) in &mut held {
+        let cut = wait_for_close(stream, started, Duration::from_secs(15)).await;
+        eprintln!("{attack} cut after {cut:?}");
+    }
+    server.assert_serves("silent clients were cut").await;
+    server.assert_memory_bounded(baseline, "silent clients");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn million_tiny_frames_are_cut() {
+    let mut server = ServerProcess::start().await;
+    let baseline = server.rss_kib();
+    for (socket, address) in server.ports() {
+        let mut stream = send(&address, &handshake()).await;
+        let started = Instant::now();
+        // Empty frames with the MORE flag: two bytes each, one message that never ends.
+        let chunk = [0x01u8, 0x00].repeat(10_000);
+        for _ in 0..100 {
+            if stream.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let cut = wait_for_close(&mut stream, started, PROMPT_REPLY).await;
+        eprintln!("a million tiny frames on the {socket} port cut in {cut:?}");
+        server.assert_serves(&format!("a million tiny frames on the {socket} port")).await;
+    }
+    server.assert_memory_bounded(baseline, "a million tiny frames");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_held_connections() {
+    let mut server = ServerProcess::start().await;
+    let baseline = server.rss_kib();
+    let (_, address) = &server.ports()[0];
+    let mut held = Vec::new();
+    for _ in 0..1000 {
+        held.push(send(address, &handshake()).await);
+    }
+    // Idle clients that finished the handshake may stay; the server must still serve others.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.assert_serves("1,000 held connections").await;
+    server.assert_memory_bounded(baseline, "1,000 held connections");
+    drop(held);
+    server.assert_serves("1,000 connections closed").await;
 }

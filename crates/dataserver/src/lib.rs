@@ -13,6 +13,7 @@ mod admin;
 mod catch_up;
 mod command;
 mod feed;
+mod guarded;
 mod handler;
 mod heartbeat;
 mod idempotency;

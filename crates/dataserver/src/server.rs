@@ -9,6 +9,7 @@ use forum_protocol::{parse_endpoint, PeerStatus, ServerId, VersionVector};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
+use zmtp_guard::Guard;
 
 use crate::actor::{Actor, MAX_BATCH};
 use crate::command::Command;
@@ -21,7 +22,7 @@ use crate::replicator::Replicator;
 use crate::state::ForumState;
 use crate::status::StatusSource;
 use crate::store::Store;
-use crate::{admin, peers, publisher, request_socket};
+use crate::{admin, guarded, peers, publisher, request_socket};
 
 /// The settings of one data server.
 #[derive(Clone, Debug)]
@@ -75,6 +76,8 @@ pub struct DataServer {
     admin_task: Option<JoinHandle<()>>,
     actor_task: JoinHandle<Arc<Store>>,
     publisher_task: JoinHandle<()>,
+    /// The guards in front of the request and pub sockets, by socket name.
+    guards: Vec<(&'static str, Guard)>,
 }
 
 /// How many received heartbeats may wait for the replicator; see [`PeerOutputs::heartbeats`]
@@ -103,8 +106,16 @@ impl DataServer {
         let state = ForumState::from_changes(changes);
         let replayed = state.change_count();
 
-        let (pub_socket, pub_endpoint) = publisher::bind(&config.pub_endpoint).await?;
-        let (router_socket, request_endpoint) = request_socket::bind(&config.request_endpoint).await?;
+        // Every zeromq socket binds loopback only, behind a guard on the configured endpoint.
+        let public_pub = guarded::public_address(&config.pub_endpoint).await?;
+        let public_request = guarded::public_address(&config.request_endpoint).await?;
+        let (pub_socket, pub_internal) = publisher::bind(guarded::INTERNAL_ENDPOINT).await?;
+        let pub_guard = guarded::start("pub", public_pub, &pub_internal).await?;
+        let (router_socket, request_internal) = request_socket::bind(guarded::INTERNAL_ENDPOINT).await?;
+        let request_guard = guarded::start("request", public_request, &request_internal).await?;
+        let pub_endpoint = guarded::endpoint_of(pub_guard.local_addr());
+        let request_endpoint = guarded::endpoint_of(request_guard.local_addr());
+        let guards = vec![("request", request_guard), ("pub", pub_guard)];
         let fetch_endpoint = match options.advertise {
             Some(advertise) => parse_endpoint(&advertise).context("invalid advertised endpoint")?,
             None => request_endpoint.clone(),
@@ -134,6 +145,7 @@ impl DataServer {
             metrics: Arc::clone(&metrics),
             actor: actor_commands.downgrade(),
             publisher: publications.downgrade(),
+            guards: guards.iter().map(|(socket, guard)| (*socket, guard.stats())).collect(),
         };
 
         let heartbeat_source = HeartbeatSource { fetch_endpoint: fetch_endpoint.clone(), vector: vector.clone() };
@@ -162,7 +174,9 @@ impl DataServer {
         info!(
             server = id,
             request = request_endpoint,
+            request_internal,
             publish = pub_endpoint,
+            publish_internal = pub_internal,
             advertise = fetch_endpoint,
             admin = ?admin_address,
             peers = ?config.peers,
@@ -186,6 +200,7 @@ impl DataServer {
             admin_task,
             actor_task,
             publisher_task,
+            guards,
         };
         for peer in config.peers {
             server.add_peer(peer).await?;
@@ -198,12 +213,13 @@ impl DataServer {
         self.id
     }
 
-    /// Returns the request endpoint as bound, with the real port.
+    /// Returns the request endpoint as bound by its guard, with the real port. Clients connect
+    /// here; the ROUTER socket itself listens on a loopback port behind the guard.
     pub fn request_endpoint(&self) -> &str {
         &self.request_endpoint
     }
 
-    /// Returns the pub endpoint as bound, with the real port.
+    /// Returns the pub endpoint as bound by its guard, with the real port.
     pub fn pub_endpoint(&self) -> &str {
         &self.pub_endpoint
     }
@@ -266,6 +282,11 @@ impl DataServer {
         }
         if let Err(error) = self.publisher_task.await {
             warn!(server = id, %error, "the publisher task failed");
+        }
+        // The guards go last, so that replies and publications sent while draining still
+        // reach their clients.
+        for (_, guard) in self.guards {
+            guard.shutdown().await;
         }
         info!(server = id, "data server stopped");
     }

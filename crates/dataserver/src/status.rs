@@ -4,8 +4,9 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use forum_protocol::{Liveness, PeerStatus, QueueDepths, ServerId, ServerStatus, VersionVector};
+use forum_protocol::{GuardStatus, Liveness, PeerStatus, QueueDepths, ServerId, ServerStatus, VersionVector};
 use tokio::sync::{mpsc, watch};
+use zmtp_guard::GuardStats;
 
 use crate::command::Command;
 use crate::metrics::Metrics;
@@ -22,6 +23,8 @@ pub(crate) struct StatusSource {
     /// Weak, so that holding a status source never keeps the actor or the publisher running.
     pub actor: mpsc::WeakSender<Command>,
     pub publisher: mpsc::WeakSender<Publication>,
+    /// The guards in front of the ZeroMQ ports, by socket name.
+    pub guards: Vec<(&'static str, GuardStats)>,
 }
 
 /// Returns how many items wait in a channel, or 0 when it is closed.
@@ -38,6 +41,16 @@ impl StatusSource {
             peers: self.peers.borrow().clone(),
             queues: QueueDepths { actor: depth(&self.actor), publisher: depth(&self.publisher) },
             counters: self.metrics.snapshot(),
+            guards: self
+                .guards
+                .iter()
+                .map(|(socket, stats)| GuardStatus {
+                    socket: (*socket).to_owned(),
+                    address: stats.local_addr().to_string(),
+                    rejected_connections: stats.rejected_connections(),
+                    active_connections: stats.active_connections() as u64,
+                })
+                .collect(),
         }
     }
 }
@@ -70,6 +83,17 @@ pub(crate) fn prometheus_text(status: &ServerStatus) -> String {
         (format!("{{server=\"{server}\",queue=\"publisher\"}}"), status.queues.publisher),
     ];
     metric("forum_queue_depth", "gauge", "Items waiting in an internal queue.", queue_samples);
+
+    let guard_label = |guard: &GuardStatus| format!("{{server=\"{server}\",socket=\"{}\"}}", guard.socket);
+    let rejected_samples = status.guards.iter().map(|guard| (guard_label(guard), guard.rejected_connections)).collect();
+    metric(
+        "forum_zmtp_guard_rejected_connections_total",
+        "counter",
+        "Connections a ZMTP guard cut for breaking a limit or for exceeding its connection cap.",
+        rejected_samples,
+    );
+    let active_samples = status.guards.iter().map(|guard| (guard_label(guard), guard.active_connections)).collect();
+    metric("forum_zmtp_guard_active_connections", "gauge", "Connections a ZMTP guard relays now.", active_samples);
 
     let vector_samples =
         status.vector.iter().map(|(origin, seq)| (format!("{{server=\"{server}\",origin=\"{origin}\"}}"), *seq)).collect();
@@ -119,6 +143,12 @@ mod tests {
             }],
             queues: QueueDepths { actor: 3, publisher: 0 },
             counters: Counters { requests: 7, ..Counters::default() },
+            guards: vec![GuardStatus {
+                socket: "request".into(),
+                address: "127.0.0.1:3".into(),
+                rejected_connections: 5,
+                active_connections: 2,
+            }],
         };
         let text = prometheus_text(&status);
         assert!(text.contains("forum_requests_total{server=\"1\"} 7\n"), "{text}");
@@ -127,5 +157,7 @@ mod tests {
         assert!(text.contains(&format!("forum_peer_liveness{{{peer},state=\"suspected\"}} 1\n")), "{text}");
         assert!(text.contains(&format!("forum_peer_lag_changes{{{peer}}} 2\n")), "{text}");
         assert!(text.contains("forum_queue_depth{server=\"1\",queue=\"actor\"} 3\n"), "{text}");
+        assert!(text.contains("forum_zmtp_guard_rejected_connections_total{server=\"1\",socket=\"request\"} 5\n"), "{text}");
+        assert!(text.contains("forum_zmtp_guard_active_connections{server=\"1\",socket=\"request\"} 2\n"), "{text}");
     }
 }

@@ -26,7 +26,7 @@ pub use model::{
     MAX_PASSWORD_BYTES, MAX_TEXT_BYTES, MAX_TITLE_CHARS, MIN_PASSWORD_CHARS,
 };
 pub use replication::{
-    lag, Counters, Heartbeat, Liveness, PeerStatus, QueueDepths, ServerStatus, VersionVector, WireHeartbeat,
+    lag, Counters, GuardStatus, Heartbeat, Liveness, PeerStatus, QueueDepths, ServerStatus, VersionVector, WireHeartbeat,
 };
 pub use validate::{validate_name, validate_password, validate_text, validate_title, Invalid};
 pub use wire::{ErrorCode, ErrorReply, Reply, Request, WireChange, WireReply, WireRequest};

@@ -114,6 +114,23 @@ pub struct ServerStatus {
     pub peers: Vec<PeerStatus>,
     pub queues: QueueDepths,
     pub counters: Counters,
+    /// The ZMTP guards in front of the server's ZeroMQ ports. Empty from a server that has
+    /// none, which is how older servers decode.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guards: Vec<GuardStatus>,
+}
+
+/// The counters of the ZMTP guard in front of one ZeroMQ port of a data server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuardStatus {
+    /// The socket behind the guard: `request` or `pub`.
+    pub socket: String,
+    /// The public address the guard listens on, such as `127.0.0.1:21000`.
+    pub address: String,
+    /// Connections closed for breaking a limit or for exceeding the connection cap, since start.
+    pub rejected_connections: u64,
+    /// Connections being relayed now.
+    pub active_connections: u64,
 }
 
 /// Returns the number of changes that `ahead` has beyond `behind`: the sum over origins of the

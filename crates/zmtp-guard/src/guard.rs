@@ -37,6 +37,31 @@ pub struct Guard {
     accept_task: JoinHandle<()>,
 }
 
+/// A cheap, cloneable reader of one guard's counters. After the guard stops, it keeps
+/// returning the final values.
+#[derive(Debug, Clone)]
+pub struct GuardStats {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl GuardStats {
+    /// Returns the public address of the guard.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Same as [`Guard::rejected_connections`].
+    pub fn rejected_connections(&self) -> u64 {
+        self.shared.rejected.load(Ordering::Relaxed)
+    }
+
+    /// Same as [`Guard::active_connections`].
+    pub fn active_connections(&self) -> usize {
+        self.shared.limits.max_connections - self.shared.permits.available_permits()
+    }
+}
+
 /// State shared by the accept loop, the relay tasks and the `Guard` handle.
 #[derive(Debug)]
 struct Shared {
@@ -108,6 +133,15 @@ impl Guard {
     /// Returns the number of connections being relayed now.
     pub fn active_connections(&self) -> usize {
         self.shared.limits.max_connections - self.shared.permits.available_permits()
+    }
+
+    /// Returns a handle that reads this guard's counters and outlives the guard, for status
+    /// reports owned by other tasks.
+    pub fn stats(&self) -> GuardStats {
+        GuardStats {
+            local_addr: self.local_addr,
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// Stops accepting, closes every relayed connection and waits for the tasks.

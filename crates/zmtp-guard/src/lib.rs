@@ -38,5 +38,5 @@ mod log_limit;
 mod relay;
 
 pub use checker::{Phase, Violation, ZmtpChecker, GREETING_LEN};
-pub use guard::Guard;
+pub use guard::{Guard, GuardStats};
 pub use limits::{Limits, MAX_COMMAND_BYTES};

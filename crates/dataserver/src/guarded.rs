@@ -1,0 +1,66 @@
+//! The ZMTP guards in front of the data server's ZeroMQ ports.
+//!
+//! zeromq 0.7 reserves whatever size a frame header declares, so one 73-byte stream (a
+//! greeting, then a frame header declaring 2^45 bytes) aborts the whole process. So each
+//! socket the server binds listens on an ephemeral loopback port only, and a [`Guard`] takes
+//! the configured endpoint: it checks every client's greeting and frame headers against
+//! [`Limits`] and relays what passes. A client that breaks a limit is cut and counted.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use zmtp_guard::{Guard, Limits};
+
+/// The endpoint that every zeromq socket binds behind its guard: an ephemeral loopback port.
+pub(crate) const INTERNAL_ENDPOINT: &str = "tcp://127.0.0.1:0";
+
+/// Resolves the address that a configured `tcp://HOST:PORT` endpoint names. The host `*`
+/// means every IPv4 interface, as in libzmq; a host name resolves to its first address.
+pub(crate) async fn public_address(endpoint: &str) -> anyhow::Result<SocketAddr> {
+    let invalid = || format!("invalid endpoint {endpoint:?}; expected tcp://HOST:PORT, such as tcp://127.0.0.1:21000");
+    let rest = endpoint.strip_prefix("tcp://").with_context(invalid)?;
+    let (host, port) = rest.rsplit_once(':').with_context(invalid)?;
+    let port: u16 = port.parse().ok().with_context(invalid)?;
+    let host = match host {
+        "*" => "0.0.0.0",
+        bracketed if bracketed.starts_with('[') => bracketed.trim_start_matches('[').trim_end_matches(']'),
+        name => name,
+    };
+    let mut addresses = tokio::net::lookup_host((host, port))
+        .await
+        .with_context(|| format!("failed to resolve the host of the endpoint {endpoint}"))?;
+    addresses.next().with_context(|| format!("the host of the endpoint {endpoint} resolves to no address"))
+}
+
+/// Returns the endpoint that clients use for a guard's public address.
+pub(crate) fn endpoint_of(address: SocketAddr) -> String {
+    format!("tcp://{address}")
+}
+
+/// Starts a guard on `public` that relays to the zeromq socket bound at `internal_endpoint`
+/// (as zeromq reports it, `tcp://127.0.0.1:PORT`).
+pub(crate) async fn start(socket: &str, public: SocketAddr, internal_endpoint: &str) -> anyhow::Result<Guard> {
+    let internal: SocketAddr = internal_endpoint
+        .strip_prefix("tcp://")
+        .and_then(|address| address.parse().ok())
+        .with_context(|| format!("the {socket} socket bound {internal_endpoint:?}, which is not tcp://IP:PORT"))?;
+    // The defaults admit the largest request (64 KiB) with room to spare, so an oversized
+    // request still reaches the handler and gets an error reply instead of a cut connection.
+    Guard::start(public, internal, Limits::default())
+        .await
+        .with_context(|| format!("failed to bind the {socket} endpoint {}", endpoint_of(public)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn public_address_forms() {
+        assert_eq!(public_address("tcp://127.0.0.1:21000").await.unwrap(), "127.0.0.1:21000".parse().unwrap());
+        assert_eq!(public_address("tcp://*:5").await.unwrap(), "0.0.0.0:5".parse().unwrap());
+        assert_eq!(public_address("tcp://[::1]:7").await.unwrap(), "[::1]:7".parse().unwrap());
+        assert!(public_address("udp://127.0.0.1:1").await.is_err());
+        assert!(public_address("tcp://127.0.0.1:x").await.is_err());
+    }
+}
