@@ -49,11 +49,15 @@ async fn start_web(name: &str, requests: &[&str], publishes: &[&str]) -> WebServ
     WebServer::start(config).await.expect("starting a web server")
 }
 
-/// Waits until a data server process accepts connections on its request endpoint.
+/// Waits until a data server process accepts connections on its request endpoint. A process
+/// starting on a machine busy with parallel builds may take longer than [`common::PATIENCE`].
 async fn wait_until_listening(endpoint: &str) {
     let address = endpoint.trim_start_matches("tcp://").to_owned();
-    eventually(&format!("{endpoint} accepts connections"), || async { tokio::net::TcpStream::connect(&address).await.is_ok() })
-        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(&address).await.is_err() {
+        assert!(Instant::now() < deadline, "{endpoint} accepts no connections 30 s after its process started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Registers and logs in once the data servers are up, which takes a moment for processes.

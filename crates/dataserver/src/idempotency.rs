@@ -66,3 +66,58 @@ impl Writes {
         self.kept.get(&key)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use forum_protocol::{ChangeId, Message, Reply, Subject, User};
+
+    use super::*;
+    use crate::command::Read;
+    use crate::state::ForumState;
+
+    const KEY: IdempotencyKey = IdempotencyKey { client: 7, request: 42 };
+
+    fn setup() -> Vec<Change> {
+        let user = User { id: ChangeId::new(1, 1), name: "ana".into(), time: 0 };
+        let subject = Subject { id: ChangeId::new(1, 2), title: "Exams".into(), created_by: "ana".into(), time: 0 };
+        vec![
+            Change {
+                id: user.id,
+                lamport: 1,
+                time: 0,
+                kind: ChangeKind::UserRegistered { user, password_hash: "h".into() },
+                key: None,
+            },
+            Change { id: subject.id, lamport: 2, time: 0, kind: ChangeKind::SubjectCreated { subject }, key: None },
+        ]
+    }
+
+    fn post(origin: u32, seq: u64, lamport: u64) -> Change {
+        let message = Message {
+            id: ChangeId::new(origin, seq),
+            subject: ChangeId::new(1, 2),
+            author: "ana".into(),
+            text: "in flight".into(),
+            time: 0,
+            lamport,
+        };
+        Change { id: message.id, lamport, time: 0, kind: ChangeKind::MessagePosted { message }, key: Some(KEY) }
+    }
+
+    #[test]
+    fn duplicate_write_kept_once_in_any_order() {
+        let first = post(1, 3, 3);
+        let retried = post(2, 1, 3);
+        for order in [[&first, &retried], [&retried, &first]] {
+            let mut changes = setup();
+            changes.extend(order.iter().map(|change| (*change).clone()));
+            let state = ForumState::from_changes(changes);
+            let Reply::Messages(messages) = state.read(Read::History { subject: ChangeId::new(1, 2) }) else {
+                panic!("expected messages")
+            };
+            let ids: Vec<ChangeId> = messages.iter().map(|message| message.id).collect();
+            assert_eq!(ids, [ChangeId::new(1, 3)], "the smallest (lamport, origin, seq) is kept");
+            assert_eq!(state.original_write(KEY).map(|change| change.id), Some(ChangeId::new(1, 3)));
+        }
+    }
+}

@@ -153,6 +153,21 @@ mod tests {
             ));
     }
 
+    /// `client` and `key` are left out when empty, so the golden bytes above stay valid; when
+    /// set they round-trip.
+    #[test]
+    fn idempotency_fields_round_trip() {
+        let request = WireRequest { v: PROTOCOL_VERSION, id: 7, request: Request::ListSubjects, client: Some(99) };
+        assert_eq!(decode::<WireRequest>(&encode(&request)).unwrap(), request);
+
+        let mut change = sample_change();
+        change.key = Some(IdempotencyKey { client: 99, request: 7 });
+        let feed_change = WireFeedChange { v: PROTOCOL_VERSION, server: 2, position: 12, change };
+        assert_eq!(decode::<WireFeedChange>(&encode(&feed_change)).unwrap(), feed_change);
+        let as_plain_change: WireChange = decode(&encode(&feed_change)).unwrap();
+        assert_eq!(as_plain_change.change.key, feed_change.change.key, "a feed change also decodes as a plain change");
+    }
+
     #[test]
     fn envelopes_round_trip() {
         let wire = WireChange { v: PROTOCOL_VERSION, change: sample_change() };

@@ -1,5 +1,5 @@
-//! What a data server tells its web servers about its local apply order (the feed), and the
-//! key that makes a retried write take effect once.
+//! The feed, a data server's local apply order as its web servers read it, and the key that
+//! makes a retried write take effect once.
 //!
 //! Every data server numbers the changes it applies, its own and its peers', in the order it
 //! stores them: positions 1, 2, 3 and so on, kept in its store so they survive a restart. A web

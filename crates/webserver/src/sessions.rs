@@ -31,7 +31,7 @@ pub const SESSION_LIFETIME: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 /// How long a checked session is trusted without asking the data server again. A revocation
 /// that the change feed lost takes effect on this web server at most this long after it.
 pub const CACHE_TTL: Duration = Duration::from_secs(30);
-/// The most sessions the cache keeps; beyond it, the cache is emptied.
+/// The maximum number of sessions in the cache. Beyond it, the cache is emptied.
 const CACHE_CAPACITY: usize = 100_000;
 
 /// One logged-in browser.
