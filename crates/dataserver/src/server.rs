@@ -128,8 +128,8 @@ impl DataServer {
         // writes, so no stored change is skipped.
         let (publications, publication_queue) = mpsc::channel(4 * MAX_BATCH);
         // Commands waiting for the actor. When it is full, request tasks, peer subscribers and
-        // the catch-up wait; requests in flight are bounded by the request socket, so the wait
-        // is bounded.
+        // the catch-up wait. The request socket bounds the requests in flight, so the wait is
+        // bounded.
         let (actor_commands, command_queue) = mpsc::channel(4 * MAX_BATCH);
         let (heartbeats, heartbeat_queue) = mpsc::channel(HEARTBEAT_QUEUE);
         let (shutdown, shutdown_signal) = watch::channel(false);
