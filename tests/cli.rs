@@ -2,18 +2,31 @@
 
 mod common;
 
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::workspace_binary;
 
 fn run(binary: &str, args: &[&str]) -> (i32, String, String) {
     // A binary that wrongly starts would create its data folder here, not in the repository.
     let scratch = tempfile::tempdir().expect("creating a temporary folder");
-    let output = Command::new(workspace_binary(binary))
+    let mut child = Command::new(workspace_binary(binary))
         .args(args)
         .current_dir(scratch.path())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("running the binary");
+    // Every case here should exit at once; one that starts serving instead is a failure, not a hang.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("polling the binary").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{binary} {args:?} was still running after 20 s instead of exiting");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("reading the binary's output");
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -72,4 +85,24 @@ fn webserver_rejects_invalid_listen_address() {
     let (status, _, stderr) = run("webserver", &["--listen", "not-an-address"]);
     assert_ne!(status, 0, "{stderr}");
     assert!(stderr.contains("not-an-address"), "{stderr}");
+}
+
+#[test]
+fn webserver_rejects_empty_name() {
+    let (status, _, stderr) = run("webserver", &["--name", ""]);
+    assert_eq!(status, 2, "{stderr}");
+    assert!(stderr.contains("invalid web server name"), "{stderr}");
+}
+
+#[test]
+fn dataserver_rejects_id_that_differs_from_stored_one() {
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::write(scratch.path().join("server-id"), "7\n").unwrap();
+    let data_dir = scratch.path().to_str().unwrap();
+
+    let (status, _, stderr) = run("dataserver", &["--id", "8", "--data-dir", data_dir]);
+
+    assert_ne!(status, 0, "{stderr}");
+    assert!(stderr.contains("--id 8 differs from the id 7"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(scratch.path().join("server-id")).unwrap(), "7\n");
 }

@@ -96,6 +96,29 @@ fn stored_or_new_id(data_dir: &Path) -> anyhow::Result<ServerId> {
     }
 }
 
+/// Stores an id given with `--id` in `<data_dir>/server-id`, so later starts without `--id`
+/// keep it, and rejects one that differs from the id already stored there: a store's changes
+/// carry its server's id, and a new id would make them look like another server's.
+fn keep_given_id(data_dir: &Path, id: ServerId) -> anyhow::Result<ServerId> {
+    let path = data_dir.join(SERVER_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if text.trim() == id.to_string() => Ok(id),
+        Ok(text) => anyhow::bail!(
+            "--id {id} differs from the id {} stored in {}; start with --id {} or use another data directory",
+            text.trim(),
+            path.display(),
+            text.trim()
+        ),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(data_dir)
+                .with_context(|| format!("failed to create the data directory {}", data_dir.display()))?;
+            std::fs::write(&path, format!("{id}\n")).with_context(|| format!("failed to write {}", path.display()))?;
+            Ok(id)
+        }
+        Err(error) => Err(error).with_context(|| format!("failed to read {}", path.display())),
+    }
+}
+
 /// Waits for SIGINT (Ctrl-C) or, on Unix, SIGTERM.
 async fn stop_signal() -> anyhow::Result<()> {
     #[cfg(unix)]
@@ -119,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
 
     let args = Args::parse();
     let id = match args.id {
-        Some(id) => id,
+        Some(id) => keep_given_id(&args.data_dir, id)?,
         None => stored_or_new_id(&args.data_dir)?,
     };
     let config = Config {

@@ -31,11 +31,16 @@ impl Store {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("failed to create the data directory {}", data_dir.display()))?;
         let path = data_dir.join(STORE_FILE);
-        let database = Database::create(&path).with_context(|| {
-            format!(
+        let database = Database::create(&path).map_err(|error| match error {
+            redb::DatabaseError::DatabaseAlreadyOpen => anyhow::anyhow!(
+                "the change store {} is already open in another data server process; stop that \
+                 process or choose another data directory",
+                path.display()
+            ),
+            error => anyhow::Error::new(error).context(format!(
                 "failed to open the change store {}; if it is damaged, move it away to start empty",
                 path.display()
-            )
+            )),
         })?;
 
         // Creating the table up front lets `load` read an empty store without a special case.

@@ -28,12 +28,21 @@ struct Arguments {
     data_pub: String,
 
     /// This web server's name in presence records [default: web-<listen address>].
-    #[arg(long, env = "FORUM_WEB_NAME")]
+    #[arg(long, env = "FORUM_WEB_NAME", value_parser = web_server_name)]
     name: Option<String>,
 
     /// Milliseconds to wait for the data server's reply before returning HTTP 503.
     #[arg(long, env = "FORUM_WEB_REQUEST_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
     request_timeout_ms: u64,
+}
+
+/// Checks a web server name: 1 to 64 characters, none of them control characters, because
+/// data servers reject presence records with any other name.
+fn web_server_name(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.chars().count() > 64 || text.chars().any(char::is_control) {
+        return Err(format!("invalid web server name {text:?}: use 1 to 64 characters without control characters"));
+    }
+    Ok(text.to_owned())
 }
 
 /// Checks a comma-separated endpoint list and keeps it as given.
