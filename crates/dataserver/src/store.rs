@@ -14,6 +14,12 @@ use crate::feed;
 /// The file name of the store inside the data directory.
 pub const STORE_FILE: &str = "forum.redb";
 
+/// The memory redb may use to cache pages of the store. redb 2 caches up to 1 GiB by default,
+/// which a restart fills while replaying the store. The forum state is in memory anyway, so
+/// the store needs little cache: writes append at the end, and reads are replays and catch-up
+/// fetches that the operating system's page cache serves as well.
+const STORE_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 /// Changes by (origin server id, sequence number); values are encoded [`WireChange`]s.
 pub(crate) const CHANGES: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("changes");
 
@@ -31,7 +37,7 @@ impl Store {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("failed to create the data directory {}", data_dir.display()))?;
         let path = data_dir.join(STORE_FILE);
-        let database = Database::create(&path).map_err(|error| match error {
+        let database = Database::builder().set_cache_size(STORE_CACHE_BYTES).create(&path).map_err(|error| match error {
             redb::DatabaseError::DatabaseAlreadyOpen => anyhow::anyhow!(
                 "the change store {} is already open in another data server process; stop that \
                  process or choose another data directory",
