@@ -81,6 +81,11 @@ pub struct Options {
     #[arg(long, value_name = "BYTES", default_value_t = 140, value_parser = clap::value_parser!(u64).range(16..=4096))]
     text_bytes: u64,
 
+    /// The benchmarks to run, as letters: a transport, b writes, c end to end, d fan-out,
+    /// e catch-up, f memory. (b) needs (a) for its ratio.
+    #[arg(long, value_name = "LETTERS", default_value = "abcdef")]
+    only: String,
+
     /// The folder for results.json and the SVG plots; created when missing.
     #[arg(long, value_name = "DIR", default_value = "target/forum-bench")]
     out: PathBuf,
@@ -143,6 +148,9 @@ async fn measure(options: Options) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let plan = Plan::from_options(&options);
+    if let Some(unknown) = options.only.chars().find(|letter| !"abcdef".contains(*letter)) {
+        anyhow::bail!("invalid benchmark {unknown:?} in --only; use letters from a to f, such as --only ab");
+    }
     let open_files = machine::raise_open_file_limit()?;
     std::fs::create_dir_all(&options.out)
         .with_context(|| format!("failed to create the output folder {}", options.out.display()))?;
@@ -156,12 +164,25 @@ async fn measure(options: Options) -> anyhow::Result<()> {
     let mut report = Report::new(machine, plan.clone(), options.out.clone());
     report.print_header();
 
-    transport::measure(&plan, scratch.path(), &mut report).await?;
-    writes::measure(&plan, scratch.path(), &mut report).await?;
-    end_to_end::measure(&plan, scratch.path(), &mut report).await?;
-    fan_out::measure(&plan, scratch.path(), &mut report).await?;
-    catch_up::measure(&plan, scratch.path(), &mut report).await?;
-    memory::measure(&plan, scratch.path(), &mut report).await?;
+    let selected = |letter: char| options.only.contains(letter);
+    if selected('a') {
+        transport::measure(&plan, scratch.path(), &mut report).await?;
+    }
+    if selected('b') {
+        writes::measure(&plan, scratch.path(), &mut report).await?;
+    }
+    if selected('c') {
+        end_to_end::measure(&plan, scratch.path(), &mut report).await?;
+    }
+    if selected('d') {
+        fan_out::measure(&plan, scratch.path(), &mut report).await?;
+    }
+    if selected('e') {
+        catch_up::measure(&plan, scratch.path(), &mut report).await?;
+    }
+    if selected('f') {
+        memory::measure(&plan, scratch.path(), &mut report).await?;
+    }
 
     report.print_targets();
     report.write_json()?;
