@@ -43,12 +43,14 @@ pub enum Bound {
 }
 
 /// The outcome of a load run.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct LoadResult {
     /// Replies that passed the check, within the time bound for [`Bound::Time`].
     pub accepted: u64,
     /// Replies that failed the check.
     pub rejected: u64,
+    /// The payload of the first reply that failed the check.
+    pub first_rejection: Option<Bytes>,
     pub elapsed: Duration,
 }
 
@@ -65,6 +67,7 @@ struct Shared {
     next_index: AtomicU64,
     accepted: AtomicU64,
     rejected: AtomicU64,
+    first_rejection: std::sync::Mutex<Option<Bytes>>,
 }
 
 impl Shared {
@@ -121,6 +124,7 @@ where
         next_index: AtomicU64::new(0),
         accepted: AtomicU64::new(0),
         rejected: AtomicU64::new(0),
+        first_rejection: std::sync::Mutex::new(None),
     });
     let mut tasks = tokio::task::JoinSet::new();
     for socket in sockets {
@@ -133,7 +137,13 @@ where
         Bound::Time(length) => length,
         Bound::Count(..) => shared.started.elapsed(),
     };
-    Ok(LoadResult { accepted: shared.accepted.load(Ordering::Relaxed), rejected: shared.rejected.load(Ordering::Relaxed), elapsed })
+    let first_rejection = shared.first_rejection.lock().expect("the lock is never poisoned").take();
+    Ok(LoadResult {
+        accepted: shared.accepted.load(Ordering::Relaxed),
+        rejected: shared.rejected.load(Ordering::Relaxed),
+        first_rejection,
+        elapsed,
+    })
 }
 
 /// Sends on one connection while the run lasts, keeping up to `window` requests in flight,
@@ -189,13 +199,14 @@ where
         let now = Instant::now();
         received += 1;
         permits.add_permits(1);
-        let frame = message.get(message.len() - 1).map(|frame| frame.as_ref()).unwrap_or(&[]);
-        if accept(frame) {
+        let frame = message.get(message.len() - 1).cloned().unwrap_or_default();
+        if accept(&frame) {
             if shared.counts(now) {
                 shared.accepted.fetch_add(1, Ordering::Relaxed);
             }
         } else {
             shared.rejected.fetch_add(1, Ordering::Relaxed);
+            shared.first_rejection.lock().expect("the lock is never poisoned").get_or_insert(frame);
         }
     }
 }

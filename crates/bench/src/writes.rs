@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use anyhow::bail;
-use forum_protocol::ChangeId;
+use forum_protocol::{ChangeId, Reply, Request};
 
 use crate::data_client::{self, Bound};
 use crate::forum::{self, post_text, USER};
@@ -26,6 +26,7 @@ pub async fn measure(plan: &Plan, scratch: &Path, report: &mut Report) -> anyhow
         for _ in 0..plan.runs {
             rates.push(run(plan, &endpoints, subject, Bound::Time(plan.run_length)).await?);
         }
+        let counters = replication_counters(&endpoints).await?;
         forum::stop_all(servers.into_iter().map(|server| server.process).collect()).await?;
 
         let key = format!("writes.servers_{size}");
@@ -34,8 +35,39 @@ pub async fn measure(plan: &Plan, scratch: &Path, report: &mut Report) -> anyhow
         if let Some(ceiling) = ceiling {
             report.add(&format!("{key}.ratio_to_dealer_router"), "  ratio to the DEALER→ROUTER ceiling", "", vec![rate / ceiling]);
         }
+        if size > 1 {
+            let [replicated, fetched, duplicates] = counters;
+            report.add(&format!("{key}.replicated_live"), "  changes received live from peers, all servers", "changes", vec![replicated]);
+            report.add(&format!("{key}.fetched"), "  changes received by catch-up fetches", "changes", vec![fetched]);
+            report.add(&format!("{key}.duplicates"), "  changes received twice and ignored", "changes", vec![duplicates]);
+        }
     }
     Ok(())
+}
+
+fn describe_reply(frame: &[u8]) -> String {
+    match forum_protocol::decode::<forum_protocol::WireReply>(frame) {
+        Ok(reply) => format!("{:?}", reply.reply),
+        Err(error) => format!("an undecodable reply ({error})"),
+    }
+}
+
+/// Returns the changes received live from peers, by catch-up fetches, and twice, summed over
+/// the data servers at `endpoints`.
+async fn replication_counters(endpoints: &[String]) -> anyhow::Result<[f64; 3]> {
+    let mut sums = [0.0; 3];
+    for endpoint in endpoints {
+        match data_client::request(endpoint, Request::Status).await? {
+            Reply::Status(status) => {
+                let counters = status.counters;
+                sums[0] += counters.replicated_changes as f64;
+                sums[1] += counters.fetched_changes as f64;
+                sums[2] += counters.duplicate_changes as f64;
+            }
+            other => bail!("the status request to {endpoint} failed: {other:?}"),
+        }
+    }
+    Ok(sums)
 }
 
 /// Sends posts to `endpoints` for one run and returns the acknowledged writes per second.
@@ -51,7 +83,8 @@ pub async fn run(plan: &Plan, endpoints: &[String], subject: ChangeId, bound: Bo
     )
     .await?;
     if result.rejected > 0 {
-        bail!("{} of the posts were rejected; see the data servers' logs", result.rejected);
+        let example = result.first_rejection.map(|frame| describe_reply(&frame)).unwrap_or_default();
+        bail!("{} of the posts were rejected, for example with {example}", result.rejected);
     }
     Ok(result.per_second())
 }
