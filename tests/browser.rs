@@ -202,7 +202,6 @@ async fn start_web_server_with_fallback(first: &DataServer, second: &DataServer)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs web-server failover"]
 async fn page_survives_its_data_server_stopping() {
     let Some(driver) = Chromedriver::start("failover").await else { return };
     let mut group = Group::start(3).await;

@@ -120,6 +120,12 @@ async fn failover_stores_in_flight_write_once() {
         witness2_client.get(&path).await.status == 200
     })
     .await;
+    // ana registered before the servers were linked; the post after the move needs her on data
+    // server 2, which gets her registration through catch-up.
+    eventually("data server 2 knows ana", || async {
+        witness2_client.users().await.iter().any(|user| user["name"] == "ana")
+    })
+    .await;
     let mut events = ana.events().await;
     assert_eq!(web.data_server(), Some(1), "the web server starts with the first data server of its list");
 
