@@ -4,6 +4,9 @@
 //! Run it with `cargo run --release --example cluster`, open the printed web addresses in
 //! browsers, and stop it with Ctrl-C. A new group starts with a few subjects.
 //!
+//! The servers share a cluster key, generated on the first run and kept in
+//! `forum-demo/cluster-key`, so every ZeroMQ message between them carries a MAC.
+//!
 //! Ports: data server N (1 to 3) publishes on 127.0.0.1:2000{N-1} and serves requests on
 //! 127.0.0.1:2100{N-1}; web server N listens on 127.0.0.1:808N.
 
@@ -11,8 +14,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use forum_dataserver::{Config as DataConfig, DataServer};
-use forum_webserver::{Config as WebConfig, WebServer};
+use forum_dataserver::{Config as DataConfig, DataServer, Options as DataOptions};
+use forum_protocol::ClusterKey;
+use forum_webserver::{Config as WebConfig, Options as WebOptions, WebServer};
 use serde_json::json;
 
 const GROUP_SIZE: u16 = 3;
@@ -35,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&demo_dir)
         .with_context(|| format!("failed to create the demo folder {}", demo_dir.display()))?;
 
+    let cluster_key = demo_cluster_key(&demo_dir)?;
     let publish_endpoints: Vec<String> =
         (0..GROUP_SIZE).map(|index| format!("tcp://127.0.0.1:{}", 20000 + index)).collect();
     let mut data_servers = Vec::new();
@@ -52,7 +57,8 @@ async fn main() -> anyhow::Result<()> {
             data_dir: demo_dir.join(format!("data-{}", index + 1)),
             peers,
         };
-        let server = DataServer::start(config)
+        let options = DataOptions { cluster_key: Some(cluster_key.clone()), ..DataOptions::default() };
+        let server = DataServer::start_with(config, options)
             .await
             .with_context(|| format!("failed to start data server {} (is the port in use?)", index + 1))?;
         data_servers.push(server);
@@ -67,7 +73,8 @@ async fn main() -> anyhow::Result<()> {
             name: format!("web-{}", index + 1),
             request_timeout: Duration::from_secs(5),
         };
-        let server = WebServer::start(config)
+        let options = WebOptions { cluster_key: Some(cluster_key.clone()), ..WebOptions::default() };
+        let server = WebServer::start_with(config, options)
             .await
             .with_context(|| format!("failed to start web server {} (is the port in use?)", index + 1))?;
         web_servers.push(server);
@@ -106,6 +113,24 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("Stopped.");
     Ok(())
+}
+
+/// Returns the key in `<demo_dir>/cluster-key`, or generates one and stores it there.
+fn demo_cluster_key(demo_dir: &std::path::Path) -> anyhow::Result<ClusterKey> {
+    let path = demo_dir.join("cluster-key");
+    if path.exists() {
+        return Ok(ClusterKey::from_file(&path)?);
+    }
+    let (key, text) = ClusterKey::generate();
+    std::fs::write(&path, format!("{text}\n")).with_context(|| format!("failed to write {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("failed to make {} private", path.display()))?;
+    }
+    tracing::info!(file = %path.display(), "generated a cluster key");
+    Ok(key)
 }
 
 /// Creates the starter subjects through the HTTP API when the forum has none, as a

@@ -1,5 +1,7 @@
 //! Shows that our ZMTP is the real protocol: a libzmq client (pyzmq) sends a request to a data
-//! server, gets the reply, subscribes to its `webserver` topic and receives a change.
+//! server, gets the reply, subscribes to its `webserver` topic and receives a change. The server
+//! has a cluster key, so the client also computes and checks the MACs, which shows that the MAC
+//! format is implementable from its description alone.
 //!
 //! The Python interpreter comes from `FORUM_PYTHON`, or `.venv/bin/python` at the workspace root
 //! (`.ci/run` creates that venv with pyzmq and msgpack). Outside CI, a missing interpreter skips
@@ -10,7 +12,8 @@ mod common;
 use std::path::PathBuf;
 use std::process::Stdio;
 
-use forum_dataserver::{Config, DataServer};
+use forum_dataserver::{Config, DataServer, Options};
+use forum_protocol::ClusterKey;
 
 fn python_with_pyzmq() -> Option<PathBuf> {
     let candidate = std::env::var_os("FORUM_PYTHON")
@@ -37,19 +40,23 @@ async fn libzmq_client_talks_to_data_server() {
     };
     common::init_logging();
     let dir = tempfile::tempdir().unwrap();
-    let server = DataServer::start(Config {
+    let key_text = "interop-test-key-0123456789abcdef0123456789abcdef";
+    let cluster_key = ClusterKey::new(key_text.as_bytes(), "the test key").unwrap();
+    let config = Config {
         id: 1,
         request_endpoint: "tcp://127.0.0.1:0".into(),
         pub_endpoint: "tcp://127.0.0.1:0".into(),
         data_dir: dir.path().to_owned(),
         peers: Vec::new(),
-    })
-    .await
+    };
+    let server = DataServer::start_with(config, Options { cluster_key: Some(cluster_key), ..Options::default() })
+        .await
     .expect("starting a data server");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/libzmq_client.py");
 
     let output = tokio::process::Command::new(python)
         .arg(script)
+        .env("FORUM_CLUSTER_KEY", key_text)
         .arg(server.request_endpoint())
         .arg(server.pub_endpoint())
         .output()

@@ -69,7 +69,7 @@ async fn pipelined_writes_share_commits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_serves_health_and_metrics() {
     let directory = tempfile::tempdir().unwrap();
-    let options = Options { advertise: None, admin: Some("127.0.0.1:0".parse().unwrap()) };
+    let options = Options { advertise: None, admin: Some("127.0.0.1:0".parse().unwrap()), ..Options::default() };
     let server = DataServer::start_with(config(directory.path()), options).await.unwrap();
     let admin = server.admin_address().expect("an admin address");
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();

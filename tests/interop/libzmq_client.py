@@ -1,12 +1,18 @@
 """A libzmq client (pyzmq) that talks to a running data server.
 
-Usage: libzmq_client.py REQUEST_ENDPOINT PUB_ENDPOINT
+Usage: FORUM_CLUSTER_KEY=KEY libzmq_client.py REQUEST_ENDPOINT PUB_ENDPOINT
 
 It sends a Register request on a REQ socket and checks the reply, then subscribes to the
 `webserver` topic with a SUB socket, makes a change, and checks that the change arrives.
-It prints one line per check and exits with status 1 on the first failure.
+When FORUM_CLUSTER_KEY is set, every request carries the MAC frame of docs/replication.md,
+and every reply and publication must carry a valid one. It prints one line per check and
+exits with status 1 on the first failure.
 """
 
+import hashlib
+import hmac
+import os
+import struct
 import sys
 import time
 
@@ -14,13 +20,33 @@ import msgpack
 import zmq
 
 PROTOCOL_VERSION = 1
+CLUSTER_KEY = os.environ.get("FORUM_CLUSTER_KEY", "").strip().encode()
+
+
+def mac(label, frames):
+    """Return HMAC-SHA256 under the cluster key of the label and each frame with its length."""
+    message = label + b"".join(struct.pack(">I", len(frame)) + frame for frame in frames)
+    return hmac.new(CLUSTER_KEY, message, hashlib.sha256).digest()
+
+
+def unseal(label, frames):
+    """Check and remove the MAC frame when a key is set; exit on a missing or invalid one."""
+    if not CLUSTER_KEY:
+        return frames
+    *covered, received = frames
+    if not hmac.compare_digest(received, mac(label, covered)):
+        sys.exit(f"invalid MAC on a {label.decode()} message")
+    return covered
 
 
 def request(socket, request_id, body):
-    socket.send(msgpack.packb({"v": PROTOCOL_VERSION, "id": request_id, "request": body}))
+    payload = msgpack.packb({"v": PROTOCOL_VERSION, "id": request_id, "request": body})
+    frames = [payload, mac(b"forum-request", [payload])] if CLUSTER_KEY else [payload]
+    socket.send_multipart(frames)
     if not socket.poll(5000):
         sys.exit(f"no reply to request {request_id} within 5 s")
-    reply = msgpack.unpackb(socket.recv())
+    (payload,) = unseal(b"forum-reply", socket.recv_multipart())
+    reply = msgpack.unpackb(payload)
     if reply.get("v") != PROTOCOL_VERSION or reply.get("id") != request_id:
         sys.exit(f"reply does not match request {request_id}: {reply!r}")
     return reply["reply"]
@@ -53,7 +79,7 @@ def main():
         if "Subject" not in reply:
             sys.exit(f"CreateSubject failed: {reply!r}")
         if sub.poll(500):
-            topic, payload = sub.recv_multipart()
+            topic, payload = unseal(b"forum-publication", sub.recv_multipart())
             change = msgpack.unpackb(payload)
             if topic != b"webserver" or change.get("v") != PROTOCOL_VERSION:
                 sys.exit(f"unexpected publication: {topic!r} {change!r}")

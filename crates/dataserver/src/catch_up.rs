@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use forum_protocol::{decode, encode, Change, Reply, Request, ServerId, WireReply, WireRequest, PROTOCOL_VERSION};
+use forum_protocol::{seal, unseal, ClusterKey, MacContext, decode, encode, Change, Reply, Request, ServerId, WireReply, WireRequest, PROTOCOL_VERSION};
 use tokio::sync::{mpsc, oneshot};
 use tracing::info;
 use zeromq::{DealerSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
@@ -39,10 +39,11 @@ pub(crate) struct Fetcher {
     pub endpoint: String,
     socket: DealerSocket,
     next_request_id: u64,
+    cluster_key: Option<ClusterKey>,
 }
 
 impl Fetcher {
-    pub async fn connect(endpoint: &str) -> anyhow::Result<Fetcher> {
+    pub async fn connect(endpoint: &str, cluster_key: Option<ClusterKey>) -> anyhow::Result<Fetcher> {
         let mut options = SocketOptions::default();
         options.connect_timeout(CONNECT_TIMEOUT);
         let mut socket = DealerSocket::with_options(options);
@@ -50,7 +51,7 @@ impl Fetcher {
             .connect(endpoint)
             .await
             .map_err(|error| anyhow::anyhow!("failed to connect to the fetch endpoint {endpoint}: {error}"))?;
-        Ok(Fetcher { endpoint: endpoint.to_owned(), socket, next_request_id: 1 })
+        Ok(Fetcher { endpoint: endpoint.to_owned(), socket, next_request_id: 1, cluster_key })
     }
 
     /// Asks for the changes of `origin` after `after_seq`. An error means the socket can no
@@ -59,8 +60,11 @@ impl Fetcher {
         let id = self.next_request_id;
         self.next_request_id += 1;
         let request = WireRequest { v: PROTOCOL_VERSION, id, request: Request::FetchChanges { origin, after_seq, limit: FETCH_BATCH }, client: None };
+        let mut frames = vec![Bytes::from(encode(&request))];
+        seal(self.cluster_key.as_ref(), MacContext::Request, &mut frames, 1);
+        let message = ZmqMessage::try_from(frames).expect("a request has a payload frame");
         self.socket
-            .send(ZmqMessage::from(Bytes::from(encode(&request))))
+            .send(message)
             .await
             .map_err(|error| anyhow::anyhow!("failed to send a fetch request to {}: {error}", self.endpoint))?;
         let deadline = tokio::time::Instant::now() + FETCH_TIMEOUT;
@@ -69,7 +73,10 @@ impl Fetcher {
                 .await
                 .map_err(|_| anyhow::anyhow!("no reply from {} within {FETCH_TIMEOUT:?}", self.endpoint))?
                 .map_err(|error| anyhow::anyhow!("failed to receive from {}: {error}", self.endpoint))?;
-            let payload = message.into_vec().pop().unwrap_or_default();
+            let mut frames = message.into_vec();
+            unseal(self.cluster_key.as_ref(), MacContext::Reply, &mut frames, 1)
+                .map_err(|error| anyhow::anyhow!("dropped a reply from {}: {error}", self.endpoint))?;
+            let payload = frames.pop().unwrap_or_default();
             let reply: WireReply = decode(&payload).map_err(|error| anyhow::anyhow!("undecodable reply from {}: {error}", self.endpoint))?;
             if reply.id != id {
                 // A late reply to a request of an earlier catch-up; skip it.

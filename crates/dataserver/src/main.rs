@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Parser;
 use forum_dataserver::{Config, DataServer, Options};
-use forum_protocol::{parse_endpoint, parse_peer_list, ServerId};
+use forum_protocol::{parse_endpoint, ClusterKey, parse_peer_list, ServerId};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
@@ -46,6 +46,14 @@ struct Args {
     /// Prometheus text format, such as 127.0.0.1:9100. None when absent.
     #[arg(long, value_name = "ADDRESS", env = "FORUM_ADMIN")]
     admin: Option<SocketAddr>,
+
+    /// A file holding the cluster key: at least 32 bytes, such as the output of
+    /// `openssl rand -hex 32`, shared by every data server and web server of the group. Every
+    /// ZeroMQ message between them then carries an HMAC-SHA256 under this key. When absent, the
+    /// key is read from the FORUM_CLUSTER_KEY environment variable; with neither, messages are
+    /// not authenticated and the endpoints must be loopback addresses.
+    #[arg(long, value_name = "FILE", env = "FORUM_CLUSTER_KEY_FILE")]
+    cluster_key_file: Option<PathBuf>,
 
     /// The other data servers' PUB endpoints, separated by commas, such as
     /// tcp://127.0.0.1:20001,tcp://127.0.0.1:20002. Empty for a single server.
@@ -153,7 +161,9 @@ async fn main() -> anyhow::Result<()> {
         peers: args.peers.0,
     };
 
-    let options = Options { advertise: args.advertise, admin: args.admin };
+    let cluster_key =
+        ClusterKey::from_file_or_text(args.cluster_key_file.as_deref(), std::env::var("FORUM_CLUSTER_KEY").ok().as_deref())?;
+    let options = Options { advertise: args.advertise, admin: args.admin, cluster_key };
     let server = DataServer::start_with(config, options).await?;
     stop_signal().await?;
     info!(server = id, "received a stop signal");

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use forum_protocol::{decode, Change, Heartbeat, ServerId, WireChange, WireHeartbeat, TOPIC_CHECKPOINT, TOPIC_HEARTBEAT};
+use forum_protocol::{unseal, ClusterKey, MacContext, decode, Change, Heartbeat, ServerId, WireChange, WireHeartbeat, TOPIC_CHECKPOINT, TOPIC_HEARTBEAT};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use zeromq::{Socket, SocketOptions, SocketRecv, SubSocket, ZmqMessage};
@@ -46,6 +46,7 @@ pub(crate) async fn run(
     server: ServerId,
     peer: String,
     outputs: PeerOutputs,
+    cluster_key: Option<ClusterKey>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let stopping = async move {
@@ -53,7 +54,7 @@ pub(crate) async fn run(
     };
     tokio::select! {
         () = stopping => {}
-        () = subscribe(server, &peer, outputs) => {}
+        () = subscribe(server, &peer, outputs, cluster_key) => {}
     }
     info!(server, peer, "peer subscriber stopped");
 }
@@ -64,8 +65,10 @@ enum Received {
     Heartbeat(Heartbeat),
 }
 
-async fn subscribe(server: ServerId, peer: &str, outputs: PeerOutputs) {
+async fn subscribe(server: ServerId, peer: &str, outputs: PeerOutputs, cluster_key: Option<ClusterKey>) {
     let mut receive_failures = LogRateLimit::new();
+    // A peer with another key fails every message, so one line per peer is enough.
+    let mut mac_failure_logged = false;
     let mut decode_failures = LogRateLimit::new();
     let mut dropped_heartbeats = LogRateLimit::new();
     'connection: loop {
@@ -85,6 +88,15 @@ async fn subscribe(server: ServerId, peer: &str, outputs: PeerOutputs) {
                     continue 'connection;
                 }
             };
+            let mut frames = message.into_vec();
+            if let Err(error) = unseal(cluster_key.as_ref(), MacContext::Publication, &mut frames, 2) {
+                if !mac_failure_logged {
+                    warn!(server, peer, %error, "dropped a message from peer that failed the MAC check; check that it uses this group's cluster key");
+                    mac_failure_logged = true;
+                }
+                continue;
+            }
+            let Ok(message) = ZmqMessage::try_from(frames) else { continue };
             match parse(&message) {
                 Ok(Received::Change(change)) => {
                     // Waiting on a full actor channel leaves messages queued in the SUB socket.

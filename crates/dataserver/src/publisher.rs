@@ -7,7 +7,7 @@
 //! for its peers.
 
 use bytes::Bytes;
-use forum_protocol::{
+use forum_protocol::{seal, ClusterKey, MacContext, 
     encode, Change, ServerId, VersionVector, WireChange, WireFeedChange, PROTOCOL_VERSION, TOPIC_CHECKPOINT,
     TOPIC_WEBSERVER,
 };
@@ -52,6 +52,7 @@ pub(crate) async fn run(
     mut socket: PubSocket,
     mut publications: mpsc::Receiver<Publication>,
     heartbeat_source: HeartbeatSource,
+    cluster_key: Option<ClusterKey>,
 ) {
     let mut send_failures = LogRateLimit::new();
     let mut ticks = tokio::time::interval(HEARTBEAT_INTERVAL);
@@ -62,7 +63,7 @@ pub(crate) async fn run(
             _ = ticks.tick() => {
                 let vector = heartbeat_source.vector.borrow().clone();
                 let message = heartbeat::message(server, &heartbeat_source.fetch_endpoint, vector);
-                if let Err(error) = socket.send(message).await {
+                if let Err(error) = socket.send(sealed(message, cluster_key.as_ref())).await {
                     if let Some(suppressed) = send_failures.check() {
                         warn!(server, suppressed, %error, "failed to publish a heartbeat");
                     }
@@ -80,7 +81,7 @@ pub(crate) async fn run(
         for message in messages {
             // zeromq 0.7's PUB send only queues the message and drops it for a subscriber
             // whose queue is full, so this await does not wait on the network.
-            if let Err(error) = socket.send(message).await {
+            if let Err(error) = socket.send(sealed(message, cluster_key.as_ref())).await {
                 if let Some(suppressed) = send_failures.check() {
                     warn!(server, change = %change.id, suppressed, %error, "failed to publish a change");
                 }
@@ -91,6 +92,13 @@ pub(crate) async fn run(
         warn!(server, %error, "failed to close the pub socket cleanly");
     }
     info!(server, "publisher stopped");
+}
+
+/// Appends the MAC frame over the topic and the payload when a key is set.
+fn sealed(message: ZmqMessage, cluster_key: Option<&ClusterKey>) -> ZmqMessage {
+    let mut frames = message.into_vec();
+    seal(cluster_key, MacContext::Publication, &mut frames, 2);
+    ZmqMessage::try_from(frames).expect("a publication has its topic and payload frames")
 }
 
 fn message(topic: &'static str, change: &Change) -> ZmqMessage {

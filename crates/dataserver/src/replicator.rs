@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use forum_protocol::{lag, Liveness, PeerStatus, ServerId, VersionVector};
+use forum_protocol::{ClusterKey, lag, Liveness, PeerStatus, ServerId, VersionVector};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -50,6 +50,8 @@ pub(crate) struct Replicator {
     /// The peers as the status report shows them, refreshed every tick.
     pub status: watch::Sender<Vec<PeerStatus>>,
     pub metrics: Arc<Metrics>,
+    /// The cluster key that signs fetch requests and checks their replies, if any.
+    pub cluster_key: Option<ClusterKey>,
 }
 
 impl Replicator {
@@ -163,10 +165,11 @@ impl Replicator {
         let peer_id = peer.id.unwrap_or_default();
         info!(server = self.server, peer = endpoint, peer_id, lag = lag(ours, &peer.vector), "catching up from peer");
         let (server, actor, metrics) = (self.server, self.actor.clone(), Arc::clone(&self.metrics));
+        let cluster_key = self.cluster_key.clone();
         Some(tokio::spawn(async move {
             let fetcher = match fetcher {
                 Some(fetcher) => fetcher,
-                None => match Fetcher::connect(&fetch_endpoint).await {
+                None => match Fetcher::connect(&fetch_endpoint, cluster_key).await {
                     Ok(fetcher) => fetcher,
                     Err(error) => {
                         add(&metrics.fetch_failures, 1);

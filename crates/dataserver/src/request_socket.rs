@@ -9,11 +9,12 @@
 //! socket, which adds the empty delimiter, and `[identity, payload]` from a DEALER that sends
 //! no delimiter. Replies go back in the same shape.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use forum_protocol::{decode, encode, ErrorCode, Reply, ServerId, WireReply, WireRequest, PROTOCOL_VERSION};
+use forum_protocol::{seal, unseal, ClusterKey, MacContext, decode, encode, ErrorCode, Reply, ServerId, WireReply, WireRequest, PROTOCOL_VERSION};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
@@ -57,10 +58,45 @@ fn split_frames(message: ZmqMessage) -> Incoming {
     Incoming { envelope, payload }
 }
 
-fn reply_message(envelope: Vec<Bytes>, reply: &WireReply) -> ZmqMessage {
+fn reply_message(envelope: Vec<Bytes>, reply: &WireReply, cluster_key: Option<&ClusterKey>) -> ZmqMessage {
     let mut frames = envelope;
     frames.push(Bytes::from(encode(reply)));
+    seal(cluster_key, MacContext::Reply, &mut frames, 1);
     ZmqMessage::try_from(frames).expect("a reply has at least the payload frame")
+}
+
+/// The maximum number of client identities remembered as already logged for a failed MAC check. Beyond
+/// it, failures are logged under the usual rate limit only.
+const MAX_LOGGED_IDENTITIES: usize = 1024;
+
+/// Checks and removes the MAC frame of a received request when a key is set. A request that
+/// fails the check is dropped without a reply, so a client without the key learns nothing.
+/// Each client identity is logged once; zeromq 0.7's ROUTER does not expose the client's
+/// address, and its guard logs only limit violations.
+struct RequestAuthenticator {
+    server: ServerId,
+    cluster_key: Option<ClusterKey>,
+    logged: HashSet<Bytes>,
+    overflow_log: LogRateLimit,
+}
+
+impl RequestAuthenticator {
+    fn check(&mut self, message: ZmqMessage) -> Option<ZmqMessage> {
+        let mut frames = message.into_vec();
+        let Err(error) = unseal(self.cluster_key.as_ref(), MacContext::Request, &mut frames, 1) else {
+            return ZmqMessage::try_from(frames).ok();
+        };
+        let identity = frames.first().cloned().unwrap_or_default();
+        let hex_identity: String = identity.iter().map(|byte| format!("{byte:02x}")).collect();
+        if self.logged.len() < MAX_LOGGED_IDENTITIES {
+            if self.logged.insert(identity) {
+                warn!(server = self.server, client = hex_identity, %error, "dropped a request that failed the MAC check; check that the client uses this group's cluster key");
+            }
+        } else if let Some(suppressed) = self.overflow_log.check() {
+            warn!(server = self.server, client = hex_identity, %error, suppressed, "dropped a request that failed the MAC check");
+        }
+        None
+    }
 }
 
 fn error_reply(id: u64, code: ErrorCode, message: impl Into<String>) -> WireReply {
@@ -69,7 +105,13 @@ fn error_reply(id: u64, code: ErrorCode, message: impl Into<String>) -> WireRepl
 
 /// Serves requests until `shutdown` turns true, then waits for the requests in flight and
 /// closes the socket.
-pub(crate) async fn run(server: ServerId, socket: RouterSocket, handler: Handler, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn run(
+    server: ServerId,
+    socket: RouterSocket,
+    handler: Handler,
+    cluster_key: Option<ClusterKey>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let (send_half, mut receive_half) = socket.split();
     // Replies waiting for the send task. The bound is the in-flight limit: a full channel
     // makes request tasks and the receive loop wait, which slows down reading new requests.
@@ -80,6 +122,8 @@ pub(crate) async fn run(server: ServerId, socket: RouterSocket, handler: Handler
     let mut in_flight = JoinSet::new();
     let mut receive_failures = LogRateLimit::new();
     let mut rejections = LogRateLimit::new();
+    let mut authenticator =
+        RequestAuthenticator { server, cluster_key: cluster_key.clone(), logged: HashSet::new(), overflow_log: LogRateLimit::new() };
     loop {
         let message = tokio::select! {
             _ = shutdown.wait_for(|stopping| *stopping) => break,
@@ -96,10 +140,11 @@ pub(crate) async fn run(server: ServerId, socket: RouterSocket, handler: Handler
             }
         };
 
+        let Some(message) = authenticator.check(message) else { continue };
         let Incoming { envelope, payload } = split_frames(message);
         let Some(payload) = payload else {
             let reply = error_reply(0, ErrorCode::Malformed, "expected one payload frame after the routing frames");
-            let _ = replies.send(reply_message(envelope, &reply)).await;
+            let _ = replies.send(reply_message(envelope, &reply, cluster_key.as_ref())).await;
             continue;
         };
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
@@ -108,15 +153,16 @@ pub(crate) async fn run(server: ServerId, socket: RouterSocket, handler: Handler
             }
             let id = decode::<WireRequest>(&payload).map_or(0, |request| request.id);
             let reply = error_reply(id, ErrorCode::Overloaded, "the data server has too many requests in flight; retry later");
-            let _ = replies.send(reply_message(envelope, &reply)).await;
+            let _ = replies.send(reply_message(envelope, &reply, cluster_key.as_ref())).await;
             continue;
         };
 
         let handler = handler.clone();
         let replies = replies.clone();
+        let cluster_key = cluster_key.clone();
         in_flight.spawn(async move {
             let reply = handler.handle(&payload).await;
-            let _ = replies.send(reply_message(envelope, &reply)).await;
+            let _ = replies.send(reply_message(envelope, &reply, cluster_key.as_ref())).await;
             drop(permit);
         });
     }

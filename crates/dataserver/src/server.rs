@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use forum_protocol::{parse_endpoint, PeerStatus, ServerId, VersionVector};
+use forum_protocol::{ClusterKey, parse_endpoint, PeerStatus, ServerId, VersionVector};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -52,6 +52,10 @@ pub struct Options {
     pub advertise: Option<String>,
     /// The address of the HTTP admin endpoint (`/healthz`, `/metrics`); none by default.
     pub admin: Option<SocketAddr>,
+    /// The key that authenticates every ZeroMQ message to and from the group's servers (see
+    /// docs/replication.md). Without one, messages are not authenticated, so the request and
+    /// pub endpoints must be loopback addresses.
+    pub cluster_key: Option<ClusterKey>,
 }
 
 /// A running data server. Call [`DataServer::shutdown`] to stop it cleanly: dropping it
@@ -78,6 +82,8 @@ pub struct DataServer {
     publisher_task: JoinHandle<()>,
     /// The guards in front of the request and pub sockets, by socket name.
     guards: Vec<(&'static str, Guard)>,
+    /// The key for the peer subscribers started later by [`DataServer::add_peer`].
+    cluster_key: Option<ClusterKey>,
 }
 
 /// How many received heartbeats may wait for the replicator; see [`PeerOutputs::heartbeats`]
@@ -109,6 +115,16 @@ impl DataServer {
         // Every zeromq socket binds loopback only, behind a guard on the configured endpoint.
         let public_pub = guarded::public_address(&config.pub_endpoint).await?;
         let public_request = guarded::public_address(&config.request_endpoint).await?;
+        if options.cluster_key.is_none() {
+            for (endpoint, address) in [(&config.request_endpoint, public_request), (&config.pub_endpoint, public_pub)] {
+                if !address.ip().is_loopback() {
+                    anyhow::bail!(
+                        "the endpoint {endpoint} is not a loopback address, and no cluster key is set, so anyone who reaches it could join the group; set --cluster-key-file or FORUM_CLUSTER_KEY on every server of the group, or bind 127.0.0.1"
+                    );
+                }
+            }
+            warn!(server = id, "no cluster key is set: ZeroMQ messages are not authenticated, so this data server binds loopback addresses only");
+        }
         let (pub_socket, pub_internal) = publisher::bind(guarded::INTERNAL_ENDPOINT).await?;
         let pub_guard = guarded::start("pub", public_pub, &pub_internal).await?;
         let (router_socket, request_internal) = request_socket::bind(guarded::INTERNAL_ENDPOINT).await?;
@@ -149,11 +165,11 @@ impl DataServer {
         };
 
         let heartbeat_source = HeartbeatSource { fetch_endpoint: fetch_endpoint.clone(), vector: vector.clone() };
-        let publisher_task = tokio::spawn(publisher::run(id, pub_socket, publication_queue, heartbeat_source));
+        let publisher_task = tokio::spawn(publisher::run(id, pub_socket, publication_queue, heartbeat_source, options.cluster_key.clone()));
         let actor = Actor::new(id, state, Arc::clone(&store), command_queue, publications, vector_sender, Arc::clone(&metrics));
         let actor_task = tokio::spawn(actor.run());
         let handler = Handler::new(id, actor_commands.clone(), Passwords::new(), store, status.clone());
-        let request_task = tokio::spawn(request_socket::run(id, router_socket, handler, shutdown_signal.clone()));
+        let request_task = tokio::spawn(request_socket::run(id, router_socket, handler, options.cluster_key.clone(), shutdown_signal.clone()));
         let replicator = Replicator {
             server: id,
             configured,
@@ -161,6 +177,7 @@ impl DataServer {
             actor: actor_commands.clone(),
             status: peer_status_sender,
             metrics,
+            cluster_key: options.cluster_key.clone(),
         };
         let replicator_task = tokio::spawn(replicator.run(heartbeat_queue, shutdown_signal.clone()));
         let (admin_address, admin_task) = match options.admin {
@@ -201,6 +218,7 @@ impl DataServer {
             actor_task,
             publisher_task,
             guards,
+            cluster_key: options.cluster_key,
         };
         for peer in config.peers {
             server.add_peer(peer).await?;
@@ -243,7 +261,7 @@ impl DataServer {
             anyhow::bail!("{peer} is already a peer of data server {}", self.id);
         }
         let outputs = PeerOutputs { actor: self.actor_commands.clone(), heartbeats: self.heartbeats.clone() };
-        let task = tokio::spawn(peers::run(self.id, peer.clone(), outputs, self.shutdown.subscribe()));
+        let task = tokio::spawn(peers::run(self.id, peer.clone(), outputs, self.cluster_key.clone(), self.shutdown.subscribe()));
         self.configured_peers.send_modify(|configured| configured.push(peer.clone()));
         peers.push((peer, task));
         Ok(())

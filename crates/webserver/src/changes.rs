@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use forum_protocol::{decode, Change, FeedBatch, Reply, Request, ServerId, WireFeedChange, TOPIC_WEBSERVER};
+use forum_protocol::{decode, unseal, MacContext, Change, FeedBatch, Reply, Request, ServerId, WireFeedChange, TOPIC_WEBSERVER};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use zeromq::{Socket, SocketOptions, SocketRecv, SubSocket};
@@ -132,6 +132,7 @@ impl Follower<'_> {
             return;
         }
         let mut socket = subscribe(pub_endpoint).await;
+        let mut unauthenticated: u64 = 0;
         let mut poll = tokio::time::interval(POLL_INTERVAL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -152,7 +153,19 @@ impl Follower<'_> {
                     }
                     self.catch_up().await
                 }
-                Some(Ok(message)) => self.receive(message.get(1).map(|frame| frame.as_ref())).await,
+                Some(Ok(message)) => {
+                    let mut frames = message.into_vec();
+                    match unseal(self.data.cluster_key(), MacContext::Publication, &mut frames, 2) {
+                        Ok(()) => self.receive(frames.get(1).map(|frame| frame.as_ref())).await,
+                        Err(error) => {
+                            unauthenticated += 1;
+                            if unauthenticated.is_power_of_two() {
+                                tracing::warn!(%error, pub_endpoint, count = unauthenticated, "dropped changes from the data server that failed the MAC check; check that both use the same cluster key");
+                            }
+                            true
+                        }
+                    }
+                }
                 Some(Err(error)) => {
                     // The SUB socket reconnects by itself, and the poll fills the gap meanwhile.
                     tracing::warn!(%error, "failed to receive from the change feed");

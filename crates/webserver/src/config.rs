@@ -6,6 +6,17 @@ use std::time::Duration;
 /// The default time a request to the data server may take before the API returns 503.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Settings that have a default, kept apart from [`Config`] so that a `Config` literal need
+/// not name them.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// The key that authenticates every ZeroMQ message to and from the data servers; it must
+    /// be the data servers' key. Without one, messages carry no MAC.
+    pub cluster_key: Option<forum_protocol::ClusterKey>,
+    /// Limits on HTTP connections: the connection cap and the header-read timeout.
+    pub http: crate::listener::HttpLimits,
+}
+
 /// The settings of one web server.
 #[derive(Clone, Debug)]
 pub struct Config {

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use forum_protocol::{decode, encode, Reply, Request, ServerId, WireReply, WireRequest, PROTOCOL_VERSION};
+use forum_protocol::{decode, seal, unseal, ClusterKey, MacContext, encode, Reply, Request, ServerId, WireReply, WireRequest, PROTOCOL_VERSION};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -81,6 +81,8 @@ struct Shared {
     link: AtomicU8,
     /// The data server in use, or `None` while connecting.
     active: watch::Sender<Option<ActiveServer>>,
+    /// The key that signs requests and checks replies and publications, if any.
+    cluster_key: Option<ClusterKey>,
 }
 
 /// A request waiting for its reply.
@@ -112,6 +114,7 @@ impl DataClient {
     pub fn start(
         endpoints: Vec<String>,
         request_timeout: Duration,
+        cluster_key: Option<ClusterKey>,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> DataClient {
@@ -125,10 +128,16 @@ impl DataClient {
             request_timeout,
             link: AtomicU8::new(Link::Connecting as u8),
             active: watch::Sender::new(None),
+            cluster_key,
         });
         let client = DataClient { shared };
         tracker.spawn(supervise(client.clone(), endpoints, outgoing_receiver, shutdown, tracker.clone()));
         client
+    }
+
+    /// Returns the cluster key that authenticates messages from the data servers, if any.
+    pub fn cluster_key(&self) -> Option<&ClusterKey> {
+        self.shared.cluster_key.as_ref()
     }
 
     /// Sends a request and waits for its reply, up to the configured request timeout, across
@@ -387,8 +396,9 @@ async fn write_requests(
         };
         // A request whose caller already stopped waiting must not be executed later.
         let Some(payload) = client.take_for_sending(id, connection) else { continue };
-        let mut message = ZmqMessage::from(payload);
-        message.push_front(Bytes::new());
+        let mut frames = vec![Bytes::new(), payload];
+        seal(client.shared.cluster_key.as_ref(), MacContext::Request, &mut frames, 1);
+        let message = ZmqMessage::try_from(frames).expect("a request has its payload frame");
         let sent = tokio::select! {
             _ = stop.cancelled() => break,
             sent = socket.send(message) => sent,
@@ -405,6 +415,7 @@ async fn write_requests(
 /// which also ends the connection.
 async fn read_replies(client: DataClient, mut socket: DealerRecvHalf, stop: CancellationToken) {
     let mut undecodable: u64 = 0;
+    let mut unauthenticated: u64 = 0;
     loop {
         let received = tokio::select! {
             _ = stop.cancelled() => return,
@@ -418,7 +429,14 @@ async fn read_replies(client: DataClient, mut socket: DealerRecvHalf, stop: Canc
                 return;
             }
         };
-        let frames = message.into_vec();
+        let mut frames = message.into_vec();
+        if let Err(error) = unseal(client.shared.cluster_key.as_ref(), MacContext::Reply, &mut frames, 1) {
+            unauthenticated += 1;
+            if unauthenticated.is_power_of_two() {
+                tracing::warn!(%error, count = unauthenticated, "dropped replies from the data server that failed the MAC check; check that both use the same cluster key");
+            }
+            continue;
+        }
         let Some(payload) = frames.iter().rev().find(|frame| !frame.is_empty()) else {
             continue;
         };

@@ -35,6 +35,8 @@ pub enum ErrorKind {
     DataServerTimeout,
     DataServerUnavailable,
     Overloaded,
+    /// Too many failed logins for the name or from the address; retry after this many seconds.
+    TooManyAttempts { retry_after_secs: u64 },
     Internal,
 }
 
@@ -59,6 +61,7 @@ impl ErrorKind {
         ErrorKind::DataServerTimeout,
         ErrorKind::DataServerUnavailable,
         ErrorKind::Overloaded,
+        ErrorKind::TooManyAttempts { retry_after_secs: 42 },
         ErrorKind::Internal,
     ];
 
@@ -79,6 +82,7 @@ impl ErrorKind {
             ErrorKind::DataServerTimeout | ErrorKind::DataServerUnavailable | ErrorKind::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ErrorKind::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -104,6 +108,7 @@ impl ErrorKind {
             ErrorKind::DataServerTimeout => "data_server_timeout",
             ErrorKind::DataServerUnavailable => "data_server_unavailable",
             ErrorKind::Overloaded => "overloaded",
+            ErrorKind::TooManyAttempts { .. } => "too_many_attempts",
             ErrorKind::Internal => "internal",
         }
     }
@@ -179,6 +184,9 @@ impl ApiError {
         let mut response = warp::reply::with_status(warp::reply::json(&body), self.kind.status()).into_response();
         if let Some(allow) = self.allow {
             response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if let ErrorKind::TooManyAttempts { retry_after_secs } = self.kind {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }
         response
     }

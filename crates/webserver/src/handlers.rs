@@ -5,12 +5,13 @@
 
 use std::sync::Arc;
 
-use forum_protocol::{validate_name, validate_password, validate_text, validate_title, ChangeId, Reply, Request};
+use forum_protocol::{validate_name, validate_password, validate_text, validate_title, ChangeId, ErrorCode, Reply, Request};
 use percent_encoding::percent_decode_str;
 use serde::{Deserialize, Serialize};
 use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::{Reply as _, Response};
 
+use crate::listener::ClientAddr;
 use crate::error::{ApiError, ErrorKind};
 use crate::events;
 use crate::http_headers::RequestHeaders;
@@ -91,10 +92,20 @@ pub async fn register(state: Arc<AppState>, body: Result<Credentials, ApiError>)
 }
 
 /// `POST /api/login`: checks the password and starts a session.
-pub async fn login(state: Arc<AppState>, body: Result<Credentials, ApiError>) -> ApiResult {
+pub async fn login(state: Arc<AppState>, client: Option<ClientAddr>, body: Result<Credentials, ApiError>) -> ApiResult {
     let Credentials { name, password } = body?;
-    match state.data.request(Request::Login { name, password }).await? {
+    let address = client.map(|ClientAddr(address)| address.ip());
+    if let Some(wait) = state.login_limiter.check(&name, address) {
+        tracing::warn!(user = %name, ?address, retry_after = ?wait, "rejected a login because of too many failures");
+        return Err(ApiError::new(ErrorKind::TooManyAttempts { retry_after_secs: wait.as_secs() }));
+    }
+    let reply = state.data.request(Request::Login { name: name.clone(), password }).await?;
+    if matches!(&reply, Reply::Error(error) if error.code == ErrorCode::BadCredentials) {
+        state.login_limiter.record_failure(&name, address);
+    }
+    match reply {
         Reply::User(user) => {
+            state.login_limiter.record_success(&user.name);
             let token = state.sessions.create(&user.name).await?;
             tracing::info!(user = %user.name, "user logged in");
             let mut response = json_response(StatusCode::OK, &UserName { name: user.name });

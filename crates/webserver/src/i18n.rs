@@ -88,6 +88,9 @@ fn english(kind: &ErrorKind) -> String {
         ErrorKind::DataServerTimeout => "The data server did not answer in time; try again.".into(),
         ErrorKind::DataServerUnavailable => "The data server is not reachable right now; try again.".into(),
         ErrorKind::Overloaded => "The server is too busy right now; try again.".into(),
+        ErrorKind::TooManyAttempts { retry_after_secs } => {
+            format!("Too many failed logins; try again in {retry_after_secs} seconds.")
+        }
         ErrorKind::Internal => "The server failed to handle the request.".into(),
     }
 }
@@ -132,6 +135,9 @@ fn spanish(kind: &ErrorKind) -> String {
             "El servidor de datos no está disponible ahora; inténtalo de nuevo.".into()
         }
         ErrorKind::Overloaded => "El servidor está demasiado ocupado ahora; inténtalo de nuevo.".into(),
+        ErrorKind::TooManyAttempts { retry_after_secs } => {
+            format!("Demasiados intentos fallidos de inicio de sesión; inténtalo de nuevo dentro de {retry_after_secs} segundos.")
+        }
         ErrorKind::Internal => "El servidor no pudo atender la petición.".into(),
     }
 }

@@ -18,11 +18,14 @@ mod events;
 mod handlers;
 mod http_headers;
 mod i18n;
+mod listener;
+mod login_limit;
 mod presence;
 mod routes;
 mod server;
 mod sessions;
 mod state;
 
-pub use config::{Config, DEFAULT_REQUEST_TIMEOUT};
+pub use config::{Config, Options, DEFAULT_REQUEST_TIMEOUT};
+pub use listener::{ClientAddr, HttpLimits};
 pub use server::WebServer;

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use forum_protocol::parse_peer_list;
-use forum_webserver::{Config, WebServer};
+use forum_protocol::{parse_peer_list, ClusterKey};
+use forum_webserver::{Config, HttpLimits, Options, WebServer};
 
 /// Serves the forum page and its HTTP API, backed by one data server of a list, with failover.
 #[derive(Debug, Parser)]
@@ -30,6 +30,22 @@ struct Arguments {
     /// This web server's name in presence records [default: web-<listen address>].
     #[arg(long, env = "FORUM_WEB_NAME", value_parser = web_server_name)]
     name: Option<String>,
+
+    /// A file holding the cluster key of the data servers' group: every ZeroMQ message to and
+    /// from them then carries an HMAC-SHA256 under it. When absent, the key is read from the
+    /// FORUM_CLUSTER_KEY environment variable; with neither, messages carry no MAC.
+    #[arg(long, value_name = "FILE", env = "FORUM_CLUSTER_KEY_FILE")]
+    cluster_key_file: Option<std::path::PathBuf>,
+
+    /// The maximum number of HTTP connections open at once, event streams included; more are closed at
+    /// once [default: 16384, or 3/4 of the open-file limit when lower].
+    #[arg(long, env = "FORUM_WEB_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64>,
+
+    /// Milliseconds a client may take to send a request's headers before its connection is
+    /// closed.
+    #[arg(long, env = "FORUM_WEB_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    header_read_timeout_ms: u64,
 
     /// Milliseconds to wait for the data server's reply before returning HTTP 503.
     #[arg(long, env = "FORUM_WEB_REQUEST_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -69,7 +85,18 @@ async fn main() -> anyhow::Result<()> {
         data_pub_endpoint: arguments.data_pub,
         request_timeout: Duration::from_millis(arguments.request_timeout_ms),
     };
-    let server = WebServer::start(config).await?;
+    let cluster_key = ClusterKey::from_file_or_text(
+        arguments.cluster_key_file.as_deref(),
+        std::env::var("FORUM_CLUSTER_KEY").ok().as_deref(),
+    )?;
+    if cluster_key.is_none() {
+        tracing::warn!("no cluster key is set: requests to the data servers carry no MAC, so only data servers without a key accept them");
+    }
+    let mut http = HttpLimits { header_read_timeout: Duration::from_millis(arguments.header_read_timeout_ms), ..HttpLimits::default() };
+    if let Some(max_connections) = arguments.max_connections {
+        http.max_connections = max_connections as usize;
+    }
+    let server = WebServer::start_with(config, Options { cluster_key, http }).await?;
     wait_for_signal().await.context("failed to listen for shutdown signals")?;
     server.shutdown().await;
     Ok(())

@@ -12,6 +12,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
+use crate::listener::ClientAddr;
 use crate::assets;
 use crate::body::json_body;
 use crate::error::{ApiError, ErrorKind};
@@ -41,6 +42,7 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .and(
             warp::post()
                 .and(with_state.clone())
+                .and(warp::ext::optional::<ClientAddr>())
                 .and(json_body())
                 .then(handlers::login)
                 .or(method_not_allowed("POST"))
@@ -225,8 +227,9 @@ mod tests {
         let free_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let stop = CancellationToken::new();
         let endpoint = format!("tcp://127.0.0.1:{free_port}");
-        let data = DataClient::start(vec![endpoint], Duration::from_millis(200), stop, &TaskTracker::new());
+        let data = DataClient::start(vec![endpoint], Duration::from_millis(200), None, stop, &TaskTracker::new());
         Arc::new(AppState {
+            login_limiter: Default::default(),
             sessions: Sessions::new(data.clone()),
             data,
             presence: Arc::new(Presence::default()),

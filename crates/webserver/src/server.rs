@@ -11,10 +11,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::changes::{self, Feed};
-use crate::config::Config;
+use crate::config::{Config, Options};
 use crate::data_client::DataClient;
 use crate::presence::{self, Presence};
-use crate::routes::routes;
+use crate::listener;
 use crate::sessions::Sessions;
 use crate::state::AppState;
 
@@ -42,6 +42,11 @@ impl WebServer {
     /// servers need not be up yet: the sockets connect in the background, and API requests
     /// made before that wait for one up to the request timeout.
     pub async fn start(config: Config) -> anyhow::Result<WebServer> {
+        WebServer::start_with(config, Options::default()).await
+    }
+
+    /// Starts a web server as [`WebServer::start`] does, with `options`.
+    pub async fn start_with(config: Config, options: Options) -> anyhow::Result<WebServer> {
         let (request_endpoints, pub_endpoints) =
             data_server_endpoints(&config.data_request_endpoint, &config.data_pub_endpoint)?;
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -51,7 +56,7 @@ impl WebServer {
 
         let sockets_stop = CancellationToken::new();
         let sockets = TaskTracker::new();
-        let data = DataClient::start(request_endpoints, config.request_timeout, sockets_stop.clone(), &sockets);
+        let data = DataClient::start(request_endpoints, config.request_timeout, options.cluster_key, sockets_stop.clone(), &sockets);
         let feed = Arc::new(Feed::new());
         sockets.spawn(changes::run(Arc::clone(&feed), data.clone(), pub_endpoints, sockets_stop.clone()));
 
@@ -61,6 +66,7 @@ impl WebServer {
             tokio::spawn(presence::report(Arc::clone(&presence), data.clone(), config.name.clone(), presence_stop.clone()));
 
         let state = Arc::new(AppState {
+            login_limiter: Default::default(),
             sessions: Sessions::new(data.clone()),
             data,
             presence,
@@ -69,12 +75,7 @@ impl WebServer {
             shutdown: CancellationToken::new(),
             streams: TaskTracker::new(),
         });
-        let http = tokio::spawn(
-            warp::serve(routes(Arc::clone(&state)))
-                .incoming(listener)
-                .graceful(state.shutdown.clone().cancelled_owned())
-                .run(),
-        );
+        let http = tokio::spawn(listener::serve(listener, Arc::clone(&state), options.http, state.shutdown.clone()));
         tracing::info!(%local_addr, name = %config.name, "web server listening");
         Ok(WebServer {
             local_addr,

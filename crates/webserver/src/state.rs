@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::login_limit::LoginLimiter;
 use crate::changes::Feed;
 use crate::data_client::DataClient;
 use crate::presence::Presence;
@@ -15,6 +16,8 @@ use crate::sessions::Sessions;
 pub struct AppState {
     pub data: DataClient,
     pub sessions: Sessions,
+    /// Failed-login counts per name and per client address.
+    pub login_limiter: LoginLimiter,
     pub presence: Arc<Presence>,
     /// The change feed; each event stream subscribes to its broadcast.
     pub feed: Arc<Feed>,

@@ -1,0 +1,152 @@
+//! Limits on the web side: unfinished HTTP requests are closed after the header-read timeout,
+//! connections beyond the cap are closed at once, and failed logins are rate-limited per name
+//! and per address with a 429 that gives the seconds to wait.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use forum_dataserver::{Config, DataServer};
+use forum_webserver::{Config as WebConfig, HttpLimits, Options, WebServer};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn start(dir: &std::path::Path, http: HttpLimits) -> (DataServer, WebServer) {
+    common::init_logging();
+    let data = DataServer::start(Config {
+        id: 1,
+        request_endpoint: "tcp://127.0.0.1:0".into(),
+        pub_endpoint: "tcp://127.0.0.1:0".into(),
+        data_dir: dir.to_owned(),
+        peers: Vec::new(),
+    })
+    .await
+    .expect("starting a data server");
+    let config = WebConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_request_endpoint: data.request_endpoint().to_owned(),
+        data_pub_endpoint: data.pub_endpoint().to_owned(),
+        name: "web".into(),
+        request_timeout: Duration::from_secs(5),
+    };
+    let web = WebServer::start_with(config, Options { http, ..Options::default() }).await.expect("starting a web server");
+    (data, web)
+}
+
+/// Reads until the server closes `stream`, and returns whether it did within `within`.
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut buffer = [0u8; 1024];
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_headers_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let header_read_timeout = Duration::from_secs(2);
+    let (data, web) = start(dir.path(), HttpLimits { header_read_timeout, ..HttpLimits::default() }).await;
+    let address = web.local_addr();
+
+    // 5,000 clients each send a request line and one header, but never the blank line.
+    let started = Instant::now();
+    let mut held = Vec::new();
+    for _ in 0..5000 {
+        let mut stream = TcpStream::connect(address).await.expect("connecting");
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.expect("writing a partial request");
+        held.push(stream);
+    }
+    eprintln!("opened 5,000 unfinished requests in {:?}", started.elapsed());
+    let web_client = common::WebClient::new(address);
+    assert_eq!(web_client.get("/api/users").await.status, 200, "a normal request while 5,000 are held");
+
+    for (index, stream) in held.iter_mut().enumerate() {
+        let remaining = (started + header_read_timeout + Duration::from_secs(3)).saturating_duration_since(Instant::now());
+        assert!(closed_within(stream, remaining).await, "unfinished request {index} is still open");
+    }
+    eprintln!("all 5,000 closed {:?} after the first was opened", started.elapsed());
+
+    // A silent connection is closed too.
+    let mut silent = TcpStream::connect(address).await.unwrap();
+    assert!(closed_within(&mut silent, header_read_timeout + Duration::from_secs(3)).await, "a silent connection stayed open");
+    assert_eq!(web_client.get("/api/users").await.status, 200, "a normal request afterwards");
+    web.shutdown().await;
+    data.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_cap_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = HttpLimits { max_connections: 50, header_read_timeout: Duration::from_secs(30) };
+    let (data, web) = start(dir.path(), limits).await;
+    let mut held = Vec::new();
+    for _ in 0..50 {
+        held.push(TcpStream::connect(web.local_addr()).await.unwrap());
+    }
+    // The accept loop takes the 50 permits in order, so the next connection is over the cap.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut extra = TcpStream::connect(web.local_addr()).await.unwrap();
+    assert!(closed_within(&mut extra, Duration::from_secs(1)).await, "the 51st connection stayed open");
+
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let response = common::WebClient::new(web.local_addr()).get("/api/users").await;
+    assert_eq!(response.status, 200, "a request once the held connections closed");
+    web.shutdown().await;
+    data.shutdown().await;
+}
+
+/// Sends a login and returns the status, the Retry-After header and the JSON body.
+async fn login(base: &str, name: &str, password: &str, language: &str) -> (u16, Option<String>, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/api/login"))
+        .header("accept-language", language)
+        .json(&json!({"name": name, "password": password}))
+        .send()
+        .await
+        .expect("sending a login");
+    let status = response.status().as_u16();
+    let retry_after = response.headers().get("retry-after").map(|value| value.to_str().unwrap().to_owned());
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, retry_after, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, web) = start(dir.path(), HttpLimits::default()).await;
+    let base = format!("http://{}", web.local_addr());
+    common::WebClient::new(web.local_addr()).register("ana", "password-of-ana").await;
+
+    for attempt in 1..=5 {
+        let (status, _, body) = login(&base, "ana", "wrong-password", "en").await;
+        assert_eq!(status, 401, "attempt {attempt}: {body}");
+    }
+    let (status, retry_after, body) = login(&base, "ana", "password-of-ana", "en").await;
+    assert_eq!(status, 429, "the right password after 5 failures: {body}");
+    assert_eq!(body["code"], "too_many_attempts", "{body}");
+    let seconds: u64 = retry_after.expect("a Retry-After header").parse().expect("Retry-After in seconds");
+    assert!((1..=60).contains(&seconds), "Retry-After: {seconds}");
+    assert!(body["error"].as_str().unwrap().contains(&seconds.to_string()), "{body}");
+    let (_, _, spanish) = login(&base, "ana", "wrong-password", "es").await;
+    assert!(spanish["error"].as_str().unwrap().starts_with("Demasiados"), "{spanish}");
+
+    // The address limit: 20 failures over other names block every name from this address.
+    for attempt in 0..15 {
+        let (status, _, body) = login(&base, &format!("nobody{attempt}"), "wrong-password", "en").await;
+        assert_eq!(status, 401, "failure {attempt} for another name: {body}");
+    }
+    common::WebClient::new(web.local_addr()).register("bea", "password-of-bea").await;
+    let (status, _, body) = login(&base, "bea", "password-of-bea", "en").await;
+    assert_eq!(status, 429, "a fresh name after 20 failures from this address: {body}");
+    web.shutdown().await;
+    data.shutdown().await;
+}
