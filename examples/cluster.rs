@@ -21,7 +21,7 @@ use serde_json::json;
 
 const GROUP_SIZE: u16 = 3;
 
-/// Subjects a new group starts with, so a newcomer sees a forum and not an empty page.
+/// Subjects a new group starts with, so a newcomer finds a forum and not an empty page.
 const STARTER_SUBJECTS: [&str; 3] = [
     "Welcome / Bienvenida",
     "Distributed systems lab / Laboratorio de sistemas distribuidos",
@@ -80,8 +80,8 @@ async fn main() -> anyhow::Result<()> {
         web_servers.push(server);
     }
 
-    // NOTE: a change made before every peer subscription is in place would not reach that
-    // peer, because the group has no catch-up yet; this pause lets loopback connections settle.
+    // A peer that misses the starter subjects over PUB/SUB fetches them by catch-up. The pause
+    // only lets the connections settle, so the log shows the group up before the seeding.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let first_web = format!("http://{}", web_servers[0].local_addr());
     if let Err(error) = seed_starter_subjects(&first_web, &demo_dir).await {

@@ -77,7 +77,7 @@ impl Group {
         Group::start(1).await
     }
 
-    /// An HTTP client for the web server of node `index`, with its own cookie jar.
+    /// Returns an HTTP client for the web server of node `index`, with its own cookie jar.
     pub fn web(&self, index: usize) -> WebClient {
         WebClient::new(self.nodes[index].web.local_addr())
     }
@@ -162,7 +162,7 @@ impl WebClient {
         WebClient { base: format!("http://{address}"), http, cookies }
     }
 
-    /// A client whose cookie jar starts with `cookie` (a `name=value` pair), as if it had
+    /// Builds a client whose cookie jar starts with `cookie` (a `name=value` pair), as if it had
     /// copied or forged another browser's cookie.
     pub fn with_cookie(address: SocketAddr, cookie: &str) -> WebClient {
         let client = WebClient::new(address);
@@ -170,7 +170,7 @@ impl WebClient {
         client
     }
 
-    /// The `name=value` pairs of the cookies this client would send, if any.
+    /// Returns the `name=value` pairs of the cookies this client would send, if any.
     pub fn session_cookie(&self) -> Option<String> {
         use reqwest::cookie::CookieStore;
         let header = self.cookies.cookies(&self.base.parse().expect("a valid base URL"))?;

@@ -1,7 +1,7 @@
 //! Retried writes: the changes that carry the same idempotency key.
 //!
 //! A web server that loses its data server mid-write sends the same write, with the same key,
-//! to another data server. When the first server had stored it too, the group holds two
+//! to another data server. When the first server had stored it too, the group contains two
 //! changes with one key. Every replica then keeps the change with the smallest order key
 //! (lamport, origin, seq) and withdraws the other, so the result is the same on every replica
 //! whatever the order of arrival.
@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use forum_protocol::{Change, ChangeKind, IdempotencyKey};
 
-/// What to do with a change, given the other changes of its key.
+/// The decision for a change, given the other changes of its key.
 pub(crate) enum Admission {
     /// Apply it as usual.
     Apply,

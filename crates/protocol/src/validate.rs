@@ -3,7 +3,7 @@
 
 use crate::model::{MAX_NAME_CHARS, MAX_PASSWORD_BYTES, MAX_TEXT_BYTES, MAX_TITLE_CHARS, MIN_PASSWORD_CHARS};
 
-/// Why a piece of user input was rejected. [`Invalid::code`] is a stable machine-readable name;
+/// The reason a piece of user input was rejected. [`Invalid::code`] is a stable machine-readable name;
 /// `Display` gives an English sentence, and web servers may translate by code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Invalid {

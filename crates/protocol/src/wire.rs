@@ -94,7 +94,7 @@ pub enum Request {
     RenewPresence { webserver: String, instance: u64, users: Vec<String>, lease_ms: u64 },
 }
 
-/// A data server's answer to a [`Request`].
+/// A data server's reply to a [`Request`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
     User(User),
@@ -118,7 +118,7 @@ pub enum Reply {
     Session { user: String, expires_at: u64 },
 }
 
-/// Why a request failed, with a message for the operator or the user.
+/// The reason a request failed, with a message for the operator or the user.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorReply {
     pub code: ErrorCode,
