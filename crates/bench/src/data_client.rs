@@ -15,8 +15,13 @@ use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
 /// How long a load run waits for the replies still in flight after it stops sending.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a single set-up request may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a single set-up request may take. Reading a history of a million posts takes
+/// seconds on a busy machine.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The client id of the benchmark's posts. Request ids are unique within a benchmark's
+/// process, and every benchmark starts its own data servers.
+const BENCH_CLIENT: u64 = 0xbe7c;
 
 /// Sends one request on a fresh DEALER and returns the reply.
 pub async fn request(endpoint: &str, request: Request) -> anyhow::Result<Reply> {
@@ -60,10 +65,14 @@ impl LoadResult {
     }
 }
 
+/// The index of the next request sent by any load run of this process.
+static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
+
 /// Counters that every connection of one load run shares.
 struct Shared {
     started: Instant,
     bound: Bound,
+    /// Requests claimed in this run, for [`Bound::Count`].
     next_index: AtomicU64,
     accepted: AtomicU64,
     rejected: AtomicU64,
@@ -72,17 +81,18 @@ struct Shared {
 
 impl Shared {
     /// Claims the index of the next request to send, or `None` once the run stops sending.
+    ///
+    /// Indexes are unique in the whole process, not only in this run: an index is also the
+    /// request id of an idempotency key, and a data server answers a repeated key with the
+    /// reply it already gave instead of storing the write again.
     fn claim(&self) -> Option<u64> {
-        match self.bound {
-            Bound::Time(length) => (self.started.elapsed() < length).then(|| self.next_index.fetch_add(1, Ordering::Relaxed)),
+        let claimed = match self.bound {
+            Bound::Time(length) => self.started.elapsed() < length,
             Bound::Count(total, limit) => {
-                if self.started.elapsed() >= limit {
-                    return None;
-                }
-                let index = self.next_index.fetch_add(1, Ordering::Relaxed);
-                (index < total).then_some(index)
+                self.started.elapsed() < limit && self.next_index.fetch_add(1, Ordering::Relaxed) < total
             }
-        }
+        };
+        claimed.then(|| NEXT_REQUEST.fetch_add(1, Ordering::Relaxed))
     }
 
     fn counts(&self, now: Instant) -> bool {
@@ -219,5 +229,7 @@ pub fn is_stored_message(frame: &[u8]) -> bool {
 /// Encodes a `PostMessage` request.
 pub fn post_request(id: u64, subject: forum_protocol::ChangeId, author: &str, text: String) -> Bytes {
     let request = Request::PostMessage { subject, author: author.to_owned(), text };
-    Bytes::from(encode(&WireRequest { v: PROTOCOL_VERSION, id, request, client: None }))
+    // A client id makes each post carry an idempotency key, as a web server's posts do, so
+    // the data server does the same bookkeeping as in the forum.
+    Bytes::from(encode(&WireRequest { v: PROTOCOL_VERSION, id, request, client: Some(BENCH_CLIENT) }))
 }

@@ -40,11 +40,12 @@ pub async fn measure(plan: &Plan, scratch: &Path, report: &mut Report) -> anyhow
     let restart_started = Instant::now();
     let server = server.restart().await?;
     let replay = restart_started.elapsed();
+    // Read before the history below: building a reply of a million posts takes memory of its own.
+    let replayed_kib = server.process.resident_kib()?;
     let length = forum::history_length(&server.request, subject).await?;
     if length as u64 != messages {
         bail!("the restarted data server returned {length} messages instead of {messages}");
     }
-    let replayed_kib = server.process.resident_kib()?;
     let store_bytes = std::fs::metadata(server.data_dir.join(forum_dataserver::STORE_FILE)).map(|meta| meta.len()).unwrap_or(0);
     server.process.stop().await?;
 

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use forum_protocol::{now_millis, Change, ChangeId, ChangeKind, ErrorCode, Reply, ServerId, VersionVector};
+use forum_protocol::{now_millis, Change, ChangeId, ErrorCode, Reply, ServerId, VersionVector};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, warn};
 
@@ -17,8 +17,8 @@ use crate::command::{Command, Credentials};
 use crate::metrics::{add, Metrics};
 use crate::publisher::Publication;
 use crate::rate_limit::LogRateLimit;
-use crate::state::ForumState;
-use crate::store::Store;
+use crate::state::{reply_for, ForumState};
+use crate::store::{EncodedChange, Store};
 
 /// The maximum number of commands handled in one group, and so in one write transaction.
 pub(crate) const MAX_BATCH: usize = 256;
@@ -87,8 +87,8 @@ impl Actor {
                 Command::Write { write, key, reply } => {
                     // A retried write gets the reply of the change it already made, here or
                     // on another server of the group.
-                    if let Some(original) = key.and_then(|key| self.state.original_write(key)) {
-                        replies.push(PendingReply::Reply(reply, reply_for(original)));
+                    if let Some(original) = key.and_then(|key| self.state.original_reply(key)) {
+                        replies.push(PendingReply::Reply(reply, original));
                         continue;
                     }
                     let id = ChangeId::new(self.id, self.state.next_seq(self.id));
@@ -100,7 +100,7 @@ impl Actor {
                             self.state.apply(&change);
                             let answer = reply_for(&change);
                             add(&self.metrics.local_changes, 1);
-                            changes.push(Publication { change, local: true, position: 0 });
+                            changes.push(Publication::new(change, true));
                             answer
                         }
                         Ok(None) => Reply::Done,
@@ -113,20 +113,10 @@ impl Actor {
                     replies.push(PendingReply::Credentials(reply, self.state.credentials(&name)));
                 }
                 Command::Replicated { change } => {
-                    if change.id.origin == self.id && !self.state.contains(change.id) {
-                        if let Some(suppressed) = self.foreign_id_warnings.check() {
-                            warn!(
-                                server = self.id,
-                                change = %change.id,
-                                suppressed,
-                                "a peer sent a change with this server's id that this server never made; \
-                                 two servers of the group share an id, so give each a unique --id"
-                            );
-                        }
-                    }
+                    self.check_origin(&change);
                     if self.state.apply(&change) {
                         add(&self.metrics.replicated_changes, 1);
-                        changes.push(Publication { change, local: false, position: 0 });
+                        changes.push(Publication::new(change, false));
                     } else {
                         add(&self.metrics.duplicate_changes, 1);
                         debug!(server = self.id, change = %change.id, "ignored a change that is already applied");
@@ -135,9 +125,10 @@ impl Actor {
                 Command::Fetched { changes: fetched, stored } => {
                     let received = fetched.len();
                     for change in fetched {
+                        self.check_origin(&change);
                         if self.state.apply(&change) {
                             add(&self.metrics.fetched_changes, 1);
-                            changes.push(Publication { change, local: false, position: 0 });
+                            changes.push(Publication::new(change, false));
                         } else {
                             add(&self.metrics.duplicate_changes, 1);
                         }
@@ -150,18 +141,19 @@ impl Actor {
 
         if !changes.is_empty() {
             match self.commit(&changes).await {
-                Ok(first_position) => {
-                    for (position, publication) in (first_position..).zip(changes.iter_mut()) {
+                Ok((first_position, encoded)) => {
+                    for ((position, publication), encoded) in (first_position..).zip(changes.iter_mut()).zip(encoded) {
                         publication.position = position;
+                        publication.encoded = encoded.wire();
                     }
                 }
                 Err(error) => {
-                error!(
-                    server = self.id,
-                    changes = changes.len(),
-                    error = format!("{error:#}"),
-                    "failed to store a group of changes; replying with an internal error and reloading the state"
-                );
+                    error!(
+                        server = self.id,
+                        changes = changes.len(),
+                        error = format!("{error:#}"),
+                        "failed to store a group of changes; replying with an internal error and reloading the state"
+                    );
                     for pending in replies {
                         fail(pending);
                     }
@@ -197,34 +189,37 @@ impl Actor {
         Ok(())
     }
 
-    /// Stores the changes and returns the feed position of the first one.
-    async fn commit(&self, publications: &[Publication]) -> anyhow::Result<u64> {
-        let changes: Vec<Change> = publications.iter().map(|publication| publication.change.clone()).collect();
+    /// Warns when a peer's change carries this server's id but this server never made it: two
+    /// servers of the group share an id, or this one lost its store and kept its id.
+    fn check_origin(&mut self, change: &Change) {
+        if change.id.origin == self.id && !self.state.contains(change.id) {
+            if let Some(suppressed) = self.foreign_id_warnings.check() {
+                warn!(
+                    server = self.id,
+                    change = %change.id,
+                    suppressed,
+                    "a peer sent a change with this server's id that this server never made; two servers of \
+                     the group share an id, or this server lost its store: give each server a unique --id"
+                );
+            }
+        }
+    }
+
+    /// Stores the changes and returns the feed position of the first one, with the changes
+    /// as encoded for the store.
+    async fn commit(&self, publications: &[Publication]) -> anyhow::Result<(u64, Vec<EncodedChange>)> {
+        let encoded: Vec<EncodedChange> =
+            publications.iter().map(|publication| EncodedChange::new(&publication.change)).collect();
         let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || store.append(&changes)).await?
+        tokio::task::spawn_blocking(move || store.append(&encoded).map(|first| (first, encoded))).await?
     }
 
     /// Rebuilds the state from the store, dropping the changes of a group that failed to commit.
     async fn reload(&mut self) -> anyhow::Result<()> {
         let store = Arc::clone(&self.store);
-        let changes = tokio::task::spawn_blocking(move || store.load()).await??;
-        self.state = ForumState::from_changes(changes);
+        self.state = tokio::task::spawn_blocking(move || ForumState::replayed(&store)).await??;
         self.vector.send_replace(self.state.vector());
         Ok(())
-    }
-}
-
-/// Builds the reply to the local write that made `change`.
-fn reply_for(change: &Change) -> Reply {
-    match &change.kind {
-        ChangeKind::UserRegistered { user, .. } => Reply::User(user.clone()),
-        ChangeKind::SubjectCreated { subject } => Reply::Subject(subject.clone()),
-        ChangeKind::MessagePosted { message } => Reply::Message(message.clone()),
-        ChangeKind::PrivateSent { message } => Reply::PrivateMessage(message.clone()),
-        ChangeKind::PresenceChanged { .. }
-        | ChangeKind::SessionCreated { .. }
-        | ChangeKind::SessionRevoked { .. }
-        | ChangeKind::PresenceLease { .. } => Reply::Done,
     }
 }
 

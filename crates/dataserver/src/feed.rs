@@ -6,10 +6,12 @@
 //! and to let browsers resume an event stream (`Request::FeedSince`).
 
 use anyhow::Context;
-use forum_protocol::{decode, Change, FeedEntry, WireChange};
+use std::path::Path;
+
+use forum_protocol::{ChangeId, FeedEntry};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 
-use crate::store::CHANGES;
+use crate::store::{decode_stored, CHANGES};
 
 /// Change ids, (origin, seq), by position in this server's feed.
 const FEED: TableDefinition<u64, (u32, u64)> = TableDefinition::new("feed");
@@ -45,17 +47,21 @@ pub(crate) fn open(database: &Database) -> anyhow::Result<u64> {
 }
 
 /// Records `changes` at positions `first`, `first + 1` and so on, inside the caller's transaction.
-pub(crate) fn record(transaction: &WriteTransaction, first: u64, changes: &[Change]) -> anyhow::Result<()> {
+pub(crate) fn record(
+    transaction: &WriteTransaction,
+    first: u64,
+    ids: impl IntoIterator<Item = ChangeId>,
+) -> anyhow::Result<()> {
     let mut feed = transaction.open_table(FEED).context("failed to open the feed table")?;
-    for (position, change) in (first..).zip(changes) {
-        feed.insert(position, (change.id.origin, change.id.seq))
-            .with_context(|| format!("failed to record change {} at feed position {position}", change.id))?;
+    for (position, id) in (first..).zip(ids) {
+        feed.insert(position, (id.origin, id.seq))
+            .with_context(|| format!("failed to record change {id} at feed position {position}"))?;
     }
     Ok(())
 }
 
 /// Reads at most `limit` changes after position `after`, redacted, with the newest position.
-pub(crate) fn read_after(database: &Database, after: u64, limit: usize) -> anyhow::Result<(Vec<FeedEntry>, u64)> {
+pub(crate) fn read_after(database: &Database, path: &Path, after: u64, limit: usize) -> anyhow::Result<(Vec<FeedEntry>, u64)> {
     let transaction = database.begin_read().context("failed to start a read transaction")?;
     let feed = transaction.open_table(FEED).context("failed to open the feed table")?;
     let changes = transaction.open_table(CHANGES).context("failed to open the changes table")?;
@@ -69,9 +75,8 @@ pub(crate) fn read_after(database: &Database, after: u64, limit: usize) -> anyho
             .get((origin, seq))
             .context("failed to read a change")?
             .with_context(|| format!("feed position {} names change {origin}-{seq}, which is not stored", position.value()))?;
-        let wire: WireChange =
-            decode(bytes.value()).with_context(|| format!("the stored change {origin}-{seq} cannot be decoded"))?;
-        entries.push(FeedEntry { position: position.value(), change: wire.change.redacted() });
+        let change = decode_stored(bytes.value(), origin, seq, path)?;
+        entries.push(FeedEntry { position: position.value(), change: change.redacted() });
     }
     Ok((entries, last))
 }

@@ -12,7 +12,7 @@ use tracing::{error, warn};
 
 use crate::catch_up::{FETCH_BATCH, FETCH_MAX_BYTES};
 use crate::command::{Command, Read, Write};
-use crate::feed::{self, MAX_FEED_BATCH};
+use crate::feed::MAX_FEED_BATCH;
 use crate::metrics::add;
 use crate::password::Passwords;
 use crate::rate_limit::LogRateLimit;
@@ -144,7 +144,7 @@ impl Handler {
     async fn feed_since(&self, request_id: u64, after: u64, limit: u32) -> Reply {
         let limit = (limit as usize).min(MAX_FEED_BATCH);
         let store = Arc::clone(&self.store);
-        let read = tokio::task::spawn_blocking(move || feed::read_after(store.database(), after, limit)).await;
+        let read = tokio::task::spawn_blocking(move || store.feed_after(after, limit)).await;
         match read {
             Ok(Ok((entries, last))) => Reply::Feed(FeedBatch { server: self.server, entries, last }),
             Ok(Err(error)) => {

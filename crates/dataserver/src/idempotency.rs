@@ -10,27 +10,49 @@
 //! and title rules, which keep the same winner, and presence and session changes repeat
 //! harmlessly.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use forum_protocol::{Change, ChangeKind, IdempotencyKey};
+use forum_protocol::{Change, ChangeId, ChangeKind, IdempotencyKey};
 
-/// The decision for a change, given the other changes of its key.
-pub(crate) enum Admission {
-    /// Apply it as usual.
-    Apply,
-    /// Do not apply it: a change with the same key and a smaller order key is kept.
-    Skip,
-    /// Apply it and withdraw the returned change, which had the same key and a greater order key.
-    Replace(Change),
+/// What is kept of the change that won an idempotency key.
+pub(crate) enum Kept<'a> {
+    /// A public message, found again in the state by its subject and order key.
+    Post(PostRef),
+    /// Any other change, whole.
+    Whole(&'a Change),
+}
+
+/// Where the public message that won a key is: its order key and its subject. Posts are most
+/// of the writes, so this is kept small: 32 bytes.
+#[derive(Clone, Copy)]
+pub(crate) struct PostRef {
+    lamport: u64,
+    seq: u64,
+    subject_seq: u64,
+    origin: u32,
+    subject_origin: u32,
+}
+
+impl PostRef {
+    pub fn order(&self) -> (u64, u32, u64) {
+        (self.lamport, self.origin, self.seq)
+    }
+
+    pub fn subject(&self) -> ChangeId {
+        ChangeId::new(self.subject_origin, self.subject_seq)
+    }
 }
 
 /// The kept change of every idempotency key seen.
 ///
 /// NOTE: keys are kept for as long as the server runs and are rebuilt from the store at
-/// start, so this map grows with the number of writes, like the rest of the state.
+/// start, so this map grows with the number of writes, like the rest of the state. Posts are
+/// kept per client in a B-tree by request id, the order in which a client sends them, which
+/// takes less memory than one hash table of every key (measured in docs/benchmarks.md).
 #[derive(Default)]
 pub(crate) struct Writes {
-    kept: HashMap<IdempotencyKey, Change>,
+    posts: HashMap<u64, BTreeMap<u64, PostRef>>,
+    others: HashMap<IdempotencyKey, Box<Change>>,
 }
 
 fn order_key(change: &Change) -> (u64, u32, u64) {
@@ -42,28 +64,58 @@ fn withdrawn_when_duplicate(kind: &ChangeKind) -> bool {
     matches!(kind, ChangeKind::MessagePosted { .. } | ChangeKind::PrivateSent { .. })
 }
 
+/// The decision for a change, given the other changes of its key.
+pub(crate) enum Admission {
+    /// Apply it as usual.
+    Apply,
+    /// Do not apply it: a change with the same key and a smaller order key is kept.
+    Skip,
+    /// Apply it and withdraw the public message of this reference, which had the same key
+    /// and a greater order key.
+    ReplacePost(PostRef),
+    /// Apply it and withdraw this change, which had the same key and a greater order key.
+    Replace(Box<Change>),
+}
+
 impl Writes {
     /// Records a change that is being applied and decides what becomes of it.
     pub fn admit(&mut self, change: &Change) -> Admission {
         let Some(key) = change.key else { return Admission::Apply };
-        let Some(kept) = self.kept.get(&key) else {
-            self.kept.insert(key, change.clone());
-            return Admission::Apply;
-        };
-        if order_key(change) > order_key(kept) {
-            return if withdrawn_when_duplicate(&change.kind) { Admission::Skip } else { Admission::Apply };
+        let withdrawn = withdrawn_when_duplicate(&change.kind);
+        let kept_order = self.original(key).map(|kept| match kept {
+            Kept::Post(post) => post.order(),
+            Kept::Whole(kept) => order_key(kept),
+        });
+        if kept_order.is_some_and(|kept| order_key(change) > kept) {
+            return if withdrawn { Admission::Skip } else { Admission::Apply };
         }
-        let replaced = self.kept.insert(key, change.clone()).expect("the key was present");
-        if withdrawn_when_duplicate(&change.kind) {
-            Admission::Replace(replaced)
-        } else {
-            Admission::Apply
+        // This change is the first of its key, or wins it: it replaces the kept one.
+        let replaced = match &change.kind {
+            ChangeKind::MessagePosted { message } => {
+                let post = PostRef {
+                    lamport: change.lamport,
+                    seq: change.id.seq,
+                    subject_seq: message.subject.seq,
+                    origin: change.id.origin,
+                    subject_origin: message.subject.origin,
+                };
+                let replaced = self.posts.entry(key.client).or_default().insert(key.request, post);
+                replaced.map(Admission::ReplacePost)
+            }
+            _ => self.others.insert(key, Box::new(change.clone())).map(Admission::Replace),
+        };
+        match replaced {
+            Some(replaced) if withdrawn => replaced,
+            _ => Admission::Apply,
         }
     }
 
-    /// Returns the kept change of a key, for replying to a retried write.
-    pub fn original(&self, key: IdempotencyKey) -> Option<&Change> {
-        self.kept.get(&key)
+    /// Returns what is kept of a key's change, for replying to a retried write.
+    pub fn original(&self, key: IdempotencyKey) -> Option<Kept<'_>> {
+        if let Some(post) = self.posts.get(&key.client).and_then(|posts| posts.get(&key.request)) {
+            return Some(Kept::Post(*post));
+        }
+        self.others.get(&key).map(|change| Kept::Whole(change))
     }
 }
 
@@ -117,7 +169,9 @@ mod tests {
             };
             let ids: Vec<ChangeId> = messages.iter().map(|message| message.id).collect();
             assert_eq!(ids, [ChangeId::new(1, 3)], "the smallest (lamport, origin, seq) is kept");
-            assert_eq!(state.original_write(KEY).map(|change| change.id), Some(ChangeId::new(1, 3)));
+            let Some(Reply::Message(original)) = state.original_reply(KEY) else { panic!("expected the kept message") };
+            assert_eq!(original.id, ChangeId::new(1, 3));
+            assert_eq!(original.text, "in flight");
         }
     }
 }

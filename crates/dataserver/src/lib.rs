@@ -19,6 +19,7 @@ mod heartbeat;
 mod idempotency;
 mod leases;
 mod liveness;
+mod memory;
 mod metrics;
 mod password;
 mod peers;

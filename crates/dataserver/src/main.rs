@@ -127,6 +127,31 @@ fn keep_given_id(data_dir: &Path, id: ServerId) -> anyhow::Result<ServerId> {
     }
 }
 
+/// Fails when the data directory has no store, or an empty store file. The caller checks
+/// this only when the directory named a server id before this start.
+///
+/// The group holds this server's earlier changes under its id, with sequence numbers from 1
+/// up. Started with that id and no store, the server would hand out those numbers again for
+/// new changes, and every peer would drop them as already held.
+fn refuse_lost_store(data_dir: &Path) -> anyhow::Result<()> {
+    let id_path = data_dir.join(SERVER_ID_FILE);
+    let store_path = data_dir.join(forum_dataserver::STORE_FILE);
+    let store_size = std::fs::metadata(&store_path).map(|metadata| metadata.len()).ok();
+    if store_size.unwrap_or(0) > 0 {
+        return Ok(());
+    }
+    let state = if store_size.is_some() { "is empty" } else { "is missing" };
+    anyhow::bail!(
+        "{} names this server's id, but the change store {} {state}: the changes this server made are \
+         gone from here, and reusing its id would make the group drop its new ones. Move the whole \
+         data directory {} away and start with a new --id that the group has never used; the server \
+         then fetches the whole history from its peers",
+        id_path.display(),
+        store_path.display(),
+        data_dir.display()
+    )
+}
+
 /// Waits for SIGINT (Ctrl-C) or, on Unix, SIGTERM.
 async fn stop_signal() -> anyhow::Result<()> {
     #[cfg(unix)]
@@ -149,10 +174,14 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter(filter).init();
 
     let args = Args::parse();
+    let had_id = args.data_dir.join(SERVER_ID_FILE).exists();
     let id = match args.id {
         Some(id) => keep_given_id(&args.data_dir, id)?,
         None => stored_or_new_id(&args.data_dir)?,
     };
+    if had_id {
+        refuse_lost_store(&args.data_dir)?;
+    }
     let config = Config {
         id,
         request_endpoint: args.request_endpoint,

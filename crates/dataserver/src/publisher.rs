@@ -7,9 +7,8 @@
 //! for its peers.
 
 use bytes::Bytes;
-use forum_protocol::{seal, ClusterKey, MacContext, 
-    encode, Change, ServerId, VersionVector, WireChange, WireFeedChange, PROTOCOL_VERSION, TOPIC_CHECKPOINT,
-    TOPIC_WEBSERVER,
+use forum_protocol::{
+    encode_feed_change, seal, Change, ClusterKey, MacContext, ServerId, VersionVector, TOPIC_CHECKPOINT, TOPIC_WEBSERVER,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -26,6 +25,16 @@ pub(crate) struct Publication {
     pub local: bool,
     /// The change's position in this server's feed.
     pub position: u64,
+    /// The change encoded as it is stored, which is also its checkpoint message.
+    pub encoded: Bytes,
+}
+
+impl Publication {
+    /// A change to store and then publish; the actor fills in its position and encoding
+    /// when it stores it.
+    pub fn new(change: Change, local: bool) -> Self {
+        Publication { change, local, position: 0, encoded: Bytes::new() }
+    }
 }
 
 /// Binds a PUB socket and returns it with the endpoint as bound (with the real port).
@@ -71,13 +80,12 @@ pub(crate) async fn run(
                 continue;
             }
         };
-        let Some(Publication { change, local, position }) = publication else { break };
+        let Some(Publication { change, local, position, encoded }) = publication else { break };
         let mut messages = Vec::with_capacity(2);
         if local {
-            messages.push(message(TOPIC_CHECKPOINT, &change));
+            messages.push(two_frames(TOPIC_CHECKPOINT, encoded));
         }
-        let feed_change = WireFeedChange { v: PROTOCOL_VERSION, server, position, change: change.redacted() };
-        messages.push(two_frames(TOPIC_WEBSERVER, encode(&feed_change)));
+        messages.push(two_frames(TOPIC_WEBSERVER, Bytes::from(encode_feed_change(server, position, &change))));
         for message in messages {
             // zeromq 0.7's PUB send only queues the message and drops it for a subscriber
             // whose queue is full, so this await does not wait on the network.
@@ -101,11 +109,7 @@ fn sealed(message: ZmqMessage, cluster_key: Option<&ClusterKey>) -> ZmqMessage {
     ZmqMessage::try_from(frames).expect("a publication has its topic and payload frames")
 }
 
-fn message(topic: &'static str, change: &Change) -> ZmqMessage {
-    two_frames(topic, encode(&WireChange { v: PROTOCOL_VERSION, change: change.clone() }))
-}
-
-fn two_frames(topic: &'static str, payload: Vec<u8>) -> ZmqMessage {
-    let frames = vec![Bytes::from_static(topic.as_bytes()), Bytes::from(payload)];
+fn two_frames(topic: &'static str, payload: Bytes) -> ZmqMessage {
+    let frames = vec![Bytes::from_static(topic.as_bytes()), payload];
     ZmqMessage::try_from(frames).expect("a message with two frames is not empty")
 }

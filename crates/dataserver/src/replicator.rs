@@ -72,6 +72,15 @@ impl Replicator {
                     if received.heartbeat.server == self.server {
                         warn!(server = self.server, peer = received.peer, "a peer sends heartbeats with this server's id; give each server a unique --id");
                     }
+                    if let Some(previous) = peer.id.filter(|previous| *previous != received.heartbeat.server) {
+                        info!(
+                            server = self.server,
+                            peer = received.peer,
+                            previous_id = previous,
+                            peer_id = received.heartbeat.server,
+                            "another data server now runs at this peer endpoint"
+                        );
+                    }
                     peer.id = Some(received.heartbeat.server);
                     if peer.fetch_endpoint.as_deref() != Some(received.heartbeat.fetch_endpoint.as_str()) {
                         peer.fetch_endpoint = Some(received.heartbeat.fetch_endpoint);
@@ -98,6 +107,7 @@ impl Replicator {
                     }
                 }
                 _ = ticks.tick() => {
+                    self.metrics.sample(std::time::Instant::now());
                     for endpoint in self.configured.borrow().iter() {
                         peers.entry(endpoint.clone()).or_insert_with(Peer::new);
                     }

@@ -21,7 +21,7 @@ use crate::publisher::HeartbeatSource;
 use crate::replicator::Replicator;
 use crate::state::ForumState;
 use crate::status::StatusSource;
-use crate::store::Store;
+use crate::store::{Store, RECOVERY, STORE_FILE};
 use crate::{admin, guarded, peers, publisher, request_socket};
 
 /// The settings of one data server.
@@ -100,16 +100,31 @@ impl DataServer {
     pub async fn start_with(config: Config, options: Options) -> anyhow::Result<DataServer> {
         let id = config.id;
         let data_dir = config.data_dir.clone();
-        let (store, changes) = tokio::task::spawn_blocking(move || {
-            let store = Store::open(&data_dir)?;
-            let changes = store.load()?;
-            anyhow::Ok((store, changes))
+        let (store, state) = tokio::task::spawn_blocking(move || {
+            // redb stops with a panic on some kinds of damage, such as a truncated file. Caught
+            // here, it becomes an error that names the file.
+            let store_path = data_dir.join(STORE_FILE);
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let store = Store::open(&data_dir, id)?;
+                let state = ForumState::replayed(&store)?;
+                anyhow::Ok((store, state))
+            }))
+            .unwrap_or_else(|panic| {
+                let reason = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("no message");
+                Err(anyhow::anyhow!(
+                    "the change store {} is damaged: reading it failed with \"{reason}\"; {RECOVERY}",
+                    store_path.display()
+                ))
+            })
         })
         .await
         .context("the task opening the store failed")??;
         let store_path = store.path().to_owned();
         let store = Arc::new(store);
-        let state = ForumState::from_changes(changes);
         let replayed = state.change_count();
 
         // Every zeromq socket binds loopback only, behind a guard on the configured endpoint.

@@ -5,6 +5,7 @@
 //! every replica. That is what lets replicas apply peers' changes as they arrive.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use forum_protocol::{
     now_millis, Change, ChangeId, ChangeKind, ErrorCode, ErrorReply, IdempotencyKey, Message, PrivateMessage, Reply,
@@ -12,9 +13,10 @@ use forum_protocol::{
 };
 
 use crate::command::{Credentials, Read, Write};
-use crate::idempotency::{Admission, Writes};
+use crate::idempotency::{Admission, Kept, PostRef, Writes};
 use crate::leases::Leases;
 use crate::sessions::SessionTable;
+use crate::store::Store;
 use crate::version_vector::VersionTracker;
 
 /// The total order of changes: (lamport, origin, seq). Histories sort by it, and the smallest
@@ -40,6 +42,20 @@ fn conversation_key(first: &str, second: &str) -> (String, String) {
     }
 }
 
+/// Builds the reply to the local write that made `change`.
+pub(crate) fn reply_for(change: &Change) -> Reply {
+    match &change.kind {
+        ChangeKind::UserRegistered { user, .. } => Reply::User(user.clone()),
+        ChangeKind::SubjectCreated { subject } => Reply::Subject(subject.clone()),
+        ChangeKind::MessagePosted { message } => Reply::Message(message.clone()),
+        ChangeKind::PrivateSent { message } => Reply::PrivateMessage(message.clone()),
+        ChangeKind::PresenceChanged { .. }
+        | ChangeKind::SessionCreated { .. }
+        | ChangeKind::SessionRevoked { .. }
+        | ChangeKind::PresenceLease { .. } => Reply::Done,
+    }
+}
+
 fn error(code: ErrorCode, message: String) -> ErrorReply {
     ErrorReply { code, message }
 }
@@ -50,6 +66,15 @@ struct UserEntry {
     key: OrderKey,
 }
 
+/// A public message as the state keeps it: 32 bytes and its text. Its id and Lamport time are
+/// in its order key, its subject in the map that holds it, and its author's name in
+/// [`ForumState::authors`], so [`ForumState::message`] rebuilds the full [`Message`].
+struct Post {
+    text: Box<str>,
+    time: u64,
+    author: u32,
+}
+
 struct SubjectEntry {
     subject: Subject,
     key: OrderKey,
@@ -58,8 +83,8 @@ struct SubjectEntry {
 /// Users, subjects, messages and presence, plus the bookkeeping that makes applying idempotent.
 #[derive(Default)]
 pub(crate) struct ForumState {
-    /// Every change applied so far.
-    applied: HashSet<ChangeId>,
+    /// The number of changes applied.
+    applied: usize,
     /// The greatest Lamport timestamp of any applied change.
     max_lamport: u64,
     /// The greatest sequence number applied, per origin server.
@@ -75,7 +100,11 @@ pub(crate) struct ForumState {
     /// others are merged into it: their ids resolve to it and their messages show in its history.
     titles: HashMap<String, BTreeMap<OrderKey, ChangeId>>,
     /// Public messages per subject id. A subject's messages may arrive before the subject.
-    messages: HashMap<ChangeId, BTreeMap<OrderKey, Message>>,
+    messages: HashMap<ChangeId, BTreeMap<OrderKey, Post>>,
+    /// The author names of posts, each stored once; a post holds its author's index here.
+    authors: Vec<Arc<str>>,
+    /// The index of each name in `authors`.
+    author_indexes: HashMap<Arc<str>, u32>,
     /// Private messages per unordered pair of folded user names.
     conversations: HashMap<(String, String), BTreeMap<OrderKey, PrivateMessage>>,
     /// The latest presence change per (folded user name, web server), and whether it is online.
@@ -90,6 +119,7 @@ pub(crate) struct ForumState {
 
 impl ForumState {
     /// Builds the state from stored changes, in any order.
+    #[cfg(test)]
     pub fn from_changes(changes: impl IntoIterator<Item = Change>) -> Self {
         let mut state = Self::default();
         for change in changes {
@@ -98,9 +128,20 @@ impl ForumState {
         state
     }
 
+    /// Builds the state from every change in `store`, then hands the memory that the replay
+    /// used for decoding back to the operating system.
+    pub fn replayed(store: &Store) -> anyhow::Result<Self> {
+        let mut state = Self::default();
+        store.replay(|change| {
+            state.apply(&change);
+        })?;
+        crate::memory::release_free_memory();
+        Ok(state)
+    }
+
     /// Returns the number of changes applied.
     pub fn change_count(&self) -> usize {
-        self.applied.len()
+        self.applied
     }
 
     /// Returns the Lamport timestamp for the next local change.
@@ -120,26 +161,35 @@ impl ForumState {
 
     /// Returns whether a change with this id has been applied.
     pub fn contains(&self, id: ChangeId) -> bool {
-        self.applied.contains(&id)
+        self.versions.contains(id)
     }
 
-    /// Returns the change kept for an idempotency key, when a write with that key was applied.
-    pub fn original_write(&self, key: IdempotencyKey) -> Option<&Change> {
-        self.writes.original(key)
+    /// Returns the reply to the write that was applied with an idempotency key, when there
+    /// was one, for replying to a retry of it.
+    pub fn original_reply(&self, key: IdempotencyKey) -> Option<Reply> {
+        Some(match self.writes.original(key)? {
+            Kept::Post(kept) => match self.messages.get(&kept.subject()).and_then(|posts| posts.get(&kept.order())) {
+                Some(post) => Reply::Message(self.message(post, kept.order(), kept.subject())),
+                // The kept post is the one that won its key, and only losers are withdrawn.
+                None => Reply::error(ErrorCode::Internal, "the original of this retried write is missing"),
+            },
+            Kept::Whole(change) => reply_for(change),
+        })
     }
 
     /// Applies a change and returns true, or returns false when it was already applied.
     pub fn apply(&mut self, change: &Change) -> bool {
-        if !self.applied.insert(change.id) {
+        if !self.versions.record(change.id) {
             return false;
         }
+        self.applied += 1;
         self.max_lamport = self.max_lamport.max(change.lamport);
         let max_seq = self.max_seq.entry(change.id.origin).or_default();
         *max_seq = (*max_seq).max(change.id.seq);
-        self.versions.record(change.id);
         match self.writes.admit(change) {
             Admission::Apply => {}
             Admission::Skip => return true,
+            Admission::ReplacePost(duplicate) => self.withdraw_post(duplicate),
             Admission::Replace(duplicate) => self.withdraw(&duplicate),
         }
 
@@ -159,7 +209,11 @@ impl ForumState {
                 self.titles.entry(fold(&subject.title)).or_default().insert(key, subject.id);
             }
             ChangeKind::MessagePosted { message } => {
-                self.messages.entry(message.subject).or_default().insert(key, message.clone());
+                // NOTE: a message's id and Lamport time are those of its change (the origin
+                // stamps both), so the order key holds them once for both.
+                let author = self.author_index(&message.author);
+                let post = Post { author, text: message.text.as_str().into(), time: message.time };
+                self.messages.entry(message.subject).or_default().insert(key, post);
             }
             ChangeKind::PrivateSent { message } => {
                 let conversation = conversation_key(&message.from, &message.to);
@@ -178,15 +232,36 @@ impl ForumState {
         true
     }
 
+    /// Returns the index of an author's name in `authors`, adding it when new.
+    fn author_index(&mut self, name: &str) -> u32 {
+        if let Some(index) = self.author_indexes.get(name) {
+            return *index;
+        }
+        let index = u32::try_from(self.authors.len()).expect("fewer than 2^32 authors");
+        let name: Arc<str> = Arc::from(name);
+        self.authors.push(Arc::clone(&name));
+        self.author_indexes.insert(name, index);
+        index
+    }
+
+    /// Rebuilds the full message of a post with this order key, showing `subject` as its subject.
+    fn message(&self, post: &Post, key: OrderKey, subject: ChangeId) -> Message {
+        let (lamport, origin, seq) = key;
+        let author = self.authors[post.author as usize].to_string();
+        Message { id: ChangeId::new(origin, seq), subject, author, text: post.text.to_string(), time: post.time, lamport }
+    }
+
+    /// Removes a public message that lost to a duplicate with the same idempotency key.
+    fn withdraw_post(&mut self, duplicate: PostRef) {
+        if let Some(messages) = self.messages.get_mut(&duplicate.subject()) {
+            messages.remove(&duplicate.order());
+        }
+    }
+
     /// Removes the message of a change that lost to a duplicate with the same idempotency key.
     fn withdraw(&mut self, duplicate: &Change) {
         let key = order_key(duplicate);
         match &duplicate.kind {
-            ChangeKind::MessagePosted { message } => {
-                if let Some(messages) = self.messages.get_mut(&message.subject) {
-                    messages.remove(&key);
-                }
-            }
             ChangeKind::PrivateSent { message } => {
                 if let Some(conversation) = self.conversations.get_mut(&conversation_key(&message.from, &message.to)) {
                     conversation.remove(&key);
@@ -314,16 +389,10 @@ impl ForumState {
         let mut history: BTreeMap<OrderKey, Message> = BTreeMap::new();
         for id in ids {
             if let Some(messages) = self.messages.get(&id) {
-                history.extend(messages.iter().map(|(key, message)| (*key, message.clone())));
+                history.extend(messages.iter().map(|(key, post)| (*key, self.message(post, *key, winner.id))));
             }
         }
-        history
-            .into_values()
-            .map(|mut message| {
-                message.subject = winner.id;
-                message
-            })
-            .collect()
+        history.into_values().collect()
     }
 
     /// Lists the subjects that won their title, oldest first.

@@ -41,6 +41,7 @@ impl StatusSource {
             peers: self.peers.borrow().clone(),
             queues: QueueDepths { actor: depth(&self.actor), publisher: depth(&self.publisher) },
             counters: self.metrics.snapshot(),
+            rates: self.metrics.rates(std::time::Instant::now()),
             guards: self
                 .guards
                 .iter()
@@ -68,6 +69,18 @@ pub(crate) fn prometheus_text(status: &ServerStatus) -> String {
     let server = status.server;
     let counters = &status.counters;
     let counter_samples = |value: u64| vec![(format!("{{server=\"{server}\"}}"), value)];
+    let rates = &status.rates;
+    let rate_samples = [
+        ("requests", rates.requests),
+        ("local_changes", rates.local_changes),
+        ("replicated_changes", rates.replicated_changes),
+        ("fetched_changes", rates.fetched_changes),
+        ("commits", rates.commits),
+    ]
+    .into_iter()
+    .map(|(kind, value)| (format!("{{server=\"{server}\",kind=\"{kind}\"}}"), value))
+    .collect();
+    metric("forum_rate_per_second", "gauge", "Per-second rates over the last 10 seconds.", rate_samples);
     metric("forum_requests_total", "counter", "Requests received on the request socket.", counter_samples(counters.requests));
     metric("forum_local_changes_total", "counter", "Changes made by this server.", counter_samples(counters.local_changes));
     metric("forum_replicated_changes_total", "counter", "New changes received live from peers.", counter_samples(counters.replicated_changes));
@@ -125,7 +138,7 @@ pub(crate) fn prometheus_text(status: &ServerStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use forum_protocol::Counters;
+    use forum_protocol::{Counters, Rates};
 
     #[test]
     fn prometheus_text_has_peers_and_vector() {
@@ -143,6 +156,7 @@ mod tests {
             }],
             queues: QueueDepths { actor: 3, publisher: 0 },
             counters: Counters { requests: 7, ..Counters::default() },
+            rates: Rates { local_changes: 12, ..Rates::default() },
             guards: vec![GuardStatus {
                 socket: "request".into(),
                 address: "127.0.0.1:3".into(),
@@ -152,6 +166,7 @@ mod tests {
         };
         let text = prometheus_text(&status);
         assert!(text.contains("forum_requests_total{server=\"1\"} 7\n"), "{text}");
+        assert!(text.contains("forum_rate_per_second{server=\"1\",kind=\"local_changes\"} 12\n"), "{text}");
         assert!(text.contains("forum_version_vector{server=\"1\",origin=\"2\"} 4\n"), "{text}");
         let peer = "server=\"1\",peer=\"tcp://127.0.0.1:2\",peer_id=\"2\"";
         assert!(text.contains(&format!("forum_peer_liveness{{{peer},state=\"suspected\"}} 1\n")), "{text}");

@@ -16,14 +16,21 @@ pub(crate) struct VersionTracker {
 }
 
 impl VersionTracker {
-    /// Records a change that was not held before.
-    pub fn record(&mut self, id: ChangeId) {
+    /// Returns whether the change with this id is held.
+    pub fn contains(&self, id: ChangeId) -> bool {
+        let contiguous = self.contiguous.get(&id.origin).copied().unwrap_or(0);
+        (id.seq >= 1 && id.seq <= contiguous) || self.beyond_gap.get(&id.origin).is_some_and(|held| held.contains(&id.seq))
+    }
+
+    /// Records a change and returns true, or returns false when it was held already.
+    pub fn record(&mut self, id: ChangeId) -> bool {
         let contiguous = self.contiguous.entry(id.origin).or_default();
+        if id.seq <= *contiguous && id.seq >= 1 {
+            return false;
+        }
         if id.seq != *contiguous + 1 {
-            if id.seq > *contiguous {
-                self.beyond_gap.entry(id.origin).or_default().insert(id.seq);
-            }
-            return;
+            // Sequence numbers start at 1, so a 0 is held beyond the gap and never joins the prefix.
+            return self.beyond_gap.entry(id.origin).or_default().insert(id.seq);
         }
         *contiguous = id.seq;
         if let Some(held) = self.beyond_gap.get_mut(&id.origin) {
@@ -35,6 +42,7 @@ impl VersionTracker {
                 self.beyond_gap.remove(&id.origin);
             }
         }
+        true
     }
 
     /// Returns the contiguous sequence number per origin.
@@ -67,5 +75,20 @@ mod tests {
         tracker.record(ChangeId::new(2, 1));
         assert_eq!(tracker.vector(), VersionVector::from([(1, 4), (2, 2)]));
         assert_eq!(tracker.beyond_gap_count(), 0);
+    }
+
+    #[test]
+    fn record_reports_changes_held_already() {
+        let mut tracker = VersionTracker::default();
+        assert!(tracker.record(ChangeId::new(1, 2)), "beyond a gap");
+        assert!(!tracker.record(ChangeId::new(1, 2)), "beyond a gap, again");
+        assert!(tracker.contains(ChangeId::new(1, 2)));
+        assert!(!tracker.contains(ChangeId::new(1, 1)));
+        assert!(tracker.record(ChangeId::new(1, 1)));
+        assert!(!tracker.record(ChangeId::new(1, 1)), "in the prefix, again");
+        assert!(tracker.contains(ChangeId::new(1, 1)) && tracker.contains(ChangeId::new(1, 2)));
+        assert!(!tracker.contains(ChangeId::new(1, 3)) && !tracker.contains(ChangeId::new(2, 1)));
+        assert!(tracker.record(ChangeId::new(1, 0)) && !tracker.record(ChangeId::new(1, 0)), "seq 0 is held once");
+        assert!(tracker.contains(ChangeId::new(1, 0)));
     }
 }

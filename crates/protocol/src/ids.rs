@@ -57,16 +57,60 @@ impl FromStr for ChangeId {
     }
 }
 
+impl ChangeId {
+    /// Writes the id's text form into `buffer` and returns it, without allocating.
+    fn write_text(self, buffer: &mut [u8; MAX_ID_TEXT]) -> &str {
+        let mut length = push_digits(u64::from(self.origin), buffer, 0);
+        buffer[length] = b'-';
+        length = push_digits(self.seq, buffer, length + 1);
+        std::str::from_utf8(&buffer[..length]).expect("digits and a dash are ASCII")
+    }
+}
+
+/// Writes the decimal digits of `number` into `buffer` from `at`, and returns the end.
+fn push_digits(mut number: u64, buffer: &mut [u8], at: usize) -> usize {
+    let mut digits = [0u8; 20];
+    let mut count = 0;
+    loop {
+        digits[count] = b'0' + (number % 10) as u8;
+        count += 1;
+        number /= 10;
+        if number == 0 {
+            break;
+        }
+    }
+    for (slot, digit) in buffer[at..at + count].iter_mut().zip(digits[..count].iter().rev()) {
+        *slot = *digit;
+    }
+    at + count
+}
+
+/// The longest text form of an id: the 10 digits of a `u32`, a dash, the 20 digits of a `u64`.
+const MAX_ID_TEXT: usize = 31;
+
 impl Serialize for ChangeId {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        // Every message carries several ids, so the text is formatted on the stack.
+        let mut buffer = [0u8; MAX_ID_TEXT];
+        serializer.serialize_str(self.write_text(&mut buffer))
     }
 }
 
 impl<'de> Deserialize<'de> for ChangeId {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
+        struct IdVisitor;
+        impl serde::de::Visitor<'_> for IdVisitor {
+            type Value = ChangeId;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("an id such as \"2-17\"")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<ChangeId, E> {
+                text.parse().map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(IdVisitor)
     }
 }
 
@@ -79,6 +123,14 @@ mod tests {
         let id = ChangeId::new(2, 17);
         assert_eq!(id.to_string(), "2-17");
         assert_eq!("2-17".parse::<ChangeId>(), Ok(id));
+    }
+
+    #[test]
+    fn change_id_text_matches_display_at_the_extremes() {
+        for id in [ChangeId::new(0, 0), ChangeId::new(1, 9), ChangeId::new(u32::MAX, u64::MAX), ChangeId::new(10, 100)] {
+            let mut buffer = [0u8; MAX_ID_TEXT];
+            assert_eq!(id.write_text(&mut buffer), id.to_string());
+        }
     }
 
     #[test]

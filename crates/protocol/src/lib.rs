@@ -18,7 +18,7 @@ mod replication;
 mod validate;
 mod wire;
 
-pub use codec::{decode, encode, CodecError};
+pub use codec::{decode, encode, encode_change, encode_feed_change, CodecError};
 pub use endpoint::{parse_endpoint, parse_peer_list, EndpointError};
 pub use feed::{FeedBatch, FeedEntry, IdempotencyKey, WireFeedChange};
 pub use ids::{ChangeId, ServerId};
@@ -28,7 +28,8 @@ pub use model::{
     MAX_PASSWORD_BYTES, MAX_TEXT_BYTES, MAX_TITLE_CHARS, MIN_PASSWORD_CHARS,
 };
 pub use replication::{
-    lag, Counters, GuardStatus, Heartbeat, Liveness, PeerStatus, QueueDepths, ServerStatus, VersionVector, WireHeartbeat,
+    lag, Counters, GuardStatus, Heartbeat, Liveness, PeerStatus, QueueDepths, Rates, ServerStatus, VersionVector,
+    WireHeartbeat,
 };
 pub use validate::{validate_name, validate_password, validate_text, validate_title, Invalid};
 pub use wire::{ErrorCode, ErrorReply, Reply, Request, WireChange, WireReply, WireRequest};

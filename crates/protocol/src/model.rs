@@ -113,6 +113,11 @@ pub enum ChangeKind {
 }
 
 impl Change {
+    /// Returns whether [`Change::redacted`] would remove something from this change.
+    pub fn has_secret(&self) -> bool {
+        matches!(&self.kind, ChangeKind::UserRegistered { password_hash, .. } if !password_hash.is_empty())
+    }
+
     /// Returns this change with every secret removed, as it is published to web servers.
     pub fn redacted(&self) -> Change {
         let mut change = self.clone();

@@ -104,6 +104,17 @@ pub struct Counters {
     pub fetch_failures: u64,
 }
 
+/// Per-second rates of a data server's counters, averaged over the last 10 seconds (less just
+/// after the start), rounded down.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rates {
+    pub requests: u64,
+    pub local_changes: u64,
+    pub replicated_changes: u64,
+    pub fetched_changes: u64,
+    pub commits: u64,
+}
+
 /// A data server's answer to a status request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerStatus {
@@ -114,6 +125,9 @@ pub struct ServerStatus {
     pub peers: Vec<PeerStatus>,
     pub queues: QueueDepths,
     pub counters: Counters,
+    /// Zero from a server that does not report rates, which is how older servers decode.
+    #[serde(default)]
+    pub rates: Rates,
     /// The ZMTP guards in front of the server's ZeroMQ ports. Empty from a server that has
     /// none, which is how older servers decode.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
