@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use zeromq::{Socket, SocketOptions, SocketRecv, SubSocket};
 
 use crate::data_client::{ActiveServer, DataClient};
+use crate::events::{render_change, EventText};
 
 /// Items the broadcast channel keeps for streams that have not read them yet.
 ///
@@ -59,11 +60,20 @@ impl FeedPosition {
 /// An item of the feed broadcast to event streams.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FeedItem {
-    /// The change at `at` in the data server's feed.
-    Change { at: FeedPosition, change: Change },
+    /// The change at `at` in the data server's feed, with its event as browsers get it, or
+    /// `None` when browsers are not shown this kind of change.
+    Change { at: FeedPosition, change: Change, event: Option<EventText> },
     /// The feed continues from `at` in another data server's feed; what came before may be
     /// missing, so pages must refetch.
     Resync { at: FeedPosition },
+}
+
+impl FeedItem {
+    /// Returns the item for the change at `at`, with its event rendered once for every stream.
+    pub fn change(at: FeedPosition, change: Change) -> FeedItem {
+        let event = render_change(at, &change);
+        FeedItem::Change { at, change, event }
+    }
 }
 
 /// The broadcast of feed items and the position of the newest one.
@@ -218,7 +228,7 @@ impl Follower<'_> {
         }
         if wire.position == head + 1 {
             let at = FeedPosition { server: wire.server, position: wire.position };
-            self.feed.broadcast(FeedItem::Change { at, change: wire.change });
+            self.feed.broadcast(FeedItem::change(at, wire.change));
             return true;
         }
         tracing::debug!(expected = head + 1, received = wire.position, "the change feed lost changes; fetching them");
@@ -244,7 +254,7 @@ impl Follower<'_> {
             let complete = batch.entries.len() < FETCH_LIMIT as usize;
             for entry in batch.entries {
                 let at = FeedPosition { server: batch.server, position: entry.position };
-                self.feed.broadcast(FeedItem::Change { at, change: entry.change });
+                self.feed.broadcast(FeedItem::change(at, entry.change));
             }
             if complete {
                 return true;

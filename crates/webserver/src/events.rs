@@ -1,7 +1,9 @@
 //! The server-sent event stream at `GET /api/events`.
 //!
-//! Each open stream has a forwarder task that reads the feed broadcast, turns the changes
-//! this viewer may see into events and hands them to the HTTP body through a small queue.
+//! Each open stream has a forwarder task that reads the feed broadcast, picks the events this
+//! viewer may see and hands them to the HTTP body through a small queue. The feed task renders
+//! each change's event text once (see [`EventText`]), and every stream queues the same shared
+//! bytes, so a post to many streams costs one JSON serialization, not one per stream.
 //! Every event's id is its position in the data server's feed, `"{server}:{position}"`. A
 //! browser that reconnects sends the last id it saw in `Last-Event-ID`, and the forwarder first
 //! replays what came after it, fetched from the data server, then continues live. When that is
@@ -17,17 +19,21 @@
 //! [`CHANGE_CHANNEL_CAPACITY`]: crate::changes::CHANGE_CHANNEL_CAPACITY
 
 use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use forum_protocol::{now_millis, Change, ChangeKind, Reply, Request};
 use futures::Stream;
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
+use tokio::time::{Instant, Sleep};
+use warp::http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use warp::reply::{Reply as _, Response};
-use warp::sse::Event;
 
 use crate::changes::{FeedItem, FeedPosition};
 use crate::presence::PresenceGuard;
@@ -48,22 +54,64 @@ pub const MAX_REPLAY: usize = 1000;
 /// Changes fetched from the data server per replay request.
 const REPLAY_PAGE: u32 = 100;
 
+/// The keep-alive comment: an empty comment line, which browsers ignore.
+const KEEP_ALIVE_COMMENT: &[u8] = b":\n\n";
+
 /// Opens an event stream for a browser, logged in or not, and returns its response.
 /// `last_event_id` is the browser's `Last-Event-ID` header.
 pub fn open(state: &Arc<AppState>, session: Option<Session>, last_event_id: Option<String>) -> Response {
     let (sender, receiver) = mpsc::channel(STREAM_QUEUE_CAPACITY);
     let items = state.feed.items.subscribe();
     let presence = session.as_ref().map(|session| state.presence.open(&session.user));
-    let forwarder = Forwarder { state: Arc::clone(state), session, sender, cursor: None };
+    let viewer = session.as_ref().map(|session| session.user.to_lowercase());
+    let forwarder = Forwarder { state: Arc::clone(state), session, viewer, sender, cursor: None };
     state.streams.spawn(forwarder.run(items, last_event_id, presence));
-    let body = warp::sse::keep_alive().interval(KEEP_ALIVE_INTERVAL).stream(EventReceiver(receiver));
-    warp::sse::reply(body).into_response()
+    let body = EventBody::new(receiver, KEEP_ALIVE_INTERVAL);
+    let mut response = warp::reply::stream(body).into_response();
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
 }
 
-/// Returns the event that a viewer gets for a change, or `None` when the viewer may not see
-/// it or it is not shown to browsers. `viewer` is the session user's name; private messages go
-/// only to their two users.
-pub fn event_for(at: FeedPosition, change: &Change, viewer: Option<&str>) -> Option<Event> {
+/// An event rendered in the `text/event-stream` format, with the viewers who may see it.
+/// Cloning it shares the bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventText {
+    text: Bytes,
+    audience: Audience,
+}
+
+/// The viewers who may see an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Audience {
+    /// Every stream, logged in or not.
+    Everyone,
+    /// A private message: only its two users, logged in. The names are lowercase, because
+    /// user names are unique ignoring case.
+    Pair { from: String, to: String },
+}
+
+impl EventText {
+    /// Returns whether `viewer`, the session user's name in lowercase (`None` when not logged
+    /// in), may see this event.
+    pub fn visible_to(&self, viewer: Option<&str>) -> bool {
+        match &self.audience {
+            Audience::Everyone => true,
+            Audience::Pair { from, to } => viewer.is_some_and(|viewer| viewer == from || viewer == to),
+        }
+    }
+
+    /// Returns the event's bytes as they are written to the stream.
+    pub fn text(&self) -> &Bytes {
+        &self.text
+    }
+}
+
+/// Renders the event for a change, or returns `None` for changes that are not shown to
+/// browsers. Private messages are rendered too, and [`EventText::visible_to`] limits them to
+/// their two users.
+pub fn render_change(at: FeedPosition, change: &Change) -> Option<EventText> {
+    let mut audience = Audience::Everyone;
     let (name, data) = match &change.kind {
         ChangeKind::MessagePosted { message } => ("post", json!(message)),
         ChangeKind::SubjectCreated { subject } => ("subject", json!(subject)),
@@ -72,28 +120,46 @@ pub fn event_for(at: FeedPosition, change: &Change, viewer: Option<&str>) -> Opt
             ("presence", json!({ "name": user, "online": online, "webserver": webserver }))
         }
         ChangeKind::PrivateSent { message } => {
-            let viewer = viewer?;
-            if !same_user(viewer, &message.from) && !same_user(viewer, &message.to) {
-                return None;
-            }
+            audience = Audience::Pair { from: message.from.to_lowercase(), to: message.to.to_lowercase() };
             ("private", json!(message))
         }
         ChangeKind::SessionCreated { .. } | ChangeKind::SessionRevoked { .. } | ChangeKind::PresenceLease { .. } => {
             return None
         }
     };
-    Some(Event::default().event(name).id(at.event_id()).retry(RETRY_HINT).data(data.to_string()))
+    let text = format_event(name, &at.event_id(), &data.to_string());
+    Some(EventText { text, audience })
+}
+
+/// Returns the event text that a viewer gets for a change, or `None` when the viewer may not
+/// see it or it is not shown to browsers. `viewer` is the session user's name in lowercase,
+/// because private messages go only to their two users and names are unique ignoring case.
+pub fn event_for(at: FeedPosition, change: &Change, viewer: Option<&str>) -> Option<Bytes> {
+    render_change(at, change).filter(|event| event.visible_to(viewer)).map(|event| event.text)
 }
 
 /// Returns the event by which a stream learns that it may have missed changes and must
 /// refetch. `at` is the feed position that the stream continues after.
-pub fn resync_event(at: FeedPosition) -> Event {
-    Event::default().event("resync").id(at.event_id()).retry(RETRY_HINT).data("{}")
+pub fn resync_event(at: FeedPosition) -> Bytes {
+    format_event("resync", &at.event_id(), "{}")
 }
 
-/// User names are unique ignoring case.
-fn same_user(left: &str, right: &str) -> bool {
-    left.to_lowercase() == right.to_lowercase()
+/// Returns the first bytes of every stream: a comment that browsers ignore, so the response
+/// starts at once, and the retry hint.
+fn connected_comment() -> Bytes {
+    Bytes::from(format!(":connected\nretry:{}\n\n", RETRY_HINT.as_millis()))
+}
+
+/// Formats one event with its name, id, data and the retry hint. Each line of `data` becomes
+/// its own `data:` field, as the event-stream format requires.
+fn format_event(name: &str, id: &str, data: &str) -> Bytes {
+    let mut text = String::with_capacity(name.len() + id.len() + data.len() + 40);
+    let _ = write!(text, "event:{name}\n");
+    for line in data.split('\n') {
+        let _ = write!(text, "data:{line}\n");
+    }
+    let _ = write!(text, "id:{id}\nretry:{}\n\n", RETRY_HINT.as_millis());
+    Bytes::from(text)
 }
 
 /// The reason a stream ends.
@@ -108,7 +174,9 @@ enum End {
 struct Forwarder {
     state: Arc<AppState>,
     session: Option<Session>,
-    sender: mpsc::Sender<Event>,
+    /// The session user's name in lowercase, or `None` when not logged in.
+    viewer: Option<String>,
+    sender: mpsc::Sender<Bytes>,
     /// The newest feed position sent (or skipped as invisible) to this stream; older items of
     /// the same data server's feed are not sent again.
     cursor: Option<FeedPosition>,
@@ -127,9 +195,10 @@ impl Forwarder {
         let browser = self.sender.clone();
         let ended = async {
             // The first bytes: a comment that browsers ignore, so the response starts at once.
-            self.send(Event::default().comment("connected").retry(RETRY_HINT)).await?;
+            self.send(connected_comment()).await?;
             if let Some(last_event_id) = last_event_id {
-                self.resume(&last_event_id).await?;
+                // Boxed, so the task does not keep room for the replay's requests while live.
+                Box::pin(self.resume(&last_event_id)).await?;
             }
             self.forward(items).await
         };
@@ -204,7 +273,7 @@ impl Forwarder {
                 Err(broadcast::error::RecvError::Closed) => return Err(End::Closed),
             };
             match &*item {
-                FeedItem::Change { at, change } => {
+                FeedItem::Change { at, change, event } => {
                     let already_sent = self.cursor.is_some_and(|cursor| cursor.server == at.server && at.position <= cursor.position);
                     if already_sent {
                         continue;
@@ -215,7 +284,10 @@ impl Forwarder {
                             return Err(End::Closed);
                         }
                     }
-                    self.send_change(*at, change).await?;
+                    self.cursor = Some(*at);
+                    if let Some(event) = event.as_ref().filter(|event| event.visible_to(self.viewer.as_deref())) {
+                        self.send(event.text().clone()).await?;
+                    }
                 }
                 FeedItem::Resync { at } => {
                     // A revocation may be among the lost changes, so requests check their
@@ -232,8 +304,7 @@ impl Forwarder {
 
     async fn send_change(&mut self, at: FeedPosition, change: &Change) -> Result<(), End> {
         self.cursor = Some(at);
-        let viewer = self.session.as_ref().map(|session| session.user.as_str());
-        match event_for(at, change, viewer) {
+        match event_for(at, change, self.viewer.as_deref()) {
             Some(event) => self.send(event).await,
             None => Ok(()),
         }
@@ -244,7 +315,7 @@ impl Forwarder {
         self.send(resync_event(at)).await
     }
 
-    async fn send(&self, event: Event) -> Result<(), End> {
+    async fn send(&self, event: Bytes) -> Result<(), End> {
         match tokio::time::timeout(STUCK_TIMEOUT, self.sender.send(event)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_closed)) => Err(End::Closed),
@@ -253,14 +324,53 @@ impl Forwarder {
     }
 }
 
-/// The body side of a stream's queue, as the `Stream` that warp's SSE reply reads.
-struct EventReceiver(mpsc::Receiver<Event>);
+/// The response body of a stream: the events from its queue, and a keep-alive comment after
+/// [`KEEP_ALIVE_INTERVAL`] without one.
+///
+/// The keep-alive timer is not reset at each event, which would touch the runtime's timer
+/// wheel once per event and stream. Instead the body notes when it last sent something, and
+/// when the timer fires before a comment is due it moves the timer to the due time.
+struct EventBody {
+    queue: mpsc::Receiver<Bytes>,
+    keep_alive_interval: Duration,
+    keep_alive: Pin<Box<Sleep>>,
+    last_sent: Instant,
+}
 
-impl Stream for EventReceiver {
-    type Item = Result<Event, Infallible>;
+impl EventBody {
+    fn new(queue: mpsc::Receiver<Bytes>, keep_alive_interval: Duration) -> EventBody {
+        let now = Instant::now();
+        let keep_alive = Box::pin(tokio::time::sleep_until(now + keep_alive_interval));
+        EventBody { queue, keep_alive_interval, keep_alive, last_sent: now }
+    }
+}
+
+impl Stream for EventBody {
+    type Item = Result<Bytes, Infallible>;
 
     fn poll_next(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.0.poll_recv(context).map(|event| event.map(Ok))
+        match self.queue.poll_recv(context) {
+            Poll::Ready(Some(event)) => {
+                self.last_sent = Instant::now();
+                return Poll::Ready(Some(Ok(event)));
+            }
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => {}
+        }
+        loop {
+            ready!(self.keep_alive.as_mut().poll(context));
+            let due = self.last_sent + self.keep_alive_interval;
+            let now = Instant::now();
+            if due > now {
+                // Events went out since the timer was set; polling again registers the new time.
+                self.keep_alive.as_mut().reset(due);
+                continue;
+            }
+            self.last_sent = now;
+            let next = now + self.keep_alive_interval;
+            self.keep_alive.as_mut().reset(next);
+            return Poll::Ready(Some(Ok(Bytes::from_static(KEEP_ALIVE_COMMENT))));
+        }
     }
 }
 
@@ -274,6 +384,11 @@ mod tests {
 
     fn change(kind: ChangeKind) -> Change {
         Change { id: ChangeId::new(1, 9), lamport: 9, time: 5, kind, key: None }
+    }
+
+    /// Returns the event text that `viewer` gets for `change`, as a string.
+    fn event_text(change: &Change, viewer: Option<&str>) -> Option<String> {
+        event_for(AT, change, viewer).map(|text| String::from_utf8(text.to_vec()).expect("events are UTF-8"))
     }
 
     fn private(from: &str, to: &str) -> Change {
@@ -299,9 +414,9 @@ mod tests {
             time: 5,
             lamport: 40,
         };
-        let event = event_for(AT, &change(ChangeKind::MessagePosted { message }), None).unwrap();
+        let event = event_text(&change(ChangeKind::MessagePosted { message }), None).unwrap();
         assert_eq!(
-            event.to_string(),
+            event,
             "event:post\ndata:{\"author\":\"ana\",\"id\":\"2-17\",\"lamport\":40,\"subject\":\"1-3\",\"text\":\"hola\",\"time\":5}\nid:3:7\nretry:3000\n\n"
         );
     }
@@ -309,18 +424,18 @@ mod tests {
     #[test]
     fn user_subject_presence_events() {
         let user = User { id: ChangeId::new(1, 1), name: "ana".into(), time: 5 };
-        let event = event_for(AT, &change(ChangeKind::UserRegistered { user, password_hash: String::new() }), None).unwrap();
-        assert!(event.to_string().starts_with("event:user\ndata:{\"name\":\"ana\"}\nid:3:7\n"), "{event}");
+        let event = event_text(&change(ChangeKind::UserRegistered { user, password_hash: String::new() }), None).unwrap();
+        assert!(event.starts_with("event:user\ndata:{\"name\":\"ana\"}\nid:3:7\n"), "{event}");
 
         let subject = Subject { id: ChangeId::new(1, 2), title: "Exams".into(), created_by: "ana".into(), time: 5 };
-        let event = event_for(AT, &change(ChangeKind::SubjectCreated { subject }), None).unwrap();
-        assert!(event.to_string().contains("event:subject\n"), "{event}");
-        assert!(event.to_string().contains("\"title\":\"Exams\""), "{event}");
+        let event = event_text(&change(ChangeKind::SubjectCreated { subject }), None).unwrap();
+        assert!(event.contains("event:subject\n"), "{event}");
+        assert!(event.contains("\"title\":\"Exams\""), "{event}");
 
         let kind = ChangeKind::PresenceChanged { user: "ana".into(), webserver: "web1".into(), online: true };
-        let event = event_for(AT, &change(kind), None).unwrap();
+        let event = event_text(&change(kind), None).unwrap();
         assert!(
-            event.to_string().starts_with("event:presence\ndata:{\"name\":\"ana\",\"online\":true,\"webserver\":\"web1\"}\nid:3:7\n"),
+            event.starts_with("event:presence\ndata:{\"name\":\"ana\",\"online\":true,\"webserver\":\"web1\"}\nid:3:7\n"),
             "{event}"
         );
     }
@@ -328,10 +443,10 @@ mod tests {
     #[test]
     fn private_event_only_for_its_users() {
         let change = private("ana", "Luis");
-        assert!(event_for(AT, &change, Some("ana")).unwrap().to_string().starts_with("event:private\n"));
-        assert!(event_for(AT, &change, Some("luis")).is_some());
-        assert!(event_for(AT, &change, Some("eva")).is_none());
-        assert!(event_for(AT, &change, None).is_none());
+        assert!(event_text(&change, Some("ana")).unwrap().starts_with("event:private\n"));
+        assert!(event_text(&change, Some("luis")).is_some());
+        assert!(event_text(&change, Some("eva")).is_none());
+        assert!(event_text(&change, None).is_none());
     }
 
     #[test]
@@ -348,6 +463,55 @@ mod tests {
 
     #[test]
     fn resync_event_format() {
-        assert_eq!(resync_event(AT).to_string(), "event:resync\ndata:{}\nid:3:7\nretry:3000\n\n");
+        assert_eq!(resync_event(AT), "event:resync\ndata:{}\nid:3:7\nretry:3000\n\n");
+    }
+
+    #[test]
+    fn connected_comment_format() {
+        assert_eq!(connected_comment(), ":connected\nretry:3000\n\n");
+    }
+
+    #[test]
+    fn multiline_data_gets_one_field_per_line() {
+        assert_eq!(format_event("x", "1:2", "a\nb"), "event:x\ndata:a\ndata:b\nid:1:2\nretry:3000\n\n");
+    }
+
+    #[test]
+    fn private_event_shared_text() {
+        let event = render_change(AT, &private("Ana", "luis")).unwrap();
+        assert!(event.visible_to(Some("ana")));
+        assert!(event.visible_to(Some("luis")));
+        assert!(!event.visible_to(Some("eva")));
+        assert!(!event.visible_to(None));
+        assert!(event.text().starts_with(b"event:private\n"));
+    }
+
+    #[tokio::test]
+    async fn keep_alive_after_silence() {
+        let interval = Duration::from_millis(200);
+        let (sender, receiver) = mpsc::channel(4);
+        let mut body = EventBody::new(receiver, interval);
+        let started = Instant::now();
+
+        // Events sent meanwhile push the comment back to one interval after the last event.
+        for _ in 0..3 {
+            tokio::time::sleep(interval / 2).await;
+            sender.send(Bytes::from_static(b"event:x\n\n")).await.unwrap();
+            let event = futures::StreamExt::next(&mut body).await.unwrap().unwrap();
+            assert_eq!(event, "event:x\n\n");
+        }
+        let last_event = Instant::now();
+        let comment = futures::StreamExt::next(&mut body).await.unwrap().unwrap();
+        assert_eq!(comment, ":\n\n");
+        assert!(last_event.elapsed() >= interval, "comment {:?} after the last event", last_event.elapsed());
+        assert!(started.elapsed() >= interval * 5 / 2, "comment {:?} after the start", started.elapsed());
+
+        // Silence gives one comment per interval, and a closed queue ends the body.
+        let comment_at = Instant::now();
+        let comment = futures::StreamExt::next(&mut body).await.unwrap().unwrap();
+        assert_eq!(comment, ":\n\n");
+        assert!(comment_at.elapsed() >= interval * 9 / 10, "second comment after {:?}", comment_at.elapsed());
+        drop(sender);
+        assert!(futures::StreamExt::next(&mut body).await.is_none());
     }
 }
