@@ -1130,7 +1130,24 @@ const EVENT_HANDLERS = {
   resync() {
     refreshAll();
   },
+  withdraw(withdrawn) {
+    withdrawMessage(withdrawn.id);
+  },
 };
+
+/**
+ * Removes a message that the group stored twice (a write sent again after a failover) and
+ * whose other copy won; the event stream sends `withdraw` with the losing copy's id.
+ */
+function withdrawMessage(id) {
+  state.pendingMessages = state.pendingMessages.filter((message) => message.id !== id);
+  const kept = state.messages.filter((message) => message.id !== id);
+  if (kept.length !== state.messages.length) {
+    state.messages = kept;
+    renderMessages();
+    renderMessagesEmptyNote();
+  }
+}
 
 /**
  * Opens the event stream, replacing any open one. With `refreshOnOpen`, the views are reloaded
@@ -1275,12 +1292,20 @@ function bindEvents() {
   window.addEventListener("hashchange", handleHashChange);
 }
 
+/**
+ * How often the page reloads the user list. A web server that dies sends no event when its
+ * users go offline: the data servers drop them once its presence lease lapses (10 s), and the
+ * page learns it at its next reload, so within about 15 s.
+ */
+const USERS_REFRESH_MS = 5000;
+
 async function start() {
   findElements();
   state.language = detectLanguage();
   bindEvents();
   renderAll();
   openEvents();
+  setInterval(loadUsers, USERS_REFRESH_MS);
   await Promise.all([loadMe(), loadSubjects(), loadUsers()]);
   renderAll();
   handleHashChange();

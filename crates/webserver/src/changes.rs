@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use zeromq::{Socket, SocketOptions, SocketRecv, SubSocket};
 
 use crate::data_client::{ActiveServer, DataClient};
+use crate::duplicates::{RecentMessages, Verdict};
 use crate::events::{render_change, EventText};
 
 /// Items the broadcast channel keeps for streams that have not read them yet.
@@ -69,9 +70,15 @@ pub enum FeedItem {
 }
 
 impl FeedItem {
-    /// Returns the item for the change at `at`, with its event rendered once for every stream.
-    pub fn change(at: FeedPosition, change: Change) -> FeedItem {
-        let event = render_change(at, &change);
+    /// Returns the item for the change at `at`, with its event rendered once for every stream
+    /// as `verdict` says: a message stored twice gets no event, or a `withdraw` event for the
+    /// copy it replaces before its own.
+    fn judged(at: FeedPosition, change: Change, verdict: Verdict) -> FeedItem {
+        let event = match verdict {
+            Verdict::Show => render_change(at, &change),
+            Verdict::Hide => None,
+            Verdict::Replace(replaced) => render_change(at, &change).map(|event| event.after_withdrawal(at, replaced)),
+        };
         FeedItem::Change { at, change, event }
     }
 }
@@ -110,6 +117,7 @@ impl Default for Feed {
 /// are the data servers' PUB endpoints, in the same order as their request endpoints.
 pub async fn run(feed: Arc<Feed>, data: DataClient, pub_endpoints: Vec<String>, shutdown: CancellationToken) {
     let mut active_servers = data.active();
+    let mut recent = RecentMessages::default();
     loop {
         let active = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -119,7 +127,7 @@ pub async fn run(feed: Arc<Feed>, data: DataClient, pub_endpoints: Vec<String>, 
             },
         };
         active_servers.mark_unchanged();
-        let mut follower = Follower { feed: &feed, data: &data, active };
+        let mut follower = Follower { feed: &feed, data: &data, active, recent: &mut recent };
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = active_servers.changed() => {}
@@ -133,6 +141,8 @@ struct Follower<'a> {
     feed: &'a Feed,
     data: &'a DataClient,
     active: ActiveServer,
+    /// Recent messages, kept across data servers, since a failover is when copies appear.
+    recent: &'a mut RecentMessages,
 }
 
 impl Follower<'_> {
@@ -228,7 +238,8 @@ impl Follower<'_> {
         }
         if wire.position == head + 1 {
             let at = FeedPosition { server: wire.server, position: wire.position };
-            self.feed.broadcast(FeedItem::change(at, wire.change));
+            let verdict = self.recent.admit(&wire.change);
+            self.feed.broadcast(FeedItem::judged(at, wire.change, verdict));
             return true;
         }
         tracing::debug!(expected = head + 1, received = wire.position, "the change feed lost changes; fetching them");
@@ -254,7 +265,8 @@ impl Follower<'_> {
             let complete = batch.entries.len() < FETCH_LIMIT as usize;
             for entry in batch.entries {
                 let at = FeedPosition { server: batch.server, position: entry.position };
-                self.feed.broadcast(FeedItem::change(at, entry.change));
+                let verdict = self.recent.admit(&entry.change);
+                self.feed.broadcast(FeedItem::judged(at, entry.change, verdict));
             }
             if complete {
                 return true;
@@ -310,6 +322,7 @@ async fn subscribe(endpoint: &str) -> Option<SubSocket> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use forum_protocol::{ChangeId, ChangeKind};
 
     #[test]
     fn event_id_round_trips() {
@@ -319,5 +332,31 @@ mod tests {
         for text in ["", "7", "7:", ":42", "a:1", "1:b", "12"] {
             assert_eq!(FeedPosition::parse(text), None, "{text:?}");
         }
+    }
+
+    #[test]
+    fn replacing_copy_withdraws_first() {
+        let message = forum_protocol::Message {
+            id: ChangeId::new(1, 64),
+            subject: ChangeId::new(1, 1),
+            author: "ana".into(),
+            text: "hola".into(),
+            time: 0,
+            lamport: 11,
+        };
+        let change = Change { id: message.id, lamport: 11, time: 0, kind: ChangeKind::MessagePosted { message }, key: None };
+        let at = FeedPosition { server: 2, position: 9 };
+
+        let FeedItem::Change { event: Some(event), .. } = FeedItem::judged(at, change.clone(), Verdict::Replace(ChangeId::new(3, 7)))
+        else {
+            panic!("a replacing copy has an event")
+        };
+        let text = String::from_utf8(event.text().to_vec()).unwrap();
+        let withdraw = text.find("event:withdraw\ndata:{\"id\":\"3-7\"}\nid:2:9\n").expect(&text);
+        let post = text.find("event:post\n").expect(&text);
+        assert!(withdraw < post, "{text}");
+
+        let FeedItem::Change { event, .. } = FeedItem::judged(at, change, Verdict::Hide) else { panic!("a change item") };
+        assert_eq!(event, None, "a losing copy has no event");
     }
 }

@@ -27,7 +27,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use forum_protocol::{now_millis, Change, ChangeKind, Reply, Request};
+use forum_protocol::{now_millis, Change, ChangeId, ChangeKind, Reply, Request};
 use futures::Stream;
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
@@ -104,6 +104,16 @@ impl EventText {
     /// Returns the event's bytes as they are written to the stream.
     pub fn text(&self) -> &Bytes {
         &self.text
+    }
+
+    /// Returns this event preceded by a `withdraw` event for the message `replaced`, which this
+    /// one replaces, for the same audience and with the same id.
+    pub fn after_withdrawal(self, at: FeedPosition, replaced: ChangeId) -> EventText {
+        let withdraw = format_event("withdraw", &at.event_id(), &json!({ "id": replaced }).to_string());
+        let mut text = Vec::with_capacity(withdraw.len() + self.text.len());
+        text.extend_from_slice(&withdraw);
+        text.extend_from_slice(&self.text);
+        EventText { text: Bytes::from(text), audience: self.audience }
     }
 }
 

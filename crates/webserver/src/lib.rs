@@ -13,6 +13,7 @@ mod body;
 mod changes;
 mod config;
 mod data_client;
+mod duplicates;
 mod error;
 mod events;
 mod handlers;
