@@ -52,9 +52,9 @@ pub struct Options {
     pub advertise: Option<String>,
     /// The address of the HTTP admin endpoint (`/healthz`, `/metrics`); none by default.
     pub admin: Option<SocketAddr>,
-    /// The key that authenticates every ZeroMQ message to and from the group's servers (see
-    /// docs/replication.md). Without one, messages are not authenticated, so the request and
-    /// pub endpoints must be loopback addresses.
+    /// The key that encrypts and authenticates every ZeroMQ message to and from the group's
+    /// servers (see docs/replication.md). Without one, messages are sent in clear and not
+    /// authenticated, so the request and pub endpoints must be loopback addresses.
     pub cluster_key: Option<ClusterKey>,
 }
 

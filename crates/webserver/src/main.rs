@@ -32,8 +32,9 @@ struct Arguments {
     name: Option<String>,
 
     /// A file holding the cluster key of the data servers' group: every ZeroMQ message to and
-    /// from them then carries an HMAC-SHA256 under it. When absent, the key is read from the
-    /// FORUM_CLUSTER_KEY environment variable; with neither, messages carry no MAC.
+    /// from them then has its payload encrypted and authenticated with XChaCha20-Poly1305 under
+    /// it. When absent, the key is read from the FORUM_CLUSTER_KEY environment variable; with
+    /// neither, messages are neither encrypted nor authenticated.
     #[arg(long, value_name = "FILE", env = "FORUM_CLUSTER_KEY_FILE")]
     cluster_key_file: Option<std::path::PathBuf>,
 
@@ -90,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
         std::env::var("FORUM_CLUSTER_KEY").ok().as_deref(),
     )?;
     if cluster_key.is_none() {
-        tracing::warn!("no cluster key is set: requests to the data servers carry no MAC, so only data servers without a key accept them");
+        tracing::warn!("no cluster key is set: requests to the data servers are neither encrypted nor authenticated, so only data servers without a key accept them");
     }
     let mut http = HttpLimits { header_read_timeout: Duration::from_millis(arguments.header_read_timeout_ms), ..HttpLimits::default() };
     if let Some(max_connections) = arguments.max_connections {
