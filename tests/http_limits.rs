@@ -1,6 +1,6 @@
 //! Limits on the web side: unfinished HTTP requests are closed after the header-read timeout,
-//! connections beyond the cap are closed at once, and failed logins are rate-limited per name
-//! and per address with a 429 that gives the seconds to wait.
+//! connections beyond the cap are closed at once, and failed logins are rate-limited per
+//! case-folded name and per address with a 429 that gives the seconds to wait.
 
 mod common;
 
@@ -85,7 +85,7 @@ async fn unfinished_headers_are_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_cap_closed() {
     let dir = tempfile::tempdir().unwrap();
-    let limits = HttpLimits { max_connections: 50, header_read_timeout: Duration::from_secs(30) };
+    let limits = HttpLimits { max_connections: 50, header_read_timeout: Duration::from_secs(30), ..HttpLimits::default() };
     let (data, web) = start(dir.path(), limits).await;
     let mut held = Vec::new();
     for _ in 0..50 {
@@ -147,6 +147,25 @@ async fn failed_logins_are_limited() {
     common::WebClient::new(web.local_addr()).register("bea", "password-of-bea").await;
     let (status, _, body) = login(&base, "bea", "password-of-bea", "en").await;
     assert_eq!(status, 429, "a fresh name after 20 failures from this address: {body}");
+    web.shutdown().await;
+    data.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_limit_ignores_name_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, web) = start(dir.path(), HttpLimits::default()).await;
+    let base = format!("http://{}", web.local_addr());
+    common::WebClient::new(web.local_addr()).register("luis", "password-of-luis").await;
+
+    for attempt in 1..=5 {
+        let (status, _, body) = login(&base, "luis", "wrong-password", "en").await;
+        assert_eq!(status, 401, "attempt {attempt}: {body}");
+    }
+    for name in ["LUIS", "Luis", " luis ", "lUiS"] {
+        let (status, _, body) = login(&base, name, "password-of-luis", "en").await;
+        assert_eq!(status, 429, "{name:?} after 5 failures for luis: {body}");
+    }
     web.shutdown().await;
     data.shutdown().await;
 }

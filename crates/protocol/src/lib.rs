@@ -30,7 +30,7 @@ pub use model::{
 pub use replication::{
     lag, Counters, GuardStatus, Heartbeat, Liveness, PeerStatus, QueueDepths, ServerStatus, VersionVector, WireHeartbeat,
 };
-pub use validate::{validate_name, validate_password, validate_text, validate_title, Invalid};
+pub use validate::{fold, validate_name, validate_password, validate_text, validate_title, Invalid};
 pub use wire::{ErrorCode, ErrorReply, Reply, Request, WireChange, WireReply, WireRequest};
 
 /// The version every envelope carries in its `v` field. Bump it on any incompatible change.
