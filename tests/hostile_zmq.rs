@@ -175,7 +175,7 @@ fn handshake() -> Vec<u8> {
     handshake_as("DEALER")
 }
 
-/// A greeting followed by the READY command of a socket of type `socket_type`.
+/// Returns a greeting followed by the READY command of a socket of type `socket_type`.
 fn handshake_as(socket_type: &str) -> Vec<u8> {
     let mut body = vec![5];
     body.extend_from_slice(b"READY");
@@ -292,8 +292,8 @@ async fn million_tiny_frames_are_cut() {
     server.assert_memory_bounded(baseline, "a million tiny frames");
 }
 
-/// A ZMTP 3.0 subscription message (a 1, then the topic) of `topic_bytes` bytes of topic,
-/// with a long frame header.
+/// Returns a ZMTP 3.0 subscription message (a 1, then the topic) with `topic_bytes` bytes of
+/// topic and a long frame header.
 fn subscription(topic_bytes: usize) -> Vec<u8> {
     let mut bytes = vec![0x02];
     bytes.extend_from_slice(&(1 + topic_bytes as u64).to_be_bytes());
@@ -302,8 +302,8 @@ fn subscription(topic_bytes: usize) -> Vec<u8> {
     bytes
 }
 
-/// Asserts that `subscriber` receives a heartbeat within 2 s (the server sends one every
-/// 500 ms), dropping any older queued message first.
+/// Asserts that `subscriber` receives two heartbeats within 2 s. The server sends one every
+/// 500 ms, so at least one of them was sent after this call started.
 async fn assert_receives_heartbeat(subscriber: &mut zeromq::SubSocket, after: &str) {
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut received = 0;

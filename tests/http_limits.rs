@@ -171,7 +171,8 @@ async fn login_limit_ignores_name_case() {
     data.shutdown().await;
 }
 
-/// A `webserver` process in front of `data`, with a body-read timeout of `body_read_timeout`.
+/// Starts a `webserver` process in front of `data`, with a body-read timeout of
+/// `body_read_timeout`, and returns it with its HTTP address.
 fn start_web_process(data: &DataServer, body_read_timeout: Duration) -> (common::ServerProcess, std::net::SocketAddr) {
     let address: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
     let listen = address.to_string();
@@ -256,7 +257,7 @@ async fn oversized_body_gets_413_at_once() {
     let (_web, address) = start_web_process(&data, Duration::from_secs(30));
 
     for expect in ["", "Expect: 100-continue\r\n"] {
-        // The body is never sent: the answer must not wait for it.
+        // The body is never sent, so the response must not wait for it.
         let mut stream = connect(address).await;
         let started = Instant::now();
         let request = format!(

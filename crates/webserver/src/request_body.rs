@@ -1,7 +1,7 @@
 //! Reading each request's body before routing, with a size cap and a time limit.
 //!
 //! hyper's header-read timeout ends when the headers are complete, so without this a client
-//! that declares a body and never sends it holds its connection forever. The accept loop reads
+//! that declares a body and never sends it keeps its connection open forever. The accept loop reads
 //! the whole body first, and answers at once with `Connection: close`:
 //!
 //! - 413 when the declared `Content-Length` is above [`MAX_BODY_BYTES`], without reading the
@@ -26,7 +26,7 @@ use crate::body::MAX_BODY_BYTES;
 use crate::error::{ApiError, ErrorKind};
 use crate::i18n::Language;
 
-/// Why a body was not read.
+/// The reason a body was not read.
 enum Failure {
     TooLarge,
     TimedOut,
