@@ -5,7 +5,7 @@
 //! browsers, and stop it with Ctrl-C. A new group starts with a few subjects.
 //!
 //! The servers share a cluster key, generated on the first run and kept in
-//! `forum-demo/cluster-key`, so every ZeroMQ message between them carries a MAC.
+//! `forum-demo/cluster-key`, so every ZeroMQ message between them is encrypted and authenticated.
 //!
 //! Ports: data server N (1 to 3) publishes on 127.0.0.1:2000{N-1} and serves requests on
 //! 127.0.0.1:2100{N-1}; web server N listens on 127.0.0.1:808N.

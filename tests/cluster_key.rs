@@ -1,5 +1,5 @@
-//! The cluster key: only the group joins the group. A data server with a key replies only to
-//! requests that carry a valid MAC, applies only changes and heartbeats from peers with the same
+//! The cluster key: only the group joins the group, and only the group reads its messages. A
+//! data server with a key replies only to requests sealed under that key, applies only changes and heartbeats from peers with the same
 //! key, and a data server without a key binds loopback addresses only.
 
 mod common;
@@ -33,9 +33,9 @@ async fn start_data_server(dir: &std::path::Path, id: u32, cluster_key: Option<C
     DataServer::start_with(config, Options { cluster_key, ..Options::default() }).await.expect("starting a data server")
 }
 
-/// Sends one request on a fresh DEALER socket, with a MAC under `cluster_key` when given, and
-/// returns the reply, or `None` when none came within [`DROPPED_AFTER`]. A reply must carry a
-/// valid MAC under the same key.
+/// Sends one request on a fresh DEALER socket, sealed under `cluster_key` when given, and
+/// returns the reply, or `None` when none came within [`DROPPED_AFTER`]. A reply must open
+/// under the same key.
 async fn request(endpoint: &str, cluster_key: Option<&ClusterKey>, request: Request) -> Option<Reply> {
     let mut socket = DealerSocket::new();
     socket.connect(endpoint).await.expect("connecting a DEALER socket");
@@ -45,7 +45,7 @@ async fn request(endpoint: &str, cluster_key: Option<&ClusterKey>, request: Requ
     socket.send(ZmqMessage::try_from(frames).unwrap()).await.expect("sending a request");
     let message = tokio::time::timeout(DROPPED_AFTER, socket.recv()).await.ok()?.expect("receiving a reply");
     let mut frames = message.into_vec();
-    unseal(cluster_key, MacContext::Reply, &mut frames, 1).expect("a reply with a valid MAC");
+    unseal(cluster_key, MacContext::Reply, &mut frames, 1).expect("a reply sealed under the same key");
     let reply: WireReply = decode(frames.last().expect("a payload frame")).expect("a decodable reply");
     Some(reply.reply)
 }
@@ -60,7 +60,7 @@ async fn requests_need_valid_mac() {
     assert!(matches!(signed, Some(Reply::Pong { server: 1 })), "{signed:?}");
 
     let unsigned = request(&endpoint, None, Request::Ping).await;
-    assert!(unsigned.is_none(), "a request without a MAC was answered: {unsigned:?}");
+    assert!(unsigned.is_none(), "an unsealed request was answered: {unsigned:?}");
     let wrong_key = request(&endpoint, Some(&key(2)), Request::Ping).await;
     assert!(wrong_key.is_none(), "a request under another key was answered: {wrong_key:?}");
 

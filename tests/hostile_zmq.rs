@@ -172,12 +172,17 @@ fn greeting() -> Vec<u8> {
 
 /// A greeting followed by the READY command of a DEALER socket: a valid, idle client.
 fn handshake() -> Vec<u8> {
+    handshake_as("DEALER")
+}
+
+/// Returns a greeting followed by the READY command of a socket of type `socket_type`.
+fn handshake_as(socket_type: &str) -> Vec<u8> {
     let mut body = vec![5];
     body.extend_from_slice(b"READY");
     body.push(11);
     body.extend_from_slice(b"Socket-Type");
-    body.extend_from_slice(&6u32.to_be_bytes());
-    body.extend_from_slice(b"DEALER");
+    body.extend_from_slice(&(socket_type.len() as u32).to_be_bytes());
+    body.extend_from_slice(socket_type.as_bytes());
     let mut bytes = greeting();
     bytes.extend_from_slice(&[0x04, body.len() as u8]);
     bytes.extend_from_slice(&body);
@@ -285,6 +290,74 @@ async fn million_tiny_frames_are_cut() {
         server.assert_serves(&format!("a million tiny frames on the {socket} port")).await;
     }
     server.assert_memory_bounded(baseline, "a million tiny frames");
+}
+
+/// Returns a ZMTP 3.0 subscription message (a 1, then the topic) with `topic_bytes` bytes of
+/// topic and a long frame header.
+fn subscription(topic_bytes: usize) -> Vec<u8> {
+    let mut bytes = vec![0x02];
+    bytes.extend_from_slice(&(1 + topic_bytes as u64).to_be_bytes());
+    bytes.push(1);
+    bytes.resize(bytes.len() + topic_bytes, b't');
+    bytes
+}
+
+/// Asserts that `subscriber` receives two heartbeats within 2 s. The server sends one every
+/// 500 ms, so at least one of them was sent after this call started.
+async fn assert_receives_heartbeat(subscriber: &mut zeromq::SubSocket, after: &str) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut received = 0;
+    while received < 2 {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, subscriber.recv()).await {
+            Ok(Ok(_)) => received += 1,
+            Ok(Err(error)) => panic!("the good subscriber failed after {after}: {error}"),
+            Err(_) => panic!("the good subscriber received {received} of 2 heartbeats within 2 s after {after}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_flood_is_cut() {
+    let mut server = ServerProcess::start().await;
+    let baseline = server.rss_kib();
+    let mut good = zeromq::SubSocket::new();
+    good.connect(&server.publish).await.expect("connecting the good subscriber");
+    good.subscribe(forum_protocol::TOPIC_HEARTBEAT).await.expect("subscribing to heartbeats");
+    assert_receives_heartbeat(&mut good, "subscribing").await;
+    let address = address_of(&server.publish);
+
+    // Each subscription is just under the 1 MiB frame limit. Without the subscription limits,
+    // zeromq 0.7's PUB socket keeps all 1,000 of them, about 1 GB. The guard cuts the
+    // connection at the first header.
+    let started = Instant::now();
+    let mut stream = send(&address, &handshake_as("SUB")).await;
+    let big = subscription(1_000_000);
+    for _ in 0..1000 {
+        if stream.write_all(&big).await.is_err() {
+            break;
+        }
+    }
+    let cut = wait_for_close(&mut stream, started, PROMPT_REPLY).await;
+    eprintln!("1,000 subscriptions of 1 MB cut in {cut:?}");
+
+    // Small subscriptions pass, up to a few dozen per connection.
+    let started = Instant::now();
+    let mut stream = send(&address, &handshake_as("SUB")).await;
+    let small = subscription(200);
+    let mut written = 0;
+    for _ in 0..1000 {
+        if stream.write_all(&small).await.is_err() {
+            break;
+        }
+        written += 1;
+    }
+    let cut = wait_for_close(&mut stream, started, PROMPT_REPLY).await;
+    eprintln!("{written} of 1,000 subscriptions of 200 bytes written before the cut, after {cut:?}");
+
+    assert_receives_heartbeat(&mut good, "the subscription floods").await;
+    server.assert_serves("the subscription floods").await;
+    server.assert_memory_bounded(baseline, "the subscription floods");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

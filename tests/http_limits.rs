@@ -1,6 +1,7 @@
 //! Limits on the web side: unfinished HTTP requests are closed after the header-read timeout,
-//! connections beyond the cap are closed at once, and failed logins are rate-limited per name
-//! and per address with a 429 that gives the seconds to wait.
+//! connections beyond the cap are closed at once, and failed logins are rate-limited per
+//! case-folded name and per address with a 429 that gives the seconds to wait. A
+//! request body that stops arriving gets 408, and one declared above the cap gets 413 at once.
 
 mod common;
 
@@ -85,7 +86,7 @@ async fn unfinished_headers_are_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_cap_closed() {
     let dir = tempfile::tempdir().unwrap();
-    let limits = HttpLimits { max_connections: 50, header_read_timeout: Duration::from_secs(30) };
+    let limits = HttpLimits { max_connections: 50, header_read_timeout: Duration::from_secs(30), ..HttpLimits::default() };
     let (data, web) = start(dir.path(), limits).await;
     let mut held = Vec::new();
     for _ in 0..50 {
@@ -148,5 +149,129 @@ async fn failed_logins_are_limited() {
     let (status, _, body) = login(&base, "bea", "password-of-bea", "en").await;
     assert_eq!(status, 429, "a fresh name after 20 failures from this address: {body}");
     web.shutdown().await;
+    data.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_limit_ignores_name_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, web) = start(dir.path(), HttpLimits::default()).await;
+    let base = format!("http://{}", web.local_addr());
+    common::WebClient::new(web.local_addr()).register("luis", "password-of-luis").await;
+
+    for attempt in 1..=5 {
+        let (status, _, body) = login(&base, "luis", "wrong-password", "en").await;
+        assert_eq!(status, 401, "attempt {attempt}: {body}");
+    }
+    for name in ["LUIS", "Luis", " luis ", "lUiS"] {
+        let (status, _, body) = login(&base, name, "password-of-luis", "en").await;
+        assert_eq!(status, 429, "{name:?} after 5 failures for luis: {body}");
+    }
+    web.shutdown().await;
+    data.shutdown().await;
+}
+
+/// Starts a `webserver` process in front of `data`, with a body-read timeout of
+/// `body_read_timeout`, and returns it with its HTTP address.
+fn start_web_process(data: &DataServer, body_read_timeout: Duration) -> (common::ServerProcess, std::net::SocketAddr) {
+    let address: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
+    let listen = address.to_string();
+    let timeout_ms = body_read_timeout.as_millis().to_string();
+    let process = common::ServerProcess::spawn(
+        "webserver",
+        &[
+            "--listen",
+            &listen,
+            "--data-request",
+            data.request_endpoint(),
+            "--data-pub",
+            data.pub_endpoint(),
+            "--body-read-timeout-ms",
+            &timeout_ms,
+        ],
+    );
+    (process, address)
+}
+
+/// Connects to `address`, retrying while the web server process starts.
+async fn connect(address: std::net::SocketAddr) -> TcpStream {
+    let deadline = Instant::now() + common::PATIENCE;
+    loop {
+        match TcpStream::connect(address).await {
+            Ok(stream) => return stream,
+            Err(error) => assert!(Instant::now() < deadline, "the web server at {address} did not accept connections: {error}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads everything the server sends until it closes `stream`, for at most `within`. Returns
+/// the bytes as text and whether the server closed the connection.
+async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (String, bool) {
+    let mut received = Vec::new();
+    let closed = tokio::time::timeout(within, async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(length) => received.extend_from_slice(&buffer[..length]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (String::from_utf8_lossy(&received).into_owned(), closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_body_gets_408() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = start(dir.path(), HttpLimits::default()).await;
+    let body_read_timeout = Duration::from_secs(1);
+    let (_web, address) = start_web_process(&data, body_read_timeout);
+
+    // The headers promise 100 bytes, and only 7 of them ever arrive.
+    let mut stream = connect(address).await;
+    let started = Instant::now();
+    let request = "POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"name\"";
+    stream.write_all(request.as_bytes()).await.expect("writing the headers and part of the body");
+    let (response, closed) = read_until_closed(&mut stream, body_read_timeout + Duration::from_secs(3)).await;
+    let elapsed = started.elapsed();
+
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(response.contains("body_timeout"), "{response}");
+    assert!(closed, "the connection stayed open after the 408");
+    assert!(elapsed >= body_read_timeout, "answered after {elapsed:?}, before the timeout");
+    eprintln!("stalled body answered with 408 and closed after {elapsed:?}");
+
+    // A whole request on a new connection is still served.
+    let client = common::WebClient::new(address);
+    assert_eq!(client.get("/api/users").await.status, 200, "a normal request afterwards");
+    data.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_body_gets_413_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = start(dir.path(), HttpLimits::default()).await;
+    let (_web, address) = start_web_process(&data, Duration::from_secs(30));
+
+    for expect in ["", "Expect: 100-continue\r\n"] {
+        // The body is never sent, so the response must not wait for it.
+        let mut stream = connect(address).await;
+        let started = Instant::now();
+        let request = format!(
+            "POST /api/users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n{expect}\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.expect("writing the headers");
+        let (response, closed) = read_until_closed(&mut stream, Duration::from_secs(2)).await;
+        let elapsed = started.elapsed();
+
+        assert!(response.starts_with("HTTP/1.1 413"), "with {expect:?}: {response}");
+        assert!(!response.contains("100 Continue"), "with {expect:?}: {response}");
+        assert!(response.contains("body_too_large"), "with {expect:?}: {response}");
+        assert!(closed, "with {expect:?}: the connection stayed open after the 413");
+        eprintln!("Content-Length above the cap, {expect:?}: 413 and closed after {elapsed:?}");
+    }
     data.shutdown().await;
 }

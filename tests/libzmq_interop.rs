@@ -1,7 +1,8 @@
 //! Shows that our ZMTP is the real protocol: a libzmq client (pyzmq) sends a request to a data
 //! server, gets the reply, subscribes to its `webserver` topic and receives a change. The server
-//! has a cluster key, so the client also computes and checks the MACs, which shows that the MAC
-//! format is implementable from its description alone.
+//! has a cluster key, so the client also seals and opens the payloads with its own pure-Python
+//! XChaCha20-Poly1305 (tests/interop/xchacha.py), which shows that the sealed format is
+//! implementable from its description alone.
 //!
 //! The Python interpreter comes from `FORUM_PYTHON`, or `.venv/bin/python` at the workspace root
 //! (`.ci/run` creates that venv with pyzmq and msgpack). Outside CI, a missing interpreter skips

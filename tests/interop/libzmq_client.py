@@ -4,13 +4,11 @@ Usage: FORUM_CLUSTER_KEY=KEY libzmq_client.py REQUEST_ENDPOINT PUB_ENDPOINT
 
 It sends a Register request on a REQ socket and checks the reply, then subscribes to the
 `webserver` topic with a SUB socket, makes a change, and checks that the change arrives.
-When FORUM_CLUSTER_KEY is set, every request carries the MAC frame of docs/replication.md,
-and every reply and publication must carry a valid one. It prints one line per check and
-exits with status 1 on the first failure.
+When FORUM_CLUSTER_KEY is set, the client seals every request payload with XChaCha20-Poly1305
+as docs/replication.md describes, and every reply and publication must open under the same
+key. It prints one line per check and exits with status 1 on the first failure.
 """
 
-import hashlib
-import hmac
 import os
 import struct
 import sys
@@ -19,30 +17,47 @@ import time
 import msgpack
 import zmq
 
+import xchacha
+
 PROTOCOL_VERSION = 1
 CLUSTER_KEY = os.environ.get("FORUM_CLUSTER_KEY", "").strip().encode()
+MESSAGE_KEY = xchacha.hkdf_sha256(
+    CLUSTER_KEY, b"forum cluster key: XChaCha20-Poly1305 message key, version 1", 32
+)
+NONCE_LEN = 24
 
 
-def mac(label, frames):
-    """Return HMAC-SHA256 under the cluster key of the label and each frame with its length."""
-    message = label + b"".join(struct.pack(">I", len(frame)) + frame for frame in frames)
-    return hmac.new(CLUSTER_KEY, message, hashlib.sha256).digest()
+def associated_data(label, clear_frames):
+    """Return the label followed by each clear frame with its 4-byte big-endian length."""
+    return label + b"".join(struct.pack(">I", len(frame)) + frame for frame in clear_frames)
+
+
+def seal(label, frames):
+    """Encrypt the last frame when a key is set, binding the frames before it."""
+    if not CLUSTER_KEY:
+        return frames
+    *clear, payload = frames
+    nonce = os.urandom(NONCE_LEN)
+    sealed = xchacha.xchacha20_poly1305_encrypt(MESSAGE_KEY, nonce, associated_data(label, clear), payload)
+    return clear + [nonce + sealed]
 
 
 def unseal(label, frames):
-    """Check and remove the MAC frame when a key is set; exit on a missing or invalid one."""
+    """Decrypt the last frame when a key is set; exit when it fails authentication."""
     if not CLUSTER_KEY:
         return frames
-    *covered, received = frames
-    if not hmac.compare_digest(received, mac(label, covered)):
-        sys.exit(f"invalid MAC on a {label.decode()} message")
-    return covered
+    *clear, sealed = frames
+    payload = xchacha.xchacha20_poly1305_decrypt(
+        MESSAGE_KEY, sealed[:NONCE_LEN], associated_data(label, clear), sealed[NONCE_LEN:]
+    )
+    if payload is None:
+        sys.exit(f"a {label.decode()} message failed authentication")
+    return clear + [payload]
 
 
 def request(socket, request_id, body):
     payload = msgpack.packb({"v": PROTOCOL_VERSION, "id": request_id, "request": body})
-    frames = [payload, mac(b"forum-request", [payload])] if CLUSTER_KEY else [payload]
-    socket.send_multipart(frames)
+    socket.send_multipart(seal(b"forum-request", [payload]))
     if not socket.poll(5000):
         sys.exit(f"no reply to request {request_id} within 5 s")
     (payload,) = unseal(b"forum-reply", socket.recv_multipart())

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use forum_protocol::{decode, encode, Reply, Request, WireReply, WireRequest, PROTOCOL_VERSION};
+use forum_protocol::{decode, encode, seal, unseal, ClusterKey, MacContext, Reply, Request, WireReply, WireRequest, PROTOCOL_VERSION};
 use tokio::sync::Semaphore;
 use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
@@ -23,17 +23,45 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// process, and every benchmark starts its own data servers.
 const BENCH_CLIENT: u64 = 0xbe7c;
 
+/// Returns the cluster key of the benchmarked servers: the `FORUM_CLUSTER_KEY` text when it
+/// is set and not empty, else none. The server processes inherit the variable and read it too.
+pub fn cluster_key() -> Option<&'static ClusterKey> {
+    static KEY: std::sync::OnceLock<Option<ClusterKey>> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let text = std::env::var("FORUM_CLUSTER_KEY").ok();
+        ClusterKey::from_file_or_text(None, text.as_deref()).unwrap_or_else(|error| panic!("invalid FORUM_CLUSTER_KEY: {error}"))
+    })
+    .as_ref()
+}
+
+/// Builds a request message from its payload, sealed under the cluster key when one is set.
+fn request_message(payload: Bytes) -> ZmqMessage {
+    let mut frames = vec![payload];
+    seal(cluster_key(), MacContext::Request, &mut frames, 1);
+    ZmqMessage::try_from(frames).expect("a request has its payload frame")
+}
+
+/// Returns the payload of a reply, opened under the cluster key when one is set, or an
+/// empty payload when the reply fails that check.
+fn reply_payload(message: ZmqMessage) -> Bytes {
+    let mut frames = message.into_vec();
+    if unseal(cluster_key(), MacContext::Reply, &mut frames, 1).is_err() {
+        return Bytes::new();
+    }
+    frames.pop().unwrap_or_default()
+}
+
 /// Sends one request on a fresh DEALER and returns the reply.
 pub async fn request(endpoint: &str, request: Request) -> anyhow::Result<Reply> {
     let mut socket = DealerSocket::new();
     socket.connect(endpoint).await.with_context(|| format!("failed to connect to {endpoint}"))?;
     let payload = encode(&WireRequest { v: PROTOCOL_VERSION, id: 1, request, client: None });
-    socket.send(ZmqMessage::from(payload)).await?;
+    socket.send(request_message(Bytes::from(payload))).await?;
     let message = tokio::time::timeout(REQUEST_TIMEOUT, socket.recv())
         .await
         .with_context(|| format!("{endpoint} did not reply within {REQUEST_TIMEOUT:?}"))??;
-    let frame = message.get(message.len() - 1).context("an empty reply")?;
-    let reply: WireReply = decode(frame)?;
+    let frame = reply_payload(message);
+    let reply: WireReply = decode(&frame).with_context(|| format!("an invalid or unauthenticated reply from {endpoint}"))?;
     Ok(reply.reply)
 }
 
@@ -175,7 +203,7 @@ where
                 let permit = permits.acquire().await.expect("the semaphore is never closed");
                 let Some(index) = shared.claim() else { break };
                 permit.forget();
-                sender.send(ZmqMessage::from(payload(index))).await?;
+                sender.send(request_message(payload(index))).await?;
                 sent.fetch_add(1, Ordering::Relaxed);
             }
             anyhow::Ok(sender)
@@ -209,7 +237,7 @@ where
         let now = Instant::now();
         received += 1;
         permits.add_permits(1);
-        let frame = message.get(message.len() - 1).cloned().unwrap_or_default();
+        let frame = reply_payload(message);
         if accept(&frame) {
             if shared.counts(now) {
                 shared.accepted.fetch_add(1, Ordering::Relaxed);

@@ -93,7 +93,8 @@ async fn terminated() -> anyhow::Result<()> {
 async fn serve_data(id: u32, request: String, publish: String, data_dir: PathBuf, peers: String) -> anyhow::Result<()> {
     let peers = forum_protocol::parse_peer_list(&peers)?;
     let config = forum_dataserver::Config { id, request_endpoint: request, pub_endpoint: publish, data_dir, peers };
-    let server = DataServer::start(config).await?;
+    let options = forum_dataserver::Options { cluster_key: crate::data_client::cluster_key().cloned(), ..Default::default() };
+    let server = DataServer::start_with(config, options).await?;
     announce(&[server.request_endpoint(), server.pub_endpoint()])?;
     terminated().await?;
     server.shutdown().await;
@@ -108,7 +109,8 @@ async fn serve_web(data_request: String, data_pub: String, name: String) -> anyh
         name,
         request_timeout: forum_webserver::DEFAULT_REQUEST_TIMEOUT,
     };
-    let server = WebServer::start(config).await?;
+    let options = forum_webserver::Options { cluster_key: crate::data_client::cluster_key().cloned(), ..Default::default() };
+    let server = WebServer::start_with(config, options).await?;
     announce(&[&server.local_addr().to_string()])?;
     terminated().await?;
     server.shutdown().await;

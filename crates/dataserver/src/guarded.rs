@@ -37,16 +37,34 @@ pub(crate) fn endpoint_of(address: SocketAddr) -> String {
     format!("tcp://{address}")
 }
 
+/// Which zeromq socket a guard fronts, which decides its limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fronted {
+    /// The ROUTER socket that serves requests.
+    Request,
+    /// The PUB socket, whose subscribers may send only a few small subscriptions, because
+    /// zeromq 0.7 keeps every subscription for as long as the connection lasts.
+    Pub,
+}
+
 /// Starts a guard on `public` that relays to the zeromq socket bound at `internal_endpoint`
 /// (as zeromq reports it, `tcp://127.0.0.1:PORT`).
-pub(crate) async fn start(socket: &str, public: SocketAddr, internal_endpoint: &str) -> anyhow::Result<Guard> {
+pub(crate) async fn start(fronted: Fronted, public: SocketAddr, internal_endpoint: &str) -> anyhow::Result<Guard> {
+    let socket = match fronted {
+        Fronted::Request => "request",
+        Fronted::Pub => "pub",
+    };
     let internal: SocketAddr = internal_endpoint
         .strip_prefix("tcp://")
         .and_then(|address| address.parse().ok())
         .with_context(|| format!("the {socket} socket bound {internal_endpoint:?}, which is not tcp://IP:PORT"))?;
     // The defaults admit the largest request (64 KiB) with room to spare, so an oversized
     // request still reaches the handler and gets an error reply instead of a cut connection.
-    Guard::start(public, internal, Limits::default())
+    let limits = match fronted {
+        Fronted::Request => Limits::default(),
+        Fronted::Pub => Limits::for_pub_socket(),
+    };
+    Guard::start(public, internal, limits)
         .await
         .with_context(|| format!("failed to bind the {socket} endpoint {}", endpoint_of(public)))
 }

@@ -49,9 +49,10 @@ struct Args {
 
     /// A file holding the cluster key: at least 32 bytes, such as the output of
     /// `openssl rand -hex 32`, shared by every data server and web server of the group. Every
-    /// ZeroMQ message between them then carries an HMAC-SHA256 under this key. When absent, the
-    /// key is read from the FORUM_CLUSTER_KEY environment variable; with neither, messages are
-    /// not authenticated and the endpoints must be loopback addresses.
+    /// ZeroMQ message between them then has its payload encrypted and authenticated with
+    /// XChaCha20-Poly1305 under this key. When absent, the key is read from the FORUM_CLUSTER_KEY
+    /// environment variable; with neither, messages are neither encrypted nor authenticated and
+    /// the endpoints must be loopback addresses.
     #[arg(long, value_name = "FILE", env = "FORUM_CLUSTER_KEY_FILE")]
     cluster_key_file: Option<PathBuf>,
 

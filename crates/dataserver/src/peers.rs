@@ -91,7 +91,7 @@ async fn subscribe(server: ServerId, peer: &str, outputs: PeerOutputs, cluster_k
             let mut frames = message.into_vec();
             if let Err(error) = unseal(cluster_key.as_ref(), MacContext::Publication, &mut frames, 2) {
                 if !mac_failure_logged {
-                    warn!(server, peer, %error, "dropped a message from peer that failed the MAC check; check that it uses this group's cluster key");
+                    warn!(server, peer, %error, "dropped a message from peer that failed authentication; check that it uses this group's cluster key");
                     mac_failure_logged = true;
                 }
                 continue;

@@ -102,7 +102,7 @@ pub(crate) async fn run(
     info!(server, "publisher stopped");
 }
 
-/// Appends the MAC frame over the topic and the payload when a key is set.
+/// Encrypts the payload when a key is set, binding the clear topic to it.
 fn sealed(message: ZmqMessage, cluster_key: Option<&ClusterKey>) -> ZmqMessage {
     let mut frames = message.into_vec();
     seal(cluster_key, MacContext::Publication, &mut frames, 2);

@@ -65,12 +65,12 @@ fn reply_message(envelope: Vec<Bytes>, reply: &WireReply, cluster_key: Option<&C
     ZmqMessage::try_from(frames).expect("a reply has at least the payload frame")
 }
 
-/// The maximum number of client identities remembered as already logged for a failed MAC check. Beyond
+/// The maximum number of client identities remembered as already logged for a failed authentication. Beyond
 /// it, failures are logged under the usual rate limit only.
 const MAX_LOGGED_IDENTITIES: usize = 1024;
 
-/// Checks and removes the MAC frame of a received request when a key is set. A request that
-/// fails the check is dropped without a reply, so a client without the key learns nothing.
+/// Decrypts and authenticates the payload of a received request when a key is set. A request
+/// that fails is dropped without a reply, so a client without the key learns nothing.
 /// Each client identity is logged once; zeromq 0.7's ROUTER does not expose the client's
 /// address, and its guard logs only limit violations.
 struct RequestAuthenticator {
@@ -90,10 +90,10 @@ impl RequestAuthenticator {
         let hex_identity: String = identity.iter().map(|byte| format!("{byte:02x}")).collect();
         if self.logged.len() < MAX_LOGGED_IDENTITIES {
             if self.logged.insert(identity) {
-                warn!(server = self.server, client = hex_identity, %error, "dropped a request that failed the MAC check; check that the client uses this group's cluster key");
+                warn!(server = self.server, client = hex_identity, %error, "dropped a request that failed authentication; check that the client uses this group's cluster key");
             }
         } else if let Some(suppressed) = self.overflow_log.check() {
-            warn!(server = self.server, client = hex_identity, %error, suppressed, "dropped a request that failed the MAC check");
+            warn!(server = self.server, client = hex_identity, %error, suppressed, "dropped a request that failed authentication");
         }
         None
     }

@@ -52,9 +52,9 @@ pub struct Options {
     pub advertise: Option<String>,
     /// The address of the HTTP admin endpoint (`/healthz`, `/metrics`); none by default.
     pub admin: Option<SocketAddr>,
-    /// The key that authenticates every ZeroMQ message to and from the group's servers (see
-    /// docs/replication.md). Without one, messages are not authenticated, so the request and
-    /// pub endpoints must be loopback addresses.
+    /// The key that encrypts and authenticates every ZeroMQ message to and from the group's
+    /// servers (see docs/replication.md). Without one, messages are sent in clear and not
+    /// authenticated, so the request and pub endpoints must be loopback addresses.
     pub cluster_key: Option<ClusterKey>,
 }
 
@@ -141,9 +141,9 @@ impl DataServer {
             warn!(server = id, "no cluster key is set: ZeroMQ messages are not authenticated, so this data server binds loopback addresses only");
         }
         let (pub_socket, pub_internal) = publisher::bind(guarded::INTERNAL_ENDPOINT).await?;
-        let pub_guard = guarded::start("pub", public_pub, &pub_internal).await?;
+        let pub_guard = guarded::start(guarded::Fronted::Pub, public_pub, &pub_internal).await?;
         let (router_socket, request_internal) = request_socket::bind(guarded::INTERNAL_ENDPOINT).await?;
-        let request_guard = guarded::start("request", public_request, &request_internal).await?;
+        let request_guard = guarded::start(guarded::Fronted::Request, public_request, &request_internal).await?;
         let pub_endpoint = guarded::endpoint_of(pub_guard.local_addr());
         let request_endpoint = guarded::endpoint_of(request_guard.local_addr());
         let guards = vec![("request", request_guard), ("pub", pub_guard)];

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use forum_protocol::{
-    now_millis, Change, ChangeId, ChangeKind, ErrorCode, ErrorReply, IdempotencyKey, Message, PrivateMessage, Reply,
+    fold, now_millis, Change, ChangeId, ChangeKind, ErrorCode, ErrorReply, IdempotencyKey, Message, PrivateMessage, Reply,
     ServerId, Subject, User, UserStatus, VersionVector,
 };
 
@@ -25,11 +25,6 @@ type OrderKey = (u64, ServerId, u64);
 
 fn order_key(change: &Change) -> OrderKey {
     (change.lamport, change.id.origin, change.id.seq)
-}
-
-/// Folds a user name or a title for comparisons that ignore case.
-fn fold(text: &str) -> String {
-    text.trim().to_lowercase()
 }
 
 /// Returns the key of the conversation between two users: both folded names, smaller first.

@@ -22,7 +22,7 @@ pub use codec::{decode, encode, encode_change, encode_feed_change, CodecError};
 pub use endpoint::{parse_endpoint, parse_peer_list, EndpointError};
 pub use feed::{FeedBatch, FeedEntry, IdempotencyKey, WireFeedChange};
 pub use ids::{ChangeId, ServerId};
-pub use mac::{seal, unseal, ClusterKey, KeyError, MacContext, MacError, MAC_LEN, MIN_KEY_LEN};
+pub use mac::{seal, unseal, ClusterKey, KeyError, MacContext, MacError, MIN_KEY_LEN, NONCE_LEN, SEAL_OVERHEAD, TAG_LEN};
 pub use model::{
     Change, ChangeKind, Message, PrivateMessage, Subject, User, UserStatus, MAX_NAME_CHARS,
     MAX_PASSWORD_BYTES, MAX_TEXT_BYTES, MAX_TITLE_CHARS, MIN_PASSWORD_CHARS,
@@ -31,7 +31,7 @@ pub use replication::{
     lag, Counters, GuardStatus, Heartbeat, Liveness, PeerStatus, QueueDepths, Rates, ServerStatus, VersionVector,
     WireHeartbeat,
 };
-pub use validate::{validate_name, validate_password, validate_text, validate_title, Invalid};
+pub use validate::{fold, validate_name, validate_password, validate_text, validate_title, Invalid};
 pub use wire::{ErrorCode, ErrorReply, Reply, Request, WireChange, WireReply, WireRequest};
 
 /// The version every envelope carries in its `v` field. Bump it on any incompatible change.

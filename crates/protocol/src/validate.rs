@@ -50,6 +50,12 @@ impl Invalid {
     }
 }
 
+/// Folds a user name or a subject title to the form in which the data servers compare them,
+/// ignoring case and surrounding white space: trimmed, then lowercased.
+pub fn fold(text: &str) -> String {
+    text.trim().to_lowercase()
+}
+
 /// Checks a user name: 1 to [`MAX_NAME_CHARS`] letters, digits, `.`, `_` or `-`.
 /// Names are compared ignoring case when checking that they are unique.
 pub fn validate_name(name: &str) -> Result<(), Invalid> {

@@ -180,7 +180,7 @@ impl Follower<'_> {
                         Err(error) => {
                             unauthenticated += 1;
                             if unauthenticated.is_power_of_two() {
-                                tracing::warn!(%error, pub_endpoint, count = unauthenticated, "dropped changes from the data server that failed the MAC check; check that both use the same cluster key");
+                                tracing::warn!(%error, pub_endpoint, count = unauthenticated, "dropped changes from the data server that failed authentication; check that both use the same cluster key");
                             }
                             true
                         }

@@ -10,8 +10,8 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// not name them.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
-    /// The key that authenticates every ZeroMQ message to and from the data servers; it must
-    /// be the data servers' key. Without one, messages carry no MAC.
+    /// The key that encrypts and authenticates every ZeroMQ message to and from the data
+    /// servers; it must be the data servers' key. Without one, messages are sent in clear.
     pub cluster_key: Option<forum_protocol::ClusterKey>,
     /// Limits on HTTP connections: the connection cap and the header-read timeout.
     pub http: crate::listener::HttpLimits,

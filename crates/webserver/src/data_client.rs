@@ -433,7 +433,7 @@ async fn read_replies(client: DataClient, mut socket: DealerRecvHalf, stop: Canc
         if let Err(error) = unseal(client.shared.cluster_key.as_ref(), MacContext::Reply, &mut frames, 1) {
             unauthenticated += 1;
             if unauthenticated.is_power_of_two() {
-                tracing::warn!(%error, count = unauthenticated, "dropped replies from the data server that failed the MAC check; check that both use the same cluster key");
+                tracing::warn!(%error, count = unauthenticated, "dropped replies from the data server that failed authentication; check that both use the same cluster key");
             }
             continue;
         }

@@ -75,6 +75,7 @@ fn english(kind: &ErrorKind) -> String {
         ErrorKind::InvalidBody => "The request body does not have the fields this request expects.".into(),
         ErrorKind::UnsupportedMediaType => "The request body must be sent with Content-Type: application/json.".into(),
         ErrorKind::BodyTooLarge => "The request body is larger than the limit of 16 KiB.".into(),
+        ErrorKind::BodyTimeout => "The request body did not arrive in time; send the request again.".into(),
         ErrorKind::InvalidId => "The id in the URL is invalid; ids look like \"2-17\".".into(),
         ErrorKind::LoginRequired => "You need to log in first.".into(),
         ErrorKind::BadCredentials => "The user name or the password is wrong.".into(),
@@ -120,6 +121,7 @@ fn spanish(kind: &ErrorKind) -> String {
             "El cuerpo de la petición debe enviarse con Content-Type: application/json.".into()
         }
         ErrorKind::BodyTooLarge => "El cuerpo de la petición supera el límite de 16 KiB.".into(),
+        ErrorKind::BodyTimeout => "El cuerpo de la petición no llegó a tiempo; vuelve a enviar la petición.".into(),
         ErrorKind::InvalidId => "El identificador de la URL no es válido; tiene la forma \"2-17\".".into(),
         ErrorKind::LoginRequired => "Primero tienes que iniciar sesión.".into(),
         ErrorKind::BadCredentials => "El nombre de usuario o la contraseña son incorrectos.".into(),

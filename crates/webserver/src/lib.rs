@@ -3,7 +3,8 @@
 //! browsers as server-sent events. `docs/http-api.md` describes the API.
 //!
 //! Layout: `server.rs` starts and stops everything, and `routes.rs` maps paths to
-//! `handlers.rs`. `body.rs`, `http_headers.rs`, `error.rs` and `i18n.rs` check requests and
+//! `handlers.rs`. `listener.rs` accepts connections and `request_body.rs` reads request bodies
+//! before routing. `body.rs`, `http_headers.rs`, `error.rs` and `i18n.rs` check requests and
 //! render errors. `data_client.rs` is the request socket, `changes.rs` the change feed,
 //! `events.rs` the event streams, `presence.rs` the online reports and `sessions.rs` the
 //! logins.
@@ -22,6 +23,7 @@ mod i18n;
 mod listener;
 mod login_limit;
 mod presence;
+mod request_body;
 mod routes;
 mod server;
 mod sessions;

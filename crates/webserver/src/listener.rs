@@ -1,5 +1,5 @@
 //! The HTTP accept loop: it serves the warp routes with hyper, with a cap on open connections
-//! and a timeout on reading request headers.
+//! and timeouts on reading request headers and bodies.
 //!
 //! warp 0.4's `serve` gives hyper no timer. So a client that sends a request line and some
 //! headers, but never the blank line that ends them, keeps its connection open forever, and
@@ -7,7 +7,8 @@
 //! with hyper's HTTP/1.1 server, whose `header_read_timeout` closes it when a request's headers
 //! are not complete in time, from the moment the server waits for a request (so an idle or
 //! silent connection is closed too). Event streams are unaffected because their headers are
-//! complete. A connection beyond `max_connections` is accepted and closed at once. HTTP/2 and
+//! complete. Request bodies have their own timeout, in `request_body.rs`. A connection beyond
+//! `max_connections` is accepted and closed at once. HTTP/2 and
 //! protocol upgrades (WebSocket) are not served, because the forum uses neither.
 
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::request_body;
 use crate::routes::routes;
 use crate::state::AppState;
 
@@ -31,6 +33,9 @@ pub struct HttpLimits {
     /// How long a client may take to send a request's headers, counted from when the server
     /// starts waiting for the request. Default: 10 s.
     pub header_read_timeout: Duration,
+    /// How long a client may take to send a request's body, counted from the end of its
+    /// headers. Default: 10 s.
+    pub body_read_timeout: Duration,
 }
 
 /// The default cap on connections before the open-file limit is taken into account.
@@ -42,7 +47,7 @@ impl Default for HttpLimits {
             Some(limit) => DEFAULT_MAX_CONNECTIONS.min(limit / 4 * 3).max(1),
             None => DEFAULT_MAX_CONNECTIONS,
         };
-        HttpLimits { max_connections, header_read_timeout: Duration::from_secs(10) }
+        HttpLimits { max_connections, header_read_timeout: Duration::from_secs(10), body_read_timeout: Duration::from_secs(10) }
     }
 }
 
@@ -96,10 +101,16 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<AppState>, limits: H
         };
 
         let service = service.clone();
+        let body_read_timeout = limits.body_read_timeout;
         let request_service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(ClientAddr(client));
             let mut service = service.clone();
-            async move { tower_service::Service::call(&mut service, request).await }
+            async move {
+                match request_body::read(request, body_read_timeout, client).await {
+                    Ok(request) => tower_service::Service::call(&mut service, request).await,
+                    Err(response) => Ok(response),
+                }
+            }
         });
         let watcher = graceful.watcher();
         let header_read_timeout = limits.header_read_timeout;

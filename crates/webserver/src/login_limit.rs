@@ -1,5 +1,8 @@
 //! Limits on failed logins per user name and per client address, against password guessing.
 //!
+//! Names are counted in the folded form that the data servers compare (trimmed and
+//! lowercased), so `luis`, `LUIS` and ` Luis` share one count.
+//!
 //! Each name and each address has a fixed window of [`WINDOW`] that starts at its first
 //! failure. When a window contains the maximum failures, further logins for that name or from
 //! that address are rejected with 429 until the window ends, without asking the data server.
@@ -13,6 +16,8 @@ use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use forum_protocol::fold;
 
 /// The length of a window of counted failures.
 pub const WINDOW: Duration = Duration::from_secs(60);
@@ -90,7 +95,7 @@ impl LoginLimiter {
     /// proceed. The wait is rounded up to whole seconds and is at least 1 s.
     pub fn check(&self, name: &str, address: Option<IpAddr>) -> Option<Duration> {
         let now = Instant::now();
-        let by_name = self.names.lock().expect("login limiter lock").blocked_for(&name.to_owned(), now);
+        let by_name = self.names.lock().expect("login limiter lock").blocked_for(&fold(name), now);
         let by_address = address.and_then(|address| self.addresses.lock().expect("login limiter lock").blocked_for(&address, now));
         let wait = by_name.max(by_address)?;
         Some(Duration::from_secs(wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(Duration::from_secs(1)))
@@ -99,7 +104,7 @@ impl LoginLimiter {
     /// Counts a failed login for `name` from `address`.
     pub fn record_failure(&self, name: &str, address: Option<IpAddr>) {
         let now = Instant::now();
-        self.names.lock().expect("login limiter lock").record_failure(name.to_owned(), now);
+        self.names.lock().expect("login limiter lock").record_failure(fold(name), now);
         if let Some(address) = address {
             self.addresses.lock().expect("login limiter lock").record_failure(address, now);
         }
@@ -107,7 +112,7 @@ impl LoginLimiter {
 
     /// Clears the failures of `name` after a successful login.
     pub fn record_success(&self, name: &str) {
-        self.names.lock().expect("login limiter lock").windows.remove(name);
+        self.names.lock().expect("login limiter lock").windows.remove(&fold(name));
     }
 }
 
@@ -128,6 +133,22 @@ mod tests {
         assert!(wait <= WINDOW, "{wait:?}");
         assert!(wait >= Duration::from_secs(59), "{wait:?}");
         assert_eq!(limiter.check("bea", None), None, "another name is not blocked");
+    }
+
+    #[test]
+    fn name_counted_ignoring_case() {
+        let limiter = LoginLimiter::default();
+        let typed = ["luis", "LUIS", "Luis", " luis ", "lUiS"];
+        for name in typed {
+            assert_eq!(limiter.check(name, None), None, "{name:?} was blocked before five failures");
+            limiter.record_failure(name, None);
+        }
+        for name in ["luis", "LUIS", "Luis", "  LuIs\t"] {
+            assert!(limiter.check(name, None).is_some(), "{name:?} was not blocked after five failures");
+        }
+
+        limiter.record_success("Luis");
+        assert_eq!(limiter.check("LUIS", None), None, "a success under another case did not clear the count");
     }
 
     #[test]

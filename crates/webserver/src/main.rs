@@ -32,8 +32,9 @@ struct Arguments {
     name: Option<String>,
 
     /// A file holding the cluster key of the data servers' group: every ZeroMQ message to and
-    /// from them then carries an HMAC-SHA256 under it. When absent, the key is read from the
-    /// FORUM_CLUSTER_KEY environment variable; with neither, messages carry no MAC.
+    /// from them then has its payload encrypted and authenticated with XChaCha20-Poly1305 under
+    /// it. When absent, the key is read from the FORUM_CLUSTER_KEY environment variable; with
+    /// neither, messages are neither encrypted nor authenticated.
     #[arg(long, value_name = "FILE", env = "FORUM_CLUSTER_KEY_FILE")]
     cluster_key_file: Option<std::path::PathBuf>,
 
@@ -46,6 +47,11 @@ struct Arguments {
     /// closed.
     #[arg(long, env = "FORUM_WEB_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     header_read_timeout_ms: u64,
+
+    /// Milliseconds a client may take to send a request's body, from the end of its headers,
+    /// before the server answers 408 and closes the connection.
+    #[arg(long, env = "FORUM_WEB_BODY_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    body_read_timeout_ms: u64,
 
     /// Milliseconds to wait for the data server's reply before returning HTTP 503.
     #[arg(long, env = "FORUM_WEB_REQUEST_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -90,9 +96,13 @@ async fn main() -> anyhow::Result<()> {
         std::env::var("FORUM_CLUSTER_KEY").ok().as_deref(),
     )?;
     if cluster_key.is_none() {
-        tracing::warn!("no cluster key is set: requests to the data servers carry no MAC, so only data servers without a key accept them");
+        tracing::warn!("no cluster key is set: requests to the data servers are neither encrypted nor authenticated, so only data servers without a key accept them");
     }
-    let mut http = HttpLimits { header_read_timeout: Duration::from_millis(arguments.header_read_timeout_ms), ..HttpLimits::default() };
+    let mut http = HttpLimits {
+        header_read_timeout: Duration::from_millis(arguments.header_read_timeout_ms),
+        body_read_timeout: Duration::from_millis(arguments.body_read_timeout_ms),
+        ..HttpLimits::default()
+    };
     if let Some(max_connections) = arguments.max_connections {
         http.max_connections = max_connections as usize;
     }

@@ -19,7 +19,7 @@
 //! and messages may follow in any order, but never a command between the frames
 //! of one multipart message.
 
-use crate::limits::{Limits, MAX_COMMAND_BYTES};
+use crate::limits::{Limits, SubscriptionLimits, MAX_COMMAND_BYTES};
 
 /// Length of the ZMTP 3.x greeting in bytes.
 pub const GREETING_LEN: usize = 64;
@@ -35,6 +35,13 @@ const AS_SERVER_OFFSET: usize = 32;
 
 /// Start of the READY command body: a one-byte name length, then the name.
 const READY_PREFIX: &[u8] = b"\x05READY";
+
+/// Starts of the ZMTP 3.1 subscription command bodies.
+const SUBSCRIBE_PREFIX: &[u8] = b"\x09SUBSCRIBE";
+const CANCEL_PREFIX: &[u8] = b"\x06CANCEL";
+
+/// The longest command name prefix that the checker records, SUBSCRIBE's.
+const COMMAND_PREFIX_LEN: usize = SUBSCRIBE_PREFIX.len();
 
 /// A limit or format rule broken by the client's byte stream.
 ///
@@ -93,6 +100,16 @@ pub enum Violation {
     /// One message has more frames than `Limits::max_frames_per_message`.
     #[error("message has more than max_frames_per_message ({max}) frames")]
     TooManyFrames { max: u64 },
+
+    /// On a PUB port, a subscribe or cancel message or command is larger
+    /// than `SubscriptionLimits::max_bytes` allows.
+    #[error("subscription of {size} bytes exceeds the subscription limit ({max} bytes)")]
+    SubscriptionTooLarge { size: u64, max: u64 },
+
+    /// On a PUB port, the connection sent more subscribe and cancel messages
+    /// and commands than `SubscriptionLimits::max_count`.
+    #[error("more than {max} subscriptions on one connection")]
+    TooManySubscriptions { max: u64 },
 }
 
 /// Where the checker is in the stream, which decides the relay's read timeout.
@@ -145,6 +162,14 @@ pub struct ZmtpChecker {
     frames_in_message: u64,
     /// Declared sizes of the current message's frames, counting the one being read.
     message_bytes: u64,
+    /// The subscription limits, on a port that fronts a PUB socket.
+    subscription_limits: Option<SubscriptionLimits>,
+    /// Subscribe and cancel messages and commands counted on this connection.
+    subscriptions: u64,
+    /// The first body bytes of the command being read after the handshake,
+    /// which name it; recorded only with subscription limits.
+    command_prefix: [u8; COMMAND_PREFIX_LEN],
+    command_prefix_len: usize,
     violation: Option<Violation>,
 }
 
@@ -161,6 +186,10 @@ impl ZmtpChecker {
             handshake_done: false,
             frames_in_message: 0,
             message_bytes: 0,
+            subscription_limits: limits.subscriptions,
+            subscriptions: 0,
+            command_prefix: [0; COMMAND_PREFIX_LEN],
+            command_prefix_len: 0,
             violation: None,
         }
     }
@@ -225,7 +254,7 @@ impl ZmtpChecker {
                             remaining: value,
                         };
                         if value == 0 {
-                            self.finish_frame(flags);
+                            self.finish_frame(flags)?;
                         }
                     } else {
                         self.state = State::Size {
@@ -243,9 +272,11 @@ impl ZmtpChecker {
                 } => {
                     let available = (bytes.len() - position) as u64;
                     let consumed = remaining.min(available);
+                    let chunk = &bytes[position..position + consumed as usize];
                     if !self.handshake_done {
-                        let offset = size - remaining;
-                        check_ready_prefix(offset, &bytes[position..position + consumed as usize])?;
+                        check_ready_prefix(size - remaining, chunk)?;
+                    } else if flags & FLAG_COMMAND != 0 && self.subscription_limits.is_some() {
+                        self.record_command_prefix(chunk);
                     }
                     position += consumed as usize;
                     let remaining = remaining - consumed;
@@ -255,7 +286,7 @@ impl ZmtpChecker {
                         remaining,
                     };
                     if remaining == 0 {
-                        self.finish_frame(flags);
+                        self.finish_frame(flags)?;
                     }
                 }
             }
@@ -339,7 +370,24 @@ impl ZmtpChecker {
                     found: "a shorter command",
                 });
             }
+            if let (true, Some(limits)) = (self.handshake_done, self.subscription_limits) {
+                // Any command other than SUBSCRIBE and CANCEL (PING, PONG) is
+                // far smaller, so the size is checked before the name arrives.
+                let max = limits.max_bytes + SUBSCRIBE_PREFIX.len() as u64;
+                if size > max {
+                    return Err(Violation::SubscriptionTooLarge { size, max });
+                }
+                self.command_prefix_len = 0;
+            }
             return Ok(());
+        }
+        if let Some(limits) = self.subscription_limits {
+            if size > limits.max_bytes {
+                return Err(Violation::SubscriptionTooLarge {
+                    size,
+                    max: limits.max_bytes,
+                });
+            }
         }
         if size > self.max_frame_bytes {
             return Err(Violation::FrameTooLarge {
@@ -357,16 +405,43 @@ impl ZmtpChecker {
         Ok(())
     }
 
-    fn finish_frame(&mut self, flags: u8) {
+    fn finish_frame(&mut self, flags: u8) -> Result<(), Violation> {
         self.state = State::Flags;
-        if flags & FLAG_COMMAND != 0 {
+        let is_command = flags & FLAG_COMMAND != 0;
+        if is_command && !self.handshake_done {
             // The only command accepted before the handshake ends is READY,
             // which `check_ready_prefix` has verified by now.
             self.handshake_done = true;
-        } else if flags & FLAG_MORE == 0 {
+            return Ok(());
+        }
+        if !is_command && flags & FLAG_MORE == 0 {
             self.frames_in_message = 0;
             self.message_bytes = 0;
         }
+        let counts_as_subscription = !is_command || self.command_is_subscription();
+        if let (true, Some(limits)) = (counts_as_subscription, self.subscription_limits) {
+            self.subscriptions += 1;
+            if self.subscriptions > limits.max_count {
+                return Err(Violation::TooManySubscriptions {
+                    max: limits.max_count,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends the bytes of a command body that fall within its name prefix.
+    fn record_command_prefix(&mut self, chunk: &[u8]) {
+        let wanted = (COMMAND_PREFIX_LEN - self.command_prefix_len).min(chunk.len());
+        self.command_prefix[self.command_prefix_len..self.command_prefix_len + wanted]
+            .copy_from_slice(&chunk[..wanted]);
+        self.command_prefix_len += wanted;
+    }
+
+    /// Returns true when the command just read is SUBSCRIBE or CANCEL.
+    fn command_is_subscription(&self) -> bool {
+        let prefix = &self.command_prefix[..self.command_prefix_len];
+        prefix.starts_with(SUBSCRIBE_PREFIX) || prefix.starts_with(CANCEL_PREFIX)
     }
 }
 
@@ -936,5 +1011,81 @@ mod tests {
             text,
             "invalid greeting signature: byte 0 is 0x47, expected 0xff"
         );
+    }
+
+    fn pub_checker() -> ZmtpChecker {
+        ZmtpChecker::new(&Limits::for_pub_socket())
+    }
+
+    /// A ZMTP 3.0 subscription: a one-frame message of 1 and the topic.
+    fn subscription(topic_bytes: usize) -> Vec<u8> {
+        let mut body = vec![1u8];
+        body.resize(1 + topic_bytes, b't');
+        message(&[&body])
+    }
+
+    #[test]
+    fn subscription_above_max_rejected() {
+        let max = SubscriptionLimits::default().max_bytes;
+        let mut checker = pub_checker();
+        checker.feed(&handshake()).unwrap();
+        checker.feed(&subscription(max as usize - 1)).unwrap();
+
+        let oversized = subscription(1 << 20);
+        let (index, violation) = first_rejected_byte(&mut checker, &oversized).unwrap();
+        assert_eq!(index, 8, "rejected after the 9-byte header, before the body");
+        assert_eq!(violation, Violation::SubscriptionTooLarge { size: (1 << 20) + 1, max });
+    }
+
+    #[test]
+    fn subscription_command_above_max_rejected() {
+        let max = SubscriptionLimits::default().max_bytes;
+        let mut checker = pub_checker();
+        checker.feed(&handshake()).unwrap();
+        let topic = vec![b't'; max as usize];
+        checker.feed(&command("SUBSCRIBE", &[])).unwrap();
+        let mut body = SUBSCRIBE_PREFIX.to_vec();
+        body.extend_from_slice(&topic);
+        checker.feed(&frame(COMMAND, &body)).unwrap();
+        body.push(b't');
+        let result = checker.feed(&frame(COMMAND, &body));
+        assert_eq!(result, Err(Violation::SubscriptionTooLarge { size: body.len() as u64, max: max + 10 }));
+    }
+
+    #[test]
+    fn subscriptions_counted_per_connection() {
+        let max = SubscriptionLimits::default().max_count;
+        let mut checker = pub_checker();
+        checker.feed(&handshake()).unwrap();
+        for index in 0..max {
+            // Half ZMTP 3.0 messages, half ZMTP 3.1 commands, with PINGs between that
+            // do not count.
+            let stream = if index % 2 == 0 { subscription(10) } else { command("CANCEL", &[]) };
+            checker.feed(&stream).unwrap();
+            checker.feed(&command("PING", &[])).unwrap();
+        }
+        assert_eq!(
+            checker.feed(&subscription(10)),
+            Err(Violation::TooManySubscriptions { max })
+        );
+
+        let mut checker = pub_checker();
+        checker.feed(&handshake()).unwrap();
+        for _ in 0..max {
+            checker.feed(&command("SUBSCRIBE", &[])).unwrap();
+        }
+        assert_eq!(
+            checker.feed(&command("SUBSCRIBE", &[])),
+            Err(Violation::TooManySubscriptions { max })
+        );
+    }
+
+    #[test]
+    fn other_ports_have_no_subscription_limits() {
+        let mut checker = checker();
+        checker.feed(&handshake()).unwrap();
+        for _ in 0..1000 {
+            checker.feed(&subscription(1000)).unwrap();
+        }
     }
 }

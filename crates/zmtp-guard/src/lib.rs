@@ -39,4 +39,4 @@ mod relay;
 
 pub use checker::{Phase, Violation, ZmtpChecker, GREETING_LEN};
 pub use guard::{Guard, GuardStats};
-pub use limits::{Limits, MAX_COMMAND_BYTES};
+pub use limits::{Limits, SubscriptionLimits, MAX_COMMAND_BYTES};

@@ -36,6 +36,40 @@ pub struct Limits {
     /// multipart message is incomplete. Between messages a client may stay
     /// quiet for any time. Default: 10 s.
     pub stalled_frame_timeout: Duration,
+    /// Limits on subscriptions, for a port that fronts a PUB socket; `None`
+    /// on other ports. Default: `None`.
+    pub subscriptions: Option<SubscriptionLimits>,
+}
+
+/// Limits on what a subscriber may send to a PUB socket.
+///
+/// The zeromq crate (0.7) keeps every subscription that a subscriber sends
+/// for as long as the connection lasts, so without these limits one
+/// connection could make the server keep any number of bytes. With them,
+/// one connection holds at most `max_count` times `max_bytes`.
+///
+/// On such a port the guard counts every message frame (ZMTP 3.0 sends a
+/// subscription as a message whose first byte is 1, a cancel as one whose
+/// first byte is 0) and every SUBSCRIBE and CANCEL command (ZMTP 3.1). PING
+/// and PONG commands are not counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscriptionLimits {
+    /// Maximum size of one subscribe or cancel message frame in bytes, the
+    /// leading 1 or 0 included; a SUBSCRIBE or CANCEL command may exceed it
+    /// only by its name. Default: 256.
+    pub max_bytes: u64,
+    /// Maximum number of subscribe and cancel messages and commands on one
+    /// connection. Default: 64.
+    pub max_count: u64,
+}
+
+impl Default for SubscriptionLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 256,
+            max_count: 64,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -47,6 +81,18 @@ impl Default for Limits {
             max_connections: 4096,
             greeting_timeout: Duration::from_secs(5),
             stalled_frame_timeout: Duration::from_secs(10),
+            subscriptions: None,
+        }
+    }
+}
+
+impl Limits {
+    /// Returns the default limits with the default [`SubscriptionLimits`],
+    /// for a port that fronts a PUB socket.
+    pub fn for_pub_socket() -> Self {
+        Self {
+            subscriptions: Some(SubscriptionLimits::default()),
+            ..Self::default()
         }
     }
 }
