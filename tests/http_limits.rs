@@ -275,3 +275,24 @@ async fn oversized_body_gets_413_at_once() {
     }
     data.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_answers_like_get_without_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, web) = start(dir.path(), HttpLimits::default()).await;
+
+    for path in ["/", "/api/subjects", "/assets/app.js"] {
+        let mut stream = connect(web.local_addr()).await;
+        let request = format!("HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("writing a HEAD request");
+        let (response, closed) = read_until_closed(&mut stream, common::PATIENCE).await;
+        assert!(closed, "the server kept the connection of HEAD {path}");
+        assert!(response.starts_with("HTTP/1.1 200"), "HEAD {path}:\n{response}");
+        assert!(response.to_ascii_lowercase().contains("\ncontent-type:"), "HEAD {path}:\n{response}");
+        let (_, body) = response.split_once("\r\n\r\n").expect("the end of the headers");
+        assert_eq!(body, "", "HEAD {path} sent a body");
+    }
+
+    web.shutdown().await;
+    data.shutdown().await;
+}

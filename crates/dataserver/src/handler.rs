@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use forum_protocol::{
-    decode, now_millis, validate_name, validate_password, validate_text, validate_title, CodecError, ErrorCode,
+    decode, now_millis, peek_request_id, validate_name, validate_password, validate_text, validate_title, CodecError, ErrorCode,
     FeedBatch, IdempotencyKey, Invalid, Reply, Request, ServerId, WireReply, WireRequest, PROTOCOL_VERSION,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -60,7 +60,7 @@ impl Handler {
         add(&self.status.metrics.requests, 1);
         if payload.len() > MAX_REQUEST_BYTES {
             let message = format!("the request is {} bytes, more than the limit of {MAX_REQUEST_BYTES}", payload.len());
-            return wire_reply(0, Reply::error(ErrorCode::InvalidInput, message));
+            return wire_reply(peek_request_id(payload).unwrap_or(0), Reply::error(ErrorCode::InvalidInput, message));
         }
         let request: WireRequest = match decode(payload) {
             Ok(request) => request,
@@ -73,7 +73,7 @@ impl Handler {
                 if let Some(suppressed) = suppressed {
                     warn!(server = self.server, %error, suppressed, "rejected a request that cannot be decoded");
                 }
-                return wire_reply(0, Reply::error(code, error.to_string()));
+                return wire_reply(peek_request_id(payload).unwrap_or(0), Reply::error(code, error.to_string()));
             }
         };
         let key = request.client.map(|client| IdempotencyKey { client, request: request.id });

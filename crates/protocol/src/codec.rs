@@ -75,6 +75,18 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     rmp_serde::from_slice(bytes).map_err(|error| CodecError::Malformed(error.to_string()))
 }
 
+/// Returns the `id` field of an envelope that [`decode`] rejects (too large, another protocol
+/// version or another shape), when it has one, so the error reply can carry it back and a
+/// pipelining client learns which request failed.
+pub fn peek_request_id(bytes: &[u8]) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: u64,
+    }
+    check_nesting(bytes, MAX_NESTING).ok()?;
+    rmp_serde::from_slice::<IdOnly>(bytes).ok().map(|envelope| envelope.id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +234,20 @@ mod tests {
         for bytes in [&b""[..], b"\xff\xff", b"\x81\xa1v\x01", b"\x83\xa1v\x01\xa2id\x01\xa7request\xa4Nope"] {
             assert!(matches!(decode::<WireRequest>(bytes), Err(CodecError::Malformed(_))), "accepted {bytes:?}");
         }
+    }
+
+    #[test]
+    fn rejected_request_keeps_its_id() {
+        #[derive(Serialize)]
+        struct Future {
+            v: u16,
+            id: u64,
+            request: &'static str,
+        }
+        let bytes = encode(&Future { v: PROTOCOL_VERSION + 1, id: 42, request: "Teleport" });
+        assert!(decode::<WireRequest>(&bytes).is_err());
+        assert_eq!(peek_request_id(&bytes), Some(42));
+        assert_eq!(peek_request_id(b"\xc1 not messagepack"), None);
     }
 
     #[test]
