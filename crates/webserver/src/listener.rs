@@ -81,7 +81,15 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<AppState>, limits: H
             accepted = listener.accept() => accepted,
         };
         let (stream, client) = match accepted {
-            Ok(accepted) => accepted,
+            Ok((stream, client)) => {
+                // An event stream writes many small events. With Nagle's algorithm, each one
+                // after the first waits for the browser's ACK of the previous, which a delayed
+                // ACK holds back for up to 40 ms.
+                if let Err(error) = stream.set_nodelay(true) {
+                    tracing::debug!(%client, %error, "could not set TCP_NODELAY on an HTTP connection");
+                }
+                (stream, client)
+            }
             Err(error) => {
                 accept_failures += 1;
                 if accept_failures.is_power_of_two() {
