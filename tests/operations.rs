@@ -171,3 +171,41 @@ async fn admin_serves_health_and_metrics() {
     let stopped = tokio::time::timeout(Duration::from_secs(10), server.shutdown()).await;
     assert!(stopped.is_ok(), "shutdown stops the admin endpoint");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_without_id_file_keeps_its_owner() {
+    let directory = tempfile::tempdir().unwrap();
+    fill_store(directory.path()).await;
+    let id_file = directory.path().join("server-id");
+    assert!(!id_file.exists(), "the library writes no server-id file");
+
+    // Another id is refused, and the refusal writes nothing.
+    let output = Command::new(workspace_binary("dataserver"))
+        .args(["--id", "2", "--request", "tcp://127.0.0.1:0", "--pub", "tcp://127.0.0.1:0", "--data-dir"])
+        .arg(directory.path())
+        .output()
+        .expect("running the dataserver");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "--id 2 opened server 1's store:\n{stderr}");
+    assert!(stderr.contains("--id 2 differs from the id 1"), "{stderr}");
+    assert!(!id_file.exists(), "the refused start wrote {}", id_file.display());
+
+    // Without --id, the server takes the store's owner, and says so in server-id.
+    let mut child = Command::new(workspace_binary("dataserver"))
+        .args(["--request", "tcp://127.0.0.1:0", "--pub", "tcp://127.0.0.1:0", "--data-dir"])
+        .arg(directory.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("running the dataserver");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !id_file.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let still_running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(std::fs::read_to_string(&id_file).unwrap().trim(), "1");
+    assert!(still_running, "the server did not start on its own store");
+}

@@ -38,4 +38,4 @@ pub use feed::MAX_FEED_BATCH;
 pub use handler::{MAX_LEASE_MS, MAX_REQUEST_BYTES};
 pub use request_socket::MAX_IN_FLIGHT;
 pub use server::{Config, DataServer, Options};
-pub use store::STORE_FILE;
+pub use store::{store_owner, STORE_FILE};

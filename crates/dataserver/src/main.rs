@@ -74,8 +74,8 @@ fn parse_peers(text: &str) -> Result<PeerList, String> {
     parse_peer_list(text).map(PeerList).map_err(|error| error.to_string())
 }
 
-/// Returns the id stored in `<data_dir>/server-id`, or generates a random nonzero id and
-/// stores it there.
+/// Returns the id stored in `<data_dir>/server-id`. When that file is missing, stores there the
+/// id recorded in the data directory's store, or a random nonzero id when there is none.
 fn stored_or_new_id(data_dir: &Path) -> anyhow::Result<ServerId> {
     let path = data_dir.join(SERVER_ID_FILE);
     match std::fs::read_to_string(&path) {
@@ -89,16 +89,17 @@ fn stored_or_new_id(data_dir: &Path) -> anyhow::Result<ServerId> {
             Ok(id)
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let id = loop {
+            // A store without its server-id file (deleted, or copied alone) keeps its owner's id.
+            let id = forum_dataserver::store_owner(data_dir).unwrap_or_else(|| loop {
                 let candidate: ServerId = rand::random();
                 if candidate != 0 {
                     break candidate;
                 }
-            };
+            });
             std::fs::create_dir_all(data_dir)
                 .with_context(|| format!("failed to create the data directory {}", data_dir.display()))?;
             std::fs::write(&path, format!("{id}\n")).with_context(|| format!("failed to write {}", path.display()))?;
-            info!(server = id, file = %path.display(), "generated a server id");
+            info!(server = id, file = %path.display(), "stored the server id");
             Ok(id)
         }
         Err(error) => Err(error).with_context(|| format!("failed to read {}", path.display())),
@@ -119,6 +120,13 @@ fn keep_given_id(data_dir: &Path, id: ServerId) -> anyhow::Result<ServerId> {
             text.trim()
         ),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(owner) = forum_dataserver::store_owner(data_dir).filter(|owner| *owner != id) {
+                anyhow::bail!(
+                    "--id {id} differs from the id {owner} recorded in the store {}; start with --id {owner} or \
+                     use another data directory",
+                    data_dir.join(forum_dataserver::STORE_FILE).display()
+                );
+            }
             std::fs::create_dir_all(data_dir)
                 .with_context(|| format!("failed to create the data directory {}", data_dir.display()))?;
             std::fs::write(&path, format!("{id}\n")).with_context(|| format!("failed to write {}", path.display()))?;

@@ -88,6 +88,25 @@ pub(crate) struct Store {
     next_position: AtomicU64,
 }
 
+/// Returns the id of the server that owns the store in `data_dir`, when there is a store that
+/// records it. Stores written before the owner was recorded, and damaged ones, give `None`.
+pub fn store_owner(data_dir: &Path) -> Option<ServerId> {
+    let path = data_dir.join(STORE_FILE);
+    if std::fs::metadata(&path).map_or(true, |metadata| metadata.len() == 0) {
+        return None;
+    }
+    // redb panics on some damaged files; the start that follows reports those with the path.
+    std::panic::catch_unwind(|| {
+        let database = Database::builder().set_cache_size(1024 * 1024).open(&path).ok()?;
+        let transaction = database.begin_read().ok()?;
+        let meta = transaction.open_table(META).ok()?;
+        let owner = meta.get(META_SERVER_ID).ok()??.value();
+        ServerId::try_from(owner).ok()
+    })
+    .ok()
+    .flatten()
+}
+
 /// Creates the tables when missing, checks the owner's id and converts an older format.
 fn prepare(database: &Database, path: &Path, server: ServerId) -> anyhow::Result<()> {
     let shown = path.display();
@@ -344,7 +363,9 @@ mod tests {
     #[test]
     fn store_of_another_server_is_refused() {
         let directory = tempfile::tempdir().unwrap();
+        assert_eq!(store_owner(directory.path()), None, "no store yet");
         drop(Store::open(directory.path(), 3).unwrap());
+        assert_eq!(store_owner(directory.path()), Some(3));
         let message = format!("{:#}", Store::open(directory.path(), 4).err().expect("another id is refused"));
         assert!(message.contains("belongs to server id 3, not 4"), "{message}");
     }
