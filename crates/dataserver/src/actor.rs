@@ -29,6 +29,7 @@ enum PendingReply {
     Credentials(oneshot::Sender<Option<Credentials>>, Option<Credentials>),
     /// The acknowledgement of a fetched batch.
     Stored(oneshot::Sender<()>),
+    KeptIds(oneshot::Sender<Vec<Option<ChangeId>>>, Vec<Option<ChangeId>>),
 }
 
 pub(crate) struct Actor {
@@ -109,14 +110,17 @@ impl Actor {
                     replies.push(PendingReply::Reply(reply, answer));
                 }
                 Command::Read { read, reply } => replies.push(PendingReply::Reply(reply, self.state.read(read))),
+                Command::KeptIds { keys, reply } => {
+                    replies.push(PendingReply::KeptIds(reply, self.state.kept_ids(&keys)));
+                }
                 Command::Credentials { name, reply } => {
                     replies.push(PendingReply::Credentials(reply, self.state.credentials(&name)));
                 }
                 Command::Replicated { change } => {
                     self.check_origin(&change);
-                    if self.state.apply(&change) {
+                    if let Some(note) = self.state.apply_noted(&change) {
                         add(&self.metrics.replicated_changes, 1);
-                        changes.push(Publication::new(change, false));
+                        changes.push(Publication { note, ..Publication::new(change, false) });
                     } else {
                         add(&self.metrics.duplicate_changes, 1);
                         debug!(server = self.id, change = %change.id, "ignored a change that is already applied");
@@ -126,9 +130,9 @@ impl Actor {
                     let received = fetched.len();
                     for change in fetched {
                         self.check_origin(&change);
-                        if self.state.apply(&change) {
+                        if let Some(note) = self.state.apply_noted(&change) {
                             add(&self.metrics.fetched_changes, 1);
-                            changes.push(Publication::new(change, false));
+                            changes.push(Publication { note, ..Publication::new(change, false) });
                         } else {
                             add(&self.metrics.duplicate_changes, 1);
                         }
@@ -173,6 +177,9 @@ impl Actor {
                 }
                 PendingReply::Stored(sender) => {
                     let _ = sender.send(());
+                }
+                PendingReply::KeptIds(sender, ids) => {
+                    let _ = sender.send(ids);
                 }
             }
         }
@@ -233,5 +240,7 @@ fn fail(pending: PendingReply) {
         PendingReply::Credentials(sender, _) => drop(sender),
         // Dropping the sender tells the fetcher that the batch was not stored.
         PendingReply::Stored(sender) => drop(sender),
+        // Dropping the sender makes the feed reply with an internal error.
+        PendingReply::KeptIds(sender, _) => drop(sender),
     }
 }

@@ -8,7 +8,7 @@
 use anyhow::Context;
 use std::path::Path;
 
-use forum_protocol::{ChangeId, FeedEntry};
+use forum_protocol::{ChangeId, FeedEntry, FeedNote};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 
 use crate::store::{decode_stored, CHANGES};
@@ -76,7 +76,7 @@ pub(crate) fn read_after(database: &Database, path: &Path, after: u64, limit: us
             .context("failed to read a change")?
             .with_context(|| format!("feed position {} names change {origin}-{seq}, which is not stored", position.value()))?;
         let change = decode_stored(bytes.value(), origin, seq, path)?;
-        entries.push(FeedEntry { position: position.value(), change: change.redacted() });
+        entries.push(FeedEntry { position: position.value(), change: change.redacted(), note: FeedNote::default() });
     }
     Ok((entries, last))
 }

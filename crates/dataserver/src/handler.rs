@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use forum_protocol::{
     decode, now_millis, peek_request_id, validate_name, validate_password, validate_text, validate_title, CodecError, ErrorCode,
-    FeedBatch, IdempotencyKey, Invalid, Reply, Request, ServerId, WireReply, WireRequest, PROTOCOL_VERSION,
+    Change, ChangeKind, FeedBatch, FeedEntry, IdempotencyKey, Invalid, Reply, Request, ServerId, WireReply, WireRequest, PROTOCOL_VERSION,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
@@ -141,12 +141,38 @@ impl Handler {
         }
     }
 
+    /// Hides the messages of a replayed feed that lost their idempotency key to another copy
+    /// of the same write, as the live feed does. Returns `None` when the actor is gone.
+    async fn note_copies(&self, entries: &mut [FeedEntry]) -> Option<()> {
+        let is_message = |change: &Change| matches!(change.kind, ChangeKind::MessagePosted { .. } | ChangeKind::PrivateSent { .. });
+        let keyed: Vec<(usize, IdempotencyKey)> = entries
+            .iter()
+            .enumerate()
+            .filter(|(_, entry)| is_message(&entry.change))
+            .filter_map(|(index, entry)| entry.change.key.map(|key| (index, key)))
+            .collect();
+        if keyed.is_empty() {
+            return Some(());
+        }
+        let (reply, kept) = oneshot::channel();
+        let keys = keyed.iter().map(|(_, key)| *key).collect();
+        self.actor.send(Command::KeptIds { keys, reply }).await.ok()?;
+        for ((index, _), kept) in keyed.into_iter().zip(kept.await.ok()?) {
+            let entry = &mut entries[index];
+            entry.note.hidden = kept.is_some_and(|kept| kept != entry.change.id);
+        }
+        Some(())
+    }
+
     async fn feed_since(&self, request_id: u64, after: u64, limit: u32) -> Reply {
         let limit = (limit as usize).min(MAX_FEED_BATCH);
         let store = Arc::clone(&self.store);
         let read = tokio::task::spawn_blocking(move || store.feed_after(after, limit)).await;
         match read {
-            Ok(Ok((entries, last))) => Reply::Feed(FeedBatch { server: self.server, entries, last }),
+            Ok(Ok((mut entries, last))) => match self.note_copies(&mut entries).await {
+                Some(()) => Reply::Feed(FeedBatch { server: self.server, entries, last }),
+                None => internal(),
+            },
             Ok(Err(error)) => {
                 error!(server = self.server, request = request_id, error = format!("{error:#}"), "failed to read the feed");
                 internal()

@@ -41,6 +41,11 @@ impl PostRef {
     pub fn subject(&self) -> ChangeId {
         ChangeId::new(self.subject_origin, self.subject_seq)
     }
+
+    /// Returns the id of the post's change.
+    pub fn id(&self) -> ChangeId {
+        ChangeId::new(self.origin, self.seq)
+    }
 }
 
 /// The kept change of every idempotency key seen.
@@ -121,7 +126,7 @@ impl Writes {
 
 #[cfg(test)]
 mod tests {
-    use forum_protocol::{ChangeId, Message, Reply, Subject, User};
+    use forum_protocol::{ChangeId, FeedNote, Message, Reply, Subject, User};
 
     use super::*;
     use crate::command::Read;
@@ -154,6 +159,22 @@ mod tests {
             lamport,
         };
         Change { id: message.id, lamport, time: 0, kind: ChangeKind::MessagePosted { message }, key: Some(KEY) }
+    }
+
+    #[test]
+    fn second_copy_gets_feed_note() {
+        let (first, retried) = (post(1, 3, 3), post(2, 1, 3));
+
+        let mut state = ForumState::from_changes(setup());
+        assert_eq!(state.apply_noted(&retried), Some(FeedNote::default()), "the first copy to arrive is shown");
+        let note = FeedNote { hidden: false, replaces: Some(retried.id) };
+        assert_eq!(state.apply_noted(&first), Some(note), "the winner names the copy it replaces");
+        assert_eq!(state.apply_noted(&first), None, "a change applied again is a duplicate");
+
+        let mut state = ForumState::from_changes(setup());
+        assert_eq!(state.apply_noted(&first), Some(FeedNote::default()));
+        assert_eq!(state.apply_noted(&retried), Some(FeedNote { hidden: true, replaces: None }), "the loser is hidden");
+        assert_eq!(state.kept_ids(&[KEY]), vec![Some(first.id)]);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 use forum_protocol::{
-    encode_feed_change, seal, Change, ClusterKey, MacContext, ServerId, VersionVector, TOPIC_CHECKPOINT, TOPIC_WEBSERVER,
+    encode_feed_change, seal, Change, ClusterKey, FeedNote, MacContext, ServerId, VersionVector, TOPIC_CHECKPOINT, TOPIC_WEBSERVER,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -27,13 +27,15 @@ pub(crate) struct Publication {
     pub position: u64,
     /// The change encoded as it is stored, which is also its checkpoint message.
     pub encoded: Bytes,
+    /// What pages are shown of it, for a second copy of a write.
+    pub note: FeedNote,
 }
 
 impl Publication {
     /// A change to store and then publish; the actor fills in its position and encoding
     /// when it stores it.
     pub fn new(change: Change, local: bool) -> Self {
-        Publication { change, local, position: 0, encoded: Bytes::new() }
+        Publication { change, local, position: 0, encoded: Bytes::new(), note: FeedNote::default() }
     }
 }
 
@@ -80,12 +82,12 @@ pub(crate) async fn run(
                 continue;
             }
         };
-        let Some(Publication { change, local, position, encoded }) = publication else { break };
+        let Some(Publication { change, local, position, encoded, note }) = publication else { break };
         let mut messages = Vec::with_capacity(2);
         if local {
             messages.push(two_frames(TOPIC_CHECKPOINT, encoded));
         }
-        messages.push(two_frames(TOPIC_WEBSERVER, Bytes::from(encode_feed_change(server, position, &change))));
+        messages.push(two_frames(TOPIC_WEBSERVER, Bytes::from(encode_feed_change(server, position, &change, note))));
         for message in messages {
             // zeromq 0.7's PUB send only queues the message and drops it for a subscriber
             // whose queue is full, so this await does not wait on the network.

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use forum_protocol::{
-    fold, now_millis, Change, ChangeId, ChangeKind, ErrorCode, ErrorReply, IdempotencyKey, Message, PrivateMessage, Reply,
+    fold, now_millis, Change, ChangeId, ChangeKind, FeedNote, ErrorCode, ErrorReply, IdempotencyKey, Message, PrivateMessage, Reply,
     ServerId, Subject, User, UserStatus, VersionVector,
 };
 
@@ -174,18 +174,31 @@ impl ForumState {
 
     /// Applies a change and returns true, or returns false when it was already applied.
     pub fn apply(&mut self, change: &Change) -> bool {
+        self.apply_noted(change).is_some()
+    }
+
+    /// Applies a change and returns what pages are shown of it, or returns `None` when it was
+    /// already applied. Only a second copy of a write (same idempotency key) gets a note.
+    pub fn apply_noted(&mut self, change: &Change) -> Option<FeedNote> {
         if !self.versions.record(change.id) {
-            return false;
+            return None;
         }
         self.applied += 1;
         self.max_lamport = self.max_lamport.max(change.lamport);
         let max_seq = self.max_seq.entry(change.id.origin).or_default();
         *max_seq = (*max_seq).max(change.id.seq);
+        let mut note = FeedNote::default();
         match self.writes.admit(change) {
             Admission::Apply => {}
-            Admission::Skip => return true,
-            Admission::ReplacePost(duplicate) => self.withdraw_post(duplicate),
-            Admission::Replace(duplicate) => self.withdraw(&duplicate),
+            Admission::Skip => return Some(FeedNote { hidden: true, replaces: None }),
+            Admission::ReplacePost(duplicate) => {
+                note.replaces = Some(duplicate.id());
+                self.withdraw_post(duplicate);
+            }
+            Admission::Replace(duplicate) => {
+                note.replaces = Some(duplicate.id);
+                self.withdraw(&duplicate);
+            }
         }
 
         let key = order_key(change);
@@ -224,7 +237,20 @@ impl ForumState {
             ChangeKind::SessionCreated { .. } | ChangeKind::SessionRevoked { .. } => self.sessions.apply(change),
             ChangeKind::PresenceLease { .. } => self.leases.apply(change, fold),
         }
-        true
+        Some(note)
+    }
+
+    /// Returns the id of the change that each idempotency key kept, for the feed notes of a
+    /// replay: a keyed message whose key kept another change is hidden.
+    pub fn kept_ids(&self, keys: &[IdempotencyKey]) -> Vec<Option<ChangeId>> {
+        keys.iter()
+            .map(|key| {
+                self.writes.original(*key).map(|kept| match kept {
+                    Kept::Post(post) => post.id(),
+                    Kept::Whole(change) => change.id,
+                })
+            })
+            .collect()
     }
 
     /// Returns the index of an author's name in `authors`, adding it when new.

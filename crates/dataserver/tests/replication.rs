@@ -212,3 +212,55 @@ async fn peer_started_later_is_reached() {
     late.shutdown().await;
     early.shutdown().await;
 }
+
+/// Sends a post with the idempotency key (client 7, request 1), as a web server sends it again
+/// after a failover, and returns the stored message's id.
+async fn keyed_post(client: &mut Client, subject: ChangeId) -> ChangeId {
+    let request = Request::PostMessage { subject, author: "ana".into(), text: "sent twice".into() };
+    let payload = forum_protocol::encode(&forum_protocol::WireRequest { v: forum_protocol::PROTOCOL_VERSION, id: 1, request, client: Some(7) });
+    match client.send_raw(payload).await.reply {
+        Reply::Message(message) => message.id,
+        other => panic!("expected the stored message, got {other:?}"),
+    }
+}
+
+async fn feed_notes(client: &mut Client) -> HashMap<ChangeId, bool> {
+    match client.request(Request::FeedSince { after: 0, limit: 500 }).await {
+        Reply::Feed(batch) => batch.entries.into_iter().map(|entry| (entry.change.id, entry.note.hidden)).collect(),
+        other => panic!("expected the feed, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_copy_of_write_is_hidden_in_feed() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (server_a, server_b) = (start(1, dir_a.path()).await, start(2, dir_b.path()).await);
+    let (mut client_a, mut client_b) = (Client::connect(&server_a).await, Client::connect(&server_b).await);
+
+    // Apart, both servers store the same write: the user, the subject and the keyed post.
+    let mut copies = Vec::new();
+    for client in [&mut client_a, &mut client_b] {
+        assert!(matches!(client.register("ana", "password-of-ana").await, Reply::User(_)));
+        let Reply::Subject(subject) = client.request(Request::CreateSubject { title: "Plans".into(), created_by: "ana".into() }).await
+        else {
+            panic!("a subject")
+        };
+        copies.push(keyed_post(client, subject.id).await);
+    }
+    server_a.add_peer(server_b.pub_endpoint().to_owned()).await.unwrap();
+    server_b.add_peer(server_a.pub_endpoint().to_owned()).await.unwrap();
+
+    // Both copies have Lamport time 3, so server 1's copy wins everywhere.
+    let (winner, loser) = (copies[0], copies[1]);
+    for client in [&mut client_a, &mut client_b] {
+        wait_for_reply("both copies", client, || Request::FeedSince { after: 0, limit: 500 }, |reply| {
+            matches!(reply, Reply::Feed(batch) if batch.entries.iter().filter(|entry| entry.change.id == winner || entry.change.id == loser).count() == 2)
+        })
+        .await;
+        let notes = feed_notes(client).await;
+        assert_eq!(notes.get(&winner), Some(&false), "the kept copy is shown");
+        assert_eq!(notes.get(&loser), Some(&true), "the other copy is hidden");
+    }
+    server_a.shutdown().await;
+    server_b.shutdown().await;
+}

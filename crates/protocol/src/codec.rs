@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::nesting::{check_nesting, MAX_NESTING};
-use crate::{Change, ServerId, PROTOCOL_VERSION};
+use crate::{Change, FeedNote, ServerId, PROTOCOL_VERSION};
 
 /// The error for bytes that are not a valid envelope of this protocol version.
 #[derive(Debug, thiserror::Error)]
@@ -43,16 +43,18 @@ pub fn encode_change(change: &Change) -> Vec<u8> {
 
 /// Encodes a change as a [`WireFeedChange`](crate::WireFeedChange) at `position` in `server`'s
 /// feed, redacted, copying it only when it holds a secret.
-pub fn encode_feed_change(server: ServerId, position: u64, change: &Change) -> Vec<u8> {
+pub fn encode_feed_change(server: ServerId, position: u64, change: &Change, note: FeedNote) -> Vec<u8> {
     #[derive(Serialize)]
     struct WireFeedChangeRef<'a> {
         v: u16,
         server: ServerId,
         position: u64,
         change: Cow<'a, Change>,
+        #[serde(skip_serializing_if = "FeedNote::is_plain")]
+        note: FeedNote,
     }
     let change = if change.has_secret() { Cow::Owned(change.redacted()) } else { Cow::Borrowed(change) };
-    encode(&WireFeedChangeRef { v: PROTOCOL_VERSION, server, position, change })
+    encode(&WireFeedChangeRef { v: PROTOCOL_VERSION, server, position, change, note })
 }
 
 /// Decodes an envelope, first checking that its `v` field is [`PROTOCOL_VERSION`].
@@ -207,7 +209,7 @@ mod tests {
 
         let mut change = sample_change();
         change.key = Some(IdempotencyKey { client: 99, request: 7 });
-        let feed_change = WireFeedChange { v: PROTOCOL_VERSION, server: 2, position: 12, change };
+        let feed_change = WireFeedChange { v: PROTOCOL_VERSION, server: 2, position: 12, change, note: FeedNote::default() };
         assert_eq!(decode::<WireFeedChange>(&encode(&feed_change)).unwrap(), feed_change);
         let as_plain_change: WireChange = decode(&encode(&feed_change)).unwrap();
         assert_eq!(as_plain_change.change.key, feed_change.change.key, "a feed change also decodes as a plain change");
@@ -254,14 +256,19 @@ mod tests {
     fn borrowed_encodings_match_owned_ones() {
         let change = sample_change();
         assert_eq!(encode_change(&change), encode(&WireChange { v: PROTOCOL_VERSION, change: change.clone() }));
-        let feed = WireFeedChange { v: PROTOCOL_VERSION, server: 4, position: 9, change: change.redacted() };
-        assert_eq!(encode_feed_change(4, 9, &change), encode(&feed));
+        let feed = WireFeedChange { v: PROTOCOL_VERSION, server: 4, position: 9, change: change.redacted(), note: FeedNote::default() };
+        assert_eq!(encode_feed_change(4, 9, &change, FeedNote::default()), encode(&feed));
+        let note = FeedNote { hidden: false, replaces: Some(ChangeId::new(3, 7)) };
+        let feed = WireFeedChange { note, ..feed };
+        assert_eq!(encode_feed_change(4, 9, &change, note), encode(&feed));
+        let decoded: WireFeedChange = decode(&encode(&feed)).unwrap();
+        assert_eq!(decoded.note, note);
 
         let user = User { id: ChangeId::new(1, 1), name: "ana".into(), time: 0 };
         let kind = ChangeKind::UserRegistered { user, password_hash: "$argon2id$secret".into() };
         let registration = Change { id: ChangeId::new(1, 1), lamport: 1, time: 0, kind, key: None };
-        let feed = WireFeedChange { v: PROTOCOL_VERSION, server: 4, position: 9, change: registration.redacted() };
-        let encoded = encode_feed_change(4, 9, &registration);
+        let feed = WireFeedChange { v: PROTOCOL_VERSION, server: 4, position: 9, change: registration.redacted(), note: FeedNote::default() };
+        let encoded = encode_feed_change(4, 9, &registration, FeedNote::default());
         assert_eq!(encoded, encode(&feed));
         assert!(!String::from_utf8_lossy(&encoded).contains("argon2"));
     }

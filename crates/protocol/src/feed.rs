@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::ServerId;
+use crate::ids::{ChangeId, ServerId};
 use crate::model::Change;
 
 /// The key that makes a retried write idempotent: the random id of the web server instance that
@@ -30,6 +30,9 @@ pub struct WireFeedChange {
     pub server: ServerId,
     pub position: u64,
     pub change: Change,
+    /// What pages are shown of a message that was stored twice; absent for every other change.
+    #[serde(default, skip_serializing_if = "FeedNote::is_plain")]
+    pub note: FeedNote,
 }
 
 /// One change of a data server's feed and its position there.
@@ -37,6 +40,29 @@ pub struct WireFeedChange {
 pub struct FeedEntry {
     pub position: u64,
     pub change: Change,
+    #[serde(default, skip_serializing_if = "FeedNote::is_plain")]
+    pub note: FeedNote,
+}
+
+/// A data server's note on a message of its feed that is one of two copies of the same write
+/// (the same idempotency key, sent again after a failover). Every replica keeps the copy with
+/// the smallest (lamport, origin, seq) in its histories; the note tells web servers what pages
+/// should show, so no page shows both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedNote {
+    /// The change lost to the other copy: it is stored, and shown to nobody.
+    #[serde(default)]
+    pub hidden: bool,
+    /// The change won over this copy, which pages remove.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<ChangeId>,
+}
+
+impl FeedNote {
+    /// Returns whether the note says nothing: the change is shown as it is.
+    pub fn is_plain(&self) -> bool {
+        *self == FeedNote::default()
+    }
 }
 
 /// The reply to [`crate::Request::FeedSince`].

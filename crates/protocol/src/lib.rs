@@ -20,7 +20,7 @@ mod wire;
 
 pub use codec::{decode, encode, encode_change, encode_feed_change, peek_request_id, CodecError};
 pub use endpoint::{parse_endpoint, parse_peer_list, EndpointError};
-pub use feed::{FeedBatch, FeedEntry, IdempotencyKey, WireFeedChange};
+pub use feed::{FeedBatch, FeedEntry, FeedNote, IdempotencyKey, WireFeedChange};
 pub use ids::{ChangeId, ServerId};
 pub use mac::{seal, unseal, ClusterKey, KeyError, MacContext, MacError, MIN_KEY_LEN, NONCE_LEN, SEAL_OVERHEAD, TAG_LEN};
 pub use model::{

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use zeromq::{Socket, SocketOptions, SocketRecv, SubSocket};
 
 use crate::data_client::{ActiveServer, DataClient};
-use crate::duplicates::{RecentMessages, Verdict};
+use crate::duplicates::Verdict;
 use crate::events::{render_change, EventText};
 
 /// Items the broadcast channel keeps for streams that have not read them yet.
@@ -117,7 +117,6 @@ impl Default for Feed {
 /// are the data servers' PUB endpoints, in the same order as their request endpoints.
 pub async fn run(feed: Arc<Feed>, data: DataClient, pub_endpoints: Vec<String>, shutdown: CancellationToken) {
     let mut active_servers = data.active();
-    let mut recent = RecentMessages::default();
     loop {
         let active = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -127,7 +126,7 @@ pub async fn run(feed: Arc<Feed>, data: DataClient, pub_endpoints: Vec<String>, 
             },
         };
         active_servers.mark_unchanged();
-        let mut follower = Follower { feed: &feed, data: &data, active, recent: &mut recent };
+        let mut follower = Follower { feed: &feed, data: &data, active };
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = active_servers.changed() => {}
@@ -141,8 +140,6 @@ struct Follower<'a> {
     feed: &'a Feed,
     data: &'a DataClient,
     active: ActiveServer,
-    /// Recent messages, kept across data servers, since a failover is when copies appear.
-    recent: &'a mut RecentMessages,
 }
 
 impl Follower<'_> {
@@ -238,7 +235,7 @@ impl Follower<'_> {
         }
         if wire.position == head + 1 {
             let at = FeedPosition { server: wire.server, position: wire.position };
-            let verdict = self.recent.admit(&wire.change);
+            let verdict = Verdict::of(wire.note);
             self.feed.broadcast(FeedItem::judged(at, wire.change, verdict));
             return true;
         }
@@ -265,7 +262,7 @@ impl Follower<'_> {
             let complete = batch.entries.len() < FETCH_LIMIT as usize;
             for entry in batch.entries {
                 let at = FeedPosition { server: batch.server, position: entry.position };
-                let verdict = self.recent.admit(&entry.change);
+                let verdict = Verdict::of(entry.note);
                 self.feed.broadcast(FeedItem::judged(at, entry.change, verdict));
             }
             if complete {

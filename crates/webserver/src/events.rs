@@ -259,6 +259,11 @@ impl Forwarder {
             let complete = batch.entries.len() < REPLAY_PAGE as usize;
             for entry in batch.entries {
                 let at = FeedPosition { server: batch.server, position: entry.position };
+                if entry.note.hidden {
+                    // The other copy of this write is the one shown.
+                    self.cursor = Some(at);
+                    continue;
+                }
                 self.send_change(at, &entry.change).await?;
             }
             if complete {
