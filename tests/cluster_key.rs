@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,6 +13,7 @@ use forum_dataserver::{Config, DataServer, Options};
 use forum_protocol::{decode, encode, seal, unseal, ClusterKey, MacContext, Reply, Request, WireReply, WireRequest, PROTOCOL_VERSION};
 use forum_webserver::{Config as WebConfig, WebServer};
 use serde_json::json;
+use tokio::io::AsyncWriteExt;
 use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
 /// How long a client waits before it concludes that a request was dropped.
@@ -160,4 +162,104 @@ async fn web_server_needs_same_key() {
     outsider.shutdown().await;
     member.shutdown().await;
     data.shutdown().await;
+}
+
+/// The start of the log line for a request that failed authentication.
+const FAILED_AUTHENTICATION: &str = "dropped a request that failed authentication";
+
+/// Returns the ZMTP 3.0 greeting and the READY command of a DEALER socket that sets its own
+/// Identity, which the request guard must replace with the client's address.
+fn dealer_handshake() -> Vec<u8> {
+    let mut greeting = vec![0u8; 64];
+    greeting[0] = 0xFF;
+    greeting[9] = 0x7F;
+    greeting[10] = 3;
+    greeting[12..16].copy_from_slice(b"NULL");
+
+    let mut ready = b"\x05READY".to_vec();
+    for (name, value) in [(&b"Socket-Type"[..], &b"DEALER"[..]), (b"Identity", b"chosen-by-client")] {
+        ready.push(name.len() as u8);
+        ready.extend_from_slice(name);
+        ready.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        ready.extend_from_slice(value);
+    }
+    [greeting, vec![0x04, ready.len() as u8], ready].concat()
+}
+
+/// Encodes a ping as a one-frame ZMTP message, sealed under `cluster_key` when given.
+fn ping_frame(cluster_key: Option<&ClusterKey>) -> Vec<u8> {
+    let envelope = WireRequest { v: PROTOCOL_VERSION, id: 9, request: Request::Ping, client: None };
+    let mut frames = vec![Bytes::from(encode(&envelope))];
+    seal(cluster_key, MacContext::Request, &mut frames, 1);
+    let payload = &frames[0];
+    let mut frame = vec![0x00, u8::try_from(payload.len()).expect("a ping shorter than 256 bytes")];
+    frame.extend_from_slice(payload);
+    frame
+}
+
+fn failure_lines(log: &str) -> Vec<&str> {
+    log.lines().filter(|line| line.contains(FAILED_AUTHENTICATION)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_request_logs_client_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster_key, key_text) = ClusterKey::generate();
+    let endpoint = format!("tcp://127.0.0.1:{}", common::free_port());
+    let log_path = dir.path().join("dataserver.log");
+    let log = std::fs::File::create(&log_path).expect("creating the server log");
+    let child = Command::new(common::workspace_binary("dataserver"))
+        .args(["--id", "1", "--request", &endpoint])
+        .arg("--pub")
+        .arg(format!("tcp://127.0.0.1:{}", common::free_port()))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("FORUM_CLUSTER_KEY", &key_text)
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("sharing the log file"))
+        .stderr(log)
+        .spawn()
+        .expect("starting a dataserver process");
+    let _server = common::ServerProcess { child };
+    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    common::eventually("the data server answers a sealed ping", || {
+        let endpoint = endpoint.clone();
+        let cluster_key = cluster_key.clone();
+        async move { request(&endpoint, Some(&cluster_key), Request::Ping).await.is_some() }
+    })
+    .await;
+    assert!(failure_lines(&read_log()).is_empty(), "a sealed request was logged as failed:\n{}", read_log());
+
+    // One connection sends an unsealed ping and two under another key, in separate writes.
+    let address = endpoint.strip_prefix("tcp://").unwrap();
+    let mut outsider = tokio::net::TcpStream::connect(address).await.expect("connecting to the request port");
+    let outsider_address = outsider.local_addr().expect("the outsider's address").to_string();
+    outsider.write_all(&dealer_handshake()).await.expect("sending the handshake");
+    for cluster_key in [None, Some(key(2)), Some(key(2))] {
+        outsider.write_all(&ping_frame(cluster_key.as_ref())).await.expect("sending a ping");
+    }
+    // A zeromq DEALER without the key, on a second connection.
+    assert!(request(&endpoint, None, Request::Ping).await.is_none(), "an unsealed request was answered");
+
+    let pong = request(&endpoint, Some(&cluster_key), Request::Ping).await;
+    assert!(matches!(pong, Some(Reply::Pong { server: 1 })), "a keyed client was not served: {pong:?}");
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    while failure_lines(&read_log()).len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the server did not log both clients within {:?}:\n{}", common::PATIENCE, read_log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Give a late duplicate line time to appear.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let log_text = read_log();
+    let lines = failure_lines(&log_text);
+    assert_eq!(lines.len(), 2, "expected one line per connection:\n{log_text}");
+    let outsider_lines: Vec<_> = lines.iter().filter(|line| line.contains(&format!("client={outsider_address} "))).collect();
+    assert_eq!(outsider_lines.len(), 1, "expected one line naming {outsider_address}:\n{log_text}");
+    assert!(!log_text.contains("chosen-by-client"), "the client's own Identity reached the log:\n{log_text}");
+    let dealer_line = lines.iter().find(|line| !line.contains(&outsider_address)).expect("a line for the DEALER");
+    assert!(dealer_line.contains("client=127.0.0.1:"), "the DEALER's line names no address: {dealer_line}");
+    drop(outsider);
 }

@@ -4,12 +4,14 @@
 //! greeting, then a frame header declaring 2^45 bytes) aborts the whole process. So each
 //! socket the server binds listens on an ephemeral loopback port only, and a [`Guard`] takes
 //! the configured endpoint: it checks every client's greeting and frame headers against
-//! [`Limits`] and relays what passes. A client that breaks a limit is cut and counted.
+//! [`Limits`] and relays what passes. A client that breaks a limit is cut and counted. The
+//! request guard also sets each client's routing id to its `IP:PORT`, so the request socket
+//! can name the client in its logs.
 
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use zmtp_guard::{Guard, Limits};
+use zmtp_guard::{Guard, Limits, RoutingId};
 
 /// The endpoint that every zeromq socket binds behind its guard: an ephemeral loopback port.
 pub(crate) const INTERNAL_ENDPOINT: &str = "tcp://127.0.0.1:0";
@@ -60,11 +62,11 @@ pub(crate) async fn start(fronted: Fronted, public: SocketAddr, internal_endpoin
         .with_context(|| format!("the {socket} socket bound {internal_endpoint:?}, which is not tcp://IP:PORT"))?;
     // The defaults admit the largest request (64 KiB) with room to spare, so an oversized
     // request still reaches the handler and gets an error reply instead of a cut connection.
-    let limits = match fronted {
-        Fronted::Request => Limits::default(),
-        Fronted::Pub => Limits::for_pub_socket(),
+    let (limits, routing_id) = match fronted {
+        Fronted::Request => (Limits::default(), RoutingId::ClientAddress),
+        Fronted::Pub => (Limits::for_pub_socket(), RoutingId::AsSent),
     };
-    Guard::start(public, internal, limits)
+    Guard::start_with_routing_id(public, internal, limits, routing_id)
         .await
         .with_context(|| format!("failed to bind the {socket} endpoint {}", endpoint_of(public)))
 }

@@ -65,14 +65,15 @@ fn reply_message(envelope: Vec<Bytes>, reply: &WireReply, cluster_key: Option<&C
     ZmqMessage::try_from(frames).expect("a reply has at least the payload frame")
 }
 
-/// The maximum number of client identities remembered as already logged for a failed authentication. Beyond
-/// it, failures are logged under the usual rate limit only.
-const MAX_LOGGED_IDENTITIES: usize = 1024;
+/// The maximum number of client addresses remembered as already logged for a failed
+/// authentication. Beyond it, failures are logged under the usual rate limit only.
+const MAX_LOGGED_CLIENTS: usize = 1024;
 
 /// Decrypts and authenticates the payload of a received request when a key is set. A request
 /// that fails is dropped without a reply, so a client without the key learns nothing.
-/// Each client identity is logged once; zeromq 0.7's ROUTER does not expose the client's
-/// address, and its guard logs only limit violations.
+///
+/// Each client is logged once, under its routing id. The request guard sets that id to the
+/// client's `IP:PORT` (see `guarded.rs`), so the log names the connection that sent it.
 struct RequestAuthenticator {
     server: ServerId,
     cluster_key: Option<ClusterKey>,
@@ -87,13 +88,15 @@ impl RequestAuthenticator {
             return ZmqMessage::try_from(frames).ok();
         };
         let identity = frames.first().cloned().unwrap_or_default();
-        let hex_identity: String = identity.iter().map(|byte| format!("{byte:02x}")).collect();
-        if self.logged.len() < MAX_LOGGED_IDENTITIES {
+        // A process on this host can reach the internal port without the guard and choose any
+        // routing id, so the id is escaped rather than trusted to be an address.
+        let client = identity.escape_ascii().to_string();
+        if self.logged.len() < MAX_LOGGED_CLIENTS {
             if self.logged.insert(identity) {
-                warn!(server = self.server, client = hex_identity, %error, "dropped a request that failed authentication; check that the client uses this group's cluster key");
+                warn!(server = self.server, %client, %error, "dropped a request that failed authentication; check that the client uses this group's cluster key");
             }
         } else if let Some(suppressed) = self.overflow_log.check() {
-            warn!(server = self.server, client = hex_identity, %error, suppressed, "dropped a request that failed authentication");
+            warn!(server = self.server, %client, %error, suppressed, "dropped a request that failed authentication");
         }
         None
     }

@@ -25,8 +25,8 @@ use crate::limits::{Limits, SubscriptionLimits, MAX_COMMAND_BYTES};
 pub const GREETING_LEN: usize = 64;
 
 const FLAG_MORE: u8 = 0b0000_0001;
-const FLAG_LONG: u8 = 0b0000_0010;
-const FLAG_COMMAND: u8 = 0b0000_0100;
+pub(crate) const FLAG_LONG: u8 = 0b0000_0010;
+pub(crate) const FLAG_COMMAND: u8 = 0b0000_0100;
 const FLAG_RESERVED: u8 = !(FLAG_MORE | FLAG_LONG | FLAG_COMMAND);
 
 const MECHANISM_OFFSET: usize = 12;
@@ -34,7 +34,7 @@ const MECHANISM_LEN: usize = 20;
 const AS_SERVER_OFFSET: usize = 32;
 
 /// Start of the READY command body: a one-byte name length, then the name.
-const READY_PREFIX: &[u8] = b"\x05READY";
+pub(crate) const READY_PREFIX: &[u8] = b"\x05READY";
 
 /// Starts of the ZMTP 3.1 subscription command bodies.
 const SUBSCRIBE_PREFIX: &[u8] = b"\x09SUBSCRIBE";
@@ -100,6 +100,11 @@ pub enum Violation {
     /// One message has more frames than `Limits::max_frames_per_message`.
     #[error("message has more than max_frames_per_message ({max}) frames")]
     TooManyFrames { max: u64 },
+
+    /// The property list of the READY command is malformed, so the guard
+    /// cannot put the client's address in its Identity property.
+    #[error("invalid READY command: {reason}")]
+    InvalidReady { reason: &'static str },
 
     /// On a PUB port, a subscribe or cancel message or command is larger
     /// than `SubscriptionLimits::max_bytes` allows.

@@ -13,6 +13,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::limits::Limits;
 use crate::log_limit::LogRateLimiter;
+use crate::ready::ReadyRewriter;
 use crate::relay::{relay, RelayEnd};
 
 /// Log lines per kind (rejection, over capacity, failure) admitted per window.
@@ -35,6 +36,21 @@ pub struct Guard {
     shared: Arc<Shared>,
     stop: oneshot::Sender<()>,
     accept_task: JoinHandle<()>,
+}
+
+/// The routing id that the zeromq socket behind a guard sees for each client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RoutingId {
+    /// The client's READY command is relayed unchanged, so the routing id is
+    /// the client's Identity property, or a random one that zeromq picks.
+    #[default]
+    AsSent,
+    /// The guard sets the Identity property of the client's READY command to
+    /// the client's address as text, such as `203.0.113.5:40112`, and removes
+    /// the client's own. zeromq 0.7 takes that property as the routing id of
+    /// the connection. Addresses are unique among open connections, so no
+    /// client can take over the replies of another.
+    ClientAddress,
 }
 
 /// A cheap, cloneable reader of one guard's counters. After the guard stops, it keeps
@@ -67,6 +83,7 @@ impl GuardStats {
 struct Shared {
     internal: SocketAddr,
     limits: Limits,
+    routing_id: RoutingId,
     /// One permit per relayed connection, `limits.max_connections` in all.
     permits: Arc<Semaphore>,
     rejected: AtomicU64,
@@ -77,7 +94,8 @@ struct Shared {
 
 impl Guard {
     /// Binds `public` (a std SocketAddr, port 0 allowed), and relays accepted
-    /// connections to `internal` after checks.
+    /// connections to `internal` after checks, with each READY command
+    /// unchanged.
     ///
     /// Returns an `InvalidInput` error if `limits.max_connections` exceeds
     /// [`Semaphore::MAX_PERMITS`], or the error of binding `public`.
@@ -85,6 +103,17 @@ impl Guard {
         public: SocketAddr,
         internal: SocketAddr,
         limits: Limits,
+    ) -> io::Result<Guard> {
+        Self::start_with_routing_id(public, internal, limits, RoutingId::AsSent).await
+    }
+
+    /// Same as [`start`](Self::start), but sets the routing id of each client
+    /// as `routing_id` says.
+    pub async fn start_with_routing_id(
+        public: SocketAddr,
+        internal: SocketAddr,
+        limits: Limits,
+        routing_id: RoutingId,
     ) -> io::Result<Guard> {
         if limits.max_connections > Semaphore::MAX_PERMITS {
             return Err(io::Error::new(
@@ -98,10 +127,11 @@ impl Guard {
         }
         let listener = TcpListener::bind(public).await?;
         let local_addr = listener.local_addr()?;
-        info!(public = %local_addr, %internal, ?limits, "ZMTP guard started");
+        info!(public = %local_addr, %internal, ?limits, ?routing_id, "ZMTP guard started");
 
         let shared = Arc::new(Shared {
             internal,
+            routing_id,
             permits: Arc::new(Semaphore::new(limits.max_connections)),
             limits,
             rejected: AtomicU64::new(0),
@@ -239,7 +269,11 @@ async fn serve(
         debug!(%peer, %nodelay_error, "ZMTP guard could not set TCP_NODELAY");
     }
 
-    match relay(client, server, &shared.limits).await {
+    let rewriter = match shared.routing_id {
+        RoutingId::AsSent => None,
+        RoutingId::ClientAddress => Some(ReadyRewriter::for_peer(peer)),
+    };
+    match relay(client, server, &shared.limits, rewriter).await {
         RelayEnd::Closed(None) => debug!(%peer, "ZMTP guard relay closed"),
         RelayEnd::Closed(Some(io_error)) => {
             debug!(%peer, %io_error, "ZMTP guard relay closed after an I/O error")

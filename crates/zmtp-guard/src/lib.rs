@@ -28,6 +28,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! A guard started with [`RoutingId::ClientAddress`] also rewrites each
+//! client's READY command so that its Identity property is the client's
+//! address, such as `203.0.113.5:40112`. A ROUTER socket behind it then
+//! receives every message with that address as its routing id.
+//!
 //! NOTE: the internal address is still reachable by any local process on the
 //! host, which the guard does not protect against.
 
@@ -35,8 +40,9 @@ mod checker;
 mod guard;
 mod limits;
 mod log_limit;
+mod ready;
 mod relay;
 
 pub use checker::{Phase, Violation, ZmtpChecker, GREETING_LEN};
-pub use guard::{Guard, GuardStats};
+pub use guard::{Guard, GuardStats, RoutingId};
 pub use limits::{Limits, SubscriptionLimits, MAX_COMMAND_BYTES};

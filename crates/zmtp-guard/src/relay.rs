@@ -3,8 +3,11 @@
 //! Each direction owns one buffer of [`CHUNK_BYTES`] and writes a chunk out
 //! before reading the next, so a connection keeps at most one chunk per
 //! direction. Client bytes are checked by [`ZmtpChecker`] before they are
-//! written to the server. Server bytes are relayed unparsed.
+//! written to the server, and a [`ReadyRewriter`], when given, also holds back
+//! the client's READY command (at most one command frame) to rewrite it.
+//! Server bytes are relayed unparsed.
 
+use std::borrow::Cow;
 use std::io;
 use std::time::Duration;
 
@@ -15,6 +18,7 @@ use tokio::time::{timeout_at, Instant};
 
 use crate::checker::{Phase, Violation, ZmtpChecker};
 use crate::limits::Limits;
+use crate::ready::ReadyRewriter;
 
 /// Size of the read buffer of each direction in bytes.
 pub(crate) const CHUNK_BYTES: usize = 8 * 1024;
@@ -40,27 +44,31 @@ pub(crate) enum RelayEnd {
 }
 
 /// Relays bytes between `client` and `server` until either side closes or the
-/// client breaks a limit. Both streams are closed when this returns.
+/// client breaks a limit, rewriting the client's READY command with `rewriter`
+/// when given. Both streams are closed when this returns.
 pub(crate) async fn relay(
     mut client: TcpStream,
     mut server: TcpStream,
     limits: &Limits,
+    rewriter: Option<ReadyRewriter>,
 ) -> RelayEnd {
     let (mut client_read, mut client_write) = client.split();
     let (mut server_read, mut server_write) = server.split();
     let checker = ZmtpChecker::new(limits);
 
     tokio::select! {
-        end = forward_checked(&mut client_read, &mut server_write, checker, limits) => end,
+        end = forward_checked(&mut client_read, &mut server_write, checker, rewriter, limits) => end,
         end = forward_unchecked(&mut server_read, &mut client_write) => end,
     }
 }
 
-/// Copies client bytes to the server after the checker has accepted each chunk.
+/// Copies client bytes to the server after the checker has accepted each chunk,
+/// through `rewriter` until it has rewritten the READY command.
 async fn forward_checked(
     client: &mut ReadHalf<'_>,
     server: &mut WriteHalf<'_>,
     mut checker: ZmtpChecker,
+    mut rewriter: Option<ReadyRewriter>,
     limits: &Limits,
 ) -> RelayEnd {
     let mut buffer = vec![0u8; CHUNK_BYTES];
@@ -98,7 +106,17 @@ async fn forward_checked(
         if let Err(violation) = checker.feed(&buffer[..length]) {
             return RelayEnd::Rejected(violation.into());
         }
-        if let Err(error) = server.write_all(&buffer[..length]).await {
+        let relayed = match rewriter.as_mut() {
+            Some(active) => match active.rewrite(&buffer[..length]) {
+                Ok(relayed) => relayed,
+                Err(violation) => return RelayEnd::Rejected(violation.into()),
+            },
+            None => Cow::Borrowed(&buffer[..length]),
+        };
+        if rewriter.as_ref().is_some_and(ReadyRewriter::is_done) {
+            rewriter = None;
+        }
+        if let Err(error) = server.write_all(&relayed).await {
             return RelayEnd::Closed(Some(error));
         }
     }
