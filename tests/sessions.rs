@@ -94,3 +94,31 @@ async fn presence_lapses_after_web_server_killed() {
     assert!(took <= LEASE_DURATION + Duration::from_millis(500), "took {took:?}, more than the lease of {LEASE_DURATION:?}");
     group.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_session_is_refused() {
+    let group = Group::start(1).await;
+    group.web(0).register("ana", "password-of-ana").await;
+
+    // A session that expires in 2 s, recorded as a web server records one at login.
+    let token = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let expires_at = forum_protocol::now_millis() + 2000;
+    let mut data = common::data_client::DataClient::new(group.data(0).request_endpoint());
+    let request = forum_protocol::Request::CreateSession {
+        token_hash: forum_webserver::token_hash(token),
+        user: "ana".into(),
+        expires_at,
+    };
+    data.expect("recording the session", request).await;
+
+    let browser = WebClient::with_cookie(group.nodes[0].web.local_addr(), &format!("forum_session={token}"));
+    let me = browser.get("/api/me").await;
+    assert_eq!(me.status, 200, "the session works before it expires");
+
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let me = browser.get("/api/me").await;
+    assert_eq!(me.status, 401, "the session still works after it expired");
+    let post = browser.post("/api/subjects", json!({ "title": "Too late" })).await;
+    assert_eq!(post.status, 401, "a write with the expired session was accepted");
+    group.shutdown().await;
+}

@@ -32,3 +32,4 @@ mod state;
 pub use config::{Config, Options, DEFAULT_REQUEST_TIMEOUT};
 pub use listener::{ClientAddr, HttpLimits};
 pub use server::WebServer;
+pub use sessions::token_hash;
