@@ -376,3 +376,55 @@ async fn thousand_held_connections() {
     drop(held);
     server.assert_serves("1,000 connections closed").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_subscribers_keep_server_alive() {
+    let mut server = ServerProcess::start().await;
+    let baseline = server.rss_kib();
+    let address = address_of(&server.publish);
+    let mut good = zeromq::SubSocket::new();
+    good.connect(&server.publish).await.expect("connecting the good subscriber");
+    good.subscribe(forum_protocol::TOPIC_HEARTBEAT).await.expect("subscribing to heartbeats");
+    assert_receives_heartbeat(&mut good, "subscribing").await;
+
+    // Before the pub port's caps, 500 connections of 64 distinct subscriptions each froze a
+    // data server for good: zeromq 0.7's PUB socket blocked both runtime threads on its
+    // subscriber table. Each round's connections are cut or held, and then closed.
+    let rounds = async {
+        for round in 1..=3 {
+            subscriber_round(&address, round, &mut server, &mut good).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(90), rounds)
+        .await
+        .expect("the data server froze under many subscribers: no round finished within 90 s");
+    server.assert_memory_bounded(baseline, "1,500 subscribers");
+}
+
+/// Opens 500 raw SUB connections that send 64 distinct subscriptions each, then checks that
+/// the server still serves requests and publishes, and closes them.
+async fn subscriber_round(address: &str, round: u32, server: &mut ServerProcess, good: &mut zeromq::SubSocket) {
+    {
+        let mut held = Vec::new();
+        for connection in 0..500u32 {
+            let mut message = handshake_as("SUB");
+            for index in 0..64u32 {
+                let mut body = vec![1];
+                body.extend_from_slice(&connection.to_be_bytes());
+                body.extend_from_slice(&index.to_be_bytes());
+                body.resize(200, b's');
+                message.extend_from_slice(&[0x00, body.len() as u8]);
+                message.extend_from_slice(&body);
+            }
+            let Ok(mut stream) = tokio::net::TcpStream::connect(address).await else { continue };
+            if stream.write_all(&message).await.is_ok() {
+                held.push(stream);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = format!("round {round} of 500 subscribers");
+        server.assert_serves(&after).await;
+        assert_receives_heartbeat(good, &after).await;
+        drop(held);
+    }
+}

@@ -64,7 +64,7 @@ pub(crate) async fn start(fronted: Fronted, public: SocketAddr, internal_endpoin
     // request still reaches the handler and gets an error reply instead of a cut connection.
     let (limits, routing_id) = match fronted {
         Fronted::Request => (Limits::default(), RoutingId::ClientAddress),
-        Fronted::Pub => (Limits::for_pub_socket(), RoutingId::AsSent),
+        Fronted::Pub => (pub_limits(), RoutingId::AsSent),
     };
     Guard::start_with_routing_id(public, internal, limits, routing_id)
         .await
@@ -83,4 +83,27 @@ mod tests {
         assert!(public_address("udp://127.0.0.1:1").await.is_err());
         assert!(public_address("tcp://127.0.0.1:x").await.is_err());
     }
+}
+
+/// The most subscribers the pub port admits at once: the group's peers, its web servers and a
+/// few monitors.
+pub const PUB_MAX_CONNECTIONS: usize = 64;
+/// The most subscribe or cancel messages one subscriber may send. A peer subscribes to one
+/// topic prefix and a web server to one topic.
+pub const PUB_MAX_SUBSCRIPTIONS: u64 = 8;
+
+/// Returns the limits of the pub port's guard.
+///
+/// NOTE: zeromq 0.7's PUB socket blocks a runtime thread when a subscription message arrives
+/// while a publication is being fanned out to the same part of its subscriber table, and a
+/// review froze a data server for good with 500 connections of 64 subscriptions each (both
+/// worker threads blocked there). These caps keep the table small, which made the freeze stop
+/// in tests; they do not remove the lock itself.
+fn pub_limits() -> Limits {
+    let mut limits = Limits::for_pub_socket();
+    limits.max_connections = PUB_MAX_CONNECTIONS;
+    if let Some(subscriptions) = limits.subscriptions.as_mut() {
+        subscriptions.max_count = PUB_MAX_SUBSCRIPTIONS;
+    }
+    limits
 }
