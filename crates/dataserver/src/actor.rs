@@ -29,7 +29,7 @@ enum PendingReply {
     Credentials(oneshot::Sender<Option<Credentials>>, Option<Credentials>),
     /// The acknowledgement of a fetched batch.
     Stored(oneshot::Sender<()>),
-    KeptIds(oneshot::Sender<Vec<Option<ChangeId>>>, Vec<Option<ChangeId>>),
+    KeptIds(oneshot::Sender<Vec<Option<(ChangeId, Option<ChangeId>)>>>, Vec<Option<(ChangeId, Option<ChangeId>)>>),
 }
 
 pub(crate) struct Actor {

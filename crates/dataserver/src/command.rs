@@ -46,8 +46,9 @@ pub(crate) enum Command {
     Read { read: Read, reply: oneshot::Sender<Reply> },
     /// Looks up a user by name, ignoring case; `None` when no such user exists.
     Credentials { name: String, reply: oneshot::Sender<Option<Credentials>> },
-    /// Returns the id of the change each idempotency key kept, `None` for a key not seen.
-    KeptIds { keys: Vec<IdempotencyKey>, reply: oneshot::Sender<Vec<Option<ChangeId>>> },
+    /// Returns the id of the change each idempotency key kept and of the message that one
+    /// replaced, `None` for a key not seen.
+    KeptIds { keys: Vec<IdempotencyKey>, reply: oneshot::Sender<Vec<Option<(ChangeId, Option<ChangeId>)>>> },
     /// A change received from a peer on the checkpoint topic.
     Replicated { change: Change },
     /// A batch of changes fetched from a peer to fill a gap. `stored` is told once the batch

@@ -141,8 +141,9 @@ impl Handler {
         }
     }
 
-    /// Hides the messages of a replayed feed that lost their idempotency key to another copy
-    /// of the same write, as the live feed does. Returns `None` when the actor is gone.
+    /// Notes the messages of a replayed feed that are one of two copies of a write, as the live
+    /// feed does: the losing copy is hidden, and the kept one names the copy it replaced.
+    /// Returns `None` when the actor is gone.
     async fn note_copies(&self, entries: &mut [FeedEntry]) -> Option<()> {
         let is_message = |change: &Change| matches!(change.kind, ChangeKind::MessagePosted { .. } | ChangeKind::PrivateSent { .. });
         let keyed: Vec<(usize, IdempotencyKey)> = entries
@@ -159,7 +160,11 @@ impl Handler {
         self.actor.send(Command::KeptIds { keys, reply }).await.ok()?;
         for ((index, _), kept) in keyed.into_iter().zip(kept.await.ok()?) {
             let entry = &mut entries[index];
-            entry.note.hidden = kept.is_some_and(|kept| kept != entry.change.id);
+            match kept {
+                Some((kept, replaced)) if kept == entry.change.id => entry.note.replaces = replaced,
+                Some(_) => entry.note.hidden = true,
+                None => {}
+            }
         }
         Some(())
     }

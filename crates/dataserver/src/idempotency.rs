@@ -58,6 +58,9 @@ impl PostRef {
 pub(crate) struct Writes {
     posts: HashMap<u64, BTreeMap<u64, PostRef>>,
     others: HashMap<IdempotencyKey, Box<Change>>,
+    /// For the keys whose kept message replaced one applied before it, that message's id, so
+    /// a replayed feed can withdraw it too. Few keys ever have two copies.
+    replaced: HashMap<IdempotencyKey, ChangeId>,
 }
 
 fn order_key(change: &Change) -> (u64, u32, u64) {
@@ -110,9 +113,24 @@ impl Writes {
             _ => self.others.insert(key, Box::new(change.clone())).map(Admission::Replace),
         };
         match replaced {
-            Some(replaced) if withdrawn => replaced,
+            Some(replaced) if withdrawn => {
+                let replaced_id = match &replaced {
+                    Admission::ReplacePost(post) => Some(post.id()),
+                    Admission::Replace(change) => Some(change.id),
+                    Admission::Apply | Admission::Skip => None,
+                };
+                if let Some(replaced_id) = replaced_id {
+                    self.replaced.insert(key, replaced_id);
+                }
+                replaced
+            }
             _ => Admission::Apply,
         }
+    }
+
+    /// Returns the id of the message that the kept message of `key` replaced, if it replaced one.
+    pub fn replaced(&self, key: IdempotencyKey) -> Option<ChangeId> {
+        self.replaced.get(&key).copied()
     }
 
     /// Returns what is kept of a key's change, for replying to a retried write.
@@ -174,7 +192,12 @@ mod tests {
         let mut state = ForumState::from_changes(setup());
         assert_eq!(state.apply_noted(&first), Some(FeedNote::default()));
         assert_eq!(state.apply_noted(&retried), Some(FeedNote { hidden: true, replaces: None }), "the loser is hidden");
-        assert_eq!(state.kept_ids(&[KEY]), vec![Some(first.id)]);
+        assert_eq!(state.kept_ids(&[KEY]), vec![Some((first.id, None))]);
+
+        let mut state = ForumState::from_changes(setup());
+        state.apply_noted(&retried);
+        state.apply_noted(&first);
+        assert_eq!(state.kept_ids(&[KEY]), vec![Some((first.id, Some(retried.id)))], "a replay withdraws the replaced copy");
     }
 
     #[test]

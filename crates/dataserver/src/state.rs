@@ -240,15 +240,17 @@ impl ForumState {
         Some(note)
     }
 
-    /// Returns the id of the change that each idempotency key kept, for the feed notes of a
-    /// replay: a keyed message whose key kept another change is hidden.
-    pub fn kept_ids(&self, keys: &[IdempotencyKey]) -> Vec<Option<ChangeId>> {
+    /// Returns, for each idempotency key, the id of the change it kept and of the message that
+    /// one replaced, for the feed notes of a replay. A keyed message whose key kept another
+    /// change is hidden, and the kept one withdraws the message it replaced.
+    pub fn kept_ids(&self, keys: &[IdempotencyKey]) -> Vec<Option<(ChangeId, Option<ChangeId>)>> {
         keys.iter()
             .map(|key| {
-                self.writes.original(*key).map(|kept| match kept {
+                let kept = self.writes.original(*key).map(|kept| match kept {
                     Kept::Post(post) => post.id(),
                     Kept::Whole(change) => change.id,
-                })
+                })?;
+                Some((kept, self.writes.replaced(*key)))
             })
             .collect()
     }

@@ -224,9 +224,9 @@ async fn keyed_post(client: &mut Client, subject: ChangeId) -> ChangeId {
     }
 }
 
-async fn feed_notes(client: &mut Client) -> HashMap<ChangeId, bool> {
+async fn feed_notes(client: &mut Client) -> HashMap<ChangeId, forum_protocol::FeedNote> {
     match client.request(Request::FeedSince { after: 0, limit: 500 }).await {
-        Reply::Feed(batch) => batch.entries.into_iter().map(|entry| (entry.change.id, entry.note.hidden)).collect(),
+        Reply::Feed(batch) => batch.entries.into_iter().map(|entry| (entry.change.id, entry.note)).collect(),
         other => panic!("expected the feed, got {other:?}"),
     }
 }
@@ -252,14 +252,19 @@ async fn second_copy_of_write_is_hidden_in_feed() {
 
     // Both copies have Lamport time 3, so server 1's copy wins everywhere.
     let (winner, loser) = (copies[0], copies[1]);
-    for client in [&mut client_a, &mut client_b] {
+    for (server, client) in [(1, &mut client_a), (2, &mut client_b)] {
         wait_for_reply("both copies", client, || Request::FeedSince { after: 0, limit: 500 }, |reply| {
             matches!(reply, Reply::Feed(batch) if batch.entries.iter().filter(|entry| entry.change.id == winner || entry.change.id == loser).count() == 2)
         })
         .await;
         let notes = feed_notes(client).await;
-        assert_eq!(notes.get(&winner), Some(&false), "the kept copy is shown");
-        assert_eq!(notes.get(&loser), Some(&true), "the other copy is hidden");
+        assert!(notes.get(&loser).is_some_and(|note| note.hidden), "the other copy is hidden on server {server}");
+        let winner_note = notes.get(&winner).copied().expect("the kept copy is in the feed");
+        assert!(!winner_note.hidden, "the kept copy is shown on server {server}");
+        // Server 2 applied its own copy first, so a page there may have shown it: the kept
+        // copy withdraws it. Server 1 never showed the other copy.
+        let replaces = if server == 2 { Some(loser) } else { None };
+        assert_eq!(winner_note.replaces, replaces, "server {server}");
     }
     server_a.shutdown().await;
     server_b.shutdown().await;

@@ -144,6 +144,7 @@ pub fn render_change(at: FeedPosition, change: &Change) -> Option<EventText> {
 /// Returns the event text that a viewer gets for a change, or `None` when the viewer may not
 /// see it or it is not shown to browsers. `viewer` is the session user's name in lowercase,
 /// because private messages go only to their two users and names are unique ignoring case.
+#[cfg(test)]
 pub fn event_for(at: FeedPosition, change: &Change, viewer: Option<&str>) -> Option<Bytes> {
     render_change(at, change).filter(|event| event.visible_to(viewer)).map(|event| event.text)
 }
@@ -264,7 +265,7 @@ impl Forwarder {
                     self.cursor = Some(at);
                     continue;
                 }
-                self.send_change(at, &entry.change).await?;
+                self.send_change(at, &entry.change, entry.note.replaces).await?;
             }
             if complete {
                 return Ok(());
@@ -317,10 +318,15 @@ impl Forwarder {
         }
     }
 
-    async fn send_change(&mut self, at: FeedPosition, change: &Change) -> Result<(), End> {
+    /// Sends a replayed change's event, after a `withdraw` event for the copy it `replaces`.
+    async fn send_change(&mut self, at: FeedPosition, change: &Change, replaces: Option<ChangeId>) -> Result<(), End> {
         self.cursor = Some(at);
-        match event_for(at, change, self.viewer.as_deref()) {
-            Some(event) => self.send(event).await,
+        let event = render_change(at, change).map(|event| match replaces {
+            Some(replaced) => event.after_withdrawal(at, replaced),
+            None => event,
+        });
+        match event.filter(|event| event.visible_to(self.viewer.as_deref())) {
+            Some(event) => self.send(event.text().clone()).await,
             None => Ok(()),
         }
     }
