@@ -111,7 +111,7 @@ impl Shared {
     /// Claims the index of the next request to send, or `None` once the run stops sending.
     ///
     /// Indexes are unique in the whole process, not only in this run: an index is also the
-    /// request id of an idempotency key, and a data server answers a repeated key with the
+    /// request id of an idempotency key, and a data server replies to a repeated key with the
     /// reply it already gave instead of storing the write again.
     fn claim(&self) -> Option<u64> {
         let claimed = match self.bound {

@@ -1137,7 +1137,7 @@ const EVENT_HANDLERS = {
 
 /**
  * Removes a message that the group stored twice (a write sent again after a failover) and
- * whose other copy won; the event stream sends `withdraw` with the losing copy's id.
+ * whose other copy won. The event stream sends `withdraw` with the losing copy's id.
  */
 function withdrawMessage(id) {
   state.pendingMessages = state.pendingMessages.filter((message) => message.id !== id);

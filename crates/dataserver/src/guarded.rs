@@ -85,19 +85,19 @@ mod tests {
     }
 }
 
-/// The most subscribers the pub port admits at once: the group's peers, its web servers and a
+/// The maximum number of subscribers the pub port admits at once: the group's peers, its web servers and a
 /// few monitors.
 pub const PUB_MAX_CONNECTIONS: usize = 64;
-/// The most subscribe or cancel messages one subscriber may send. A peer subscribes to one
+/// The maximum number of subscribe or cancel messages one subscriber may send. A peer subscribes to one
 /// topic prefix and a web server to one topic.
 pub const PUB_MAX_SUBSCRIPTIONS: u64 = 8;
 
 /// Returns the limits of the pub port's guard.
 ///
 /// NOTE: zeromq 0.7's PUB socket blocks a runtime thread when a subscription message arrives
-/// while a publication is being fanned out to the same part of its subscriber table, and a
-/// review froze a data server for good with 500 connections of 64 subscriptions each (both
-/// worker threads blocked there). These caps keep the table small, which made the freeze stop
+/// while a publication is being fanned out to the same part of its subscriber table. 500
+/// connections of 64 subscriptions each froze a data server for good, with both worker
+/// threads blocked there (`hostile_zmq::many_subscribers_keep_server_alive`). These caps keep the table small, which made the freeze stop
 /// in tests; they do not remove the lock itself.
 fn pub_limits() -> Limits {
     let mut limits = Limits::for_pub_socket();

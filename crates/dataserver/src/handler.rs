@@ -176,7 +176,10 @@ impl Handler {
         match read {
             Ok(Ok((mut entries, last))) => match self.note_copies(&mut entries).await {
                 Some(()) => Reply::Feed(FeedBatch { server: self.server, entries, last }),
-                None => internal(),
+                None => {
+                    error!(server = self.server, request = request_id, "the actor stopped while the feed's copies were being noted");
+                    internal()
+                }
             },
             Ok(Err(error)) => {
                 error!(server = self.server, request = request_id, error = format!("{error:#}"), "failed to read the feed");

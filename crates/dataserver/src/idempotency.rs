@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use forum_protocol::{Change, ChangeId, ChangeKind, IdempotencyKey};
 
-/// What is kept of the change that won an idempotency key.
+/// The record of the change that won an idempotency key.
 pub(crate) enum Kept<'a> {
     /// A public message, found again in the state by its subject and order key.
     Post(PostRef),
@@ -22,8 +22,8 @@ pub(crate) enum Kept<'a> {
     Whole(&'a Change),
 }
 
-/// Where the public message that won a key is: its order key and its subject. Posts are most
-/// of the writes, so this is kept small: 32 bytes.
+/// The location of the public message that won a key: its order key and its subject. Posts
+/// are most of the writes, so this record is small: 32 bytes.
 #[derive(Clone, Copy)]
 pub(crate) struct PostRef {
     lamport: u64,

@@ -139,7 +139,7 @@ fn keep_given_id(data_dir: &Path, id: ServerId) -> anyhow::Result<ServerId> {
 /// Fails when the data directory has no store, or an empty store file. The caller checks
 /// this only when the directory named a server id before this start.
 ///
-/// The group holds this server's earlier changes under its id, with sequence numbers from 1
+/// The group stores this server's earlier changes under its id, with sequence numbers from 1
 /// up. Started with that id and no store, the server would hand out those numbers again for
 /// new changes, and every peer would drop them as already held.
 fn refuse_lost_store(data_dir: &Path) -> anyhow::Result<()> {

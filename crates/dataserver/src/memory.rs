@@ -8,8 +8,8 @@
 /// this once at its end. Elsewhere, and with other C libraries, it does nothing.
 pub(crate) fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists; it takes no pointer
-    // from us and is safe to call from any thread at any time.
+    // SAFETY: malloc_trim only walks the allocator's own free lists. It takes no pointer
+    // from us, so it is safe to call from any thread at any time.
     unsafe {
         libc::malloc_trim(0);
     }

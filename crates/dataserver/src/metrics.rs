@@ -12,7 +12,7 @@ use forum_protocol::{Counters, Rates};
 
 /// The period over which [`Metrics::rates`] averages.
 const RATE_WINDOW: Duration = Duration::from_secs(10);
-/// The least time between two samples kept for the rates.
+/// The minimum time between two samples kept for the rates.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 /// The counters of one data server since it started. See [`Counters`] for their meaning.

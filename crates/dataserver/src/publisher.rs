@@ -27,7 +27,7 @@ pub(crate) struct Publication {
     pub position: u64,
     /// The change encoded as it is stored, which is also its checkpoint message.
     pub encoded: Bytes,
-    /// What pages are shown of it, for a second copy of a write.
+    /// The note for web servers when the change is a second copy of a write.
     pub note: FeedNote,
 }
 

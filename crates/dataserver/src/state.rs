@@ -62,7 +62,7 @@ struct UserEntry {
 }
 
 /// A public message as the state keeps it: 32 bytes and its text. Its id and Lamport time are
-/// in its order key, its subject in the map that holds it, and its author's name in
+/// in its order key, its subject in the map that contains it, and its author's name in
 /// [`ForumState::authors`], so [`ForumState::message`] rebuilds the full [`Message`].
 struct Post {
     text: Box<str>,
@@ -96,7 +96,7 @@ pub(crate) struct ForumState {
     titles: HashMap<String, BTreeMap<OrderKey, ChangeId>>,
     /// Public messages per subject id. A subject's messages may arrive before the subject.
     messages: HashMap<ChangeId, BTreeMap<OrderKey, Post>>,
-    /// The author names of posts, each stored once; a post holds its author's index here.
+    /// The author names of posts, each stored once; a post stores its author's index here.
     authors: Vec<Arc<str>>,
     /// The index of each name in `authors`.
     author_indexes: HashMap<Arc<str>, u32>,
@@ -218,7 +218,7 @@ impl ForumState {
             }
             ChangeKind::MessagePosted { message } => {
                 // NOTE: a message's id and Lamport time are those of its change (the origin
-                // stamps both), so the order key holds them once for both.
+                // stamps both), so the order key stores them once for both.
                 let author = self.author_index(&message.author);
                 let post = Post { author, text: message.text.as_str().into(), time: message.time };
                 self.messages.entry(message.subject).or_default().insert(key, post);

@@ -76,7 +76,7 @@ pub(crate) fn decode_stored(value: &[u8], origin: ServerId, seq: u64, path: &Pat
     Ok(wire.change)
 }
 
-/// What an operator does with a damaged store, at the end of every error about one.
+/// The recovery steps for a damaged store, appended to every error about one.
 pub(crate) const RECOVERY: &str = "move the whole data directory away and start this server with a new --id that \
      the group has never used, so it fetches the whole history from its peers (see docs/replication.md)";
 
@@ -201,7 +201,7 @@ impl Store {
     }
 
     /// Hands every stored change to `apply`, ordered by (origin, seq), one at a time, so a
-    /// replay never holds the whole store in memory.
+    /// replay never keeps the whole store in memory.
     pub fn replay(&self, mut apply: impl FnMut(Change)) -> anyhow::Result<()> {
         let path = self.path.display();
         let transaction = self.database.begin_read().with_context(|| format!("failed to read {path}"))?;
@@ -354,7 +354,8 @@ mod tests {
 
         let store = Store::open(directory.path(), 3).unwrap();
         let message = format!("{:#}", store.load().expect_err("a changed byte fails the load"));
-        assert!(message.contains("3-2") && message.contains("checksum"), "{message}");
+        assert!(message.contains("3-2"), "{message}");
+        assert!(message.contains("checksum"), "{message}");
         assert!(message.contains(&directory.path().join(STORE_FILE).display().to_string()), "{message}");
         let message = format!("{:#}", store.changes_after(3, 0, 10, usize::MAX).expect_err("and a fetch"));
         assert!(message.contains("3-2"), "{message}");

@@ -42,7 +42,7 @@ pub fn encode_change(change: &Change) -> Vec<u8> {
 }
 
 /// Encodes a change as a [`WireFeedChange`](crate::WireFeedChange) at `position` in `server`'s
-/// feed, redacted, copying it only when it holds a secret.
+/// feed, redacted, copying it only when it contains a secret.
 pub fn encode_feed_change(server: ServerId, position: u64, change: &Change, note: FeedNote) -> Vec<u8> {
     #[derive(Serialize)]
     struct WireFeedChangeRef<'a> {

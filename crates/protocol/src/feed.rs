@@ -30,7 +30,7 @@ pub struct WireFeedChange {
     pub server: ServerId,
     pub position: u64,
     pub change: Change,
-    /// What pages are shown of a message that was stored twice; absent for every other change.
+    /// The data server's note on a message that was stored twice. It is absent for every other change.
     #[serde(default, skip_serializing_if = "FeedNote::is_plain")]
     pub note: FeedNote,
 }
@@ -46,11 +46,11 @@ pub struct FeedEntry {
 
 /// A data server's note on a message of its feed that is one of two copies of the same write
 /// (the same idempotency key, sent again after a failover). Every replica keeps the copy with
-/// the smallest (lamport, origin, seq) in its histories; the note tells web servers what pages
-/// should show, so no page shows both.
+/// the smallest (lamport, origin, seq) in its histories; the note lets web servers send pages
+/// one copy only.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeedNote {
-    /// The change lost to the other copy: it is stored, and shown to nobody.
+    /// True when the change lost to the other copy: it is stored but shown on no page.
     #[serde(default)]
     pub hidden: bool,
     /// The change won over this copy, which pages remove.
@@ -59,7 +59,7 @@ pub struct FeedNote {
 }
 
 impl FeedNote {
-    /// Returns whether the note says nothing: the change is shown as it is.
+    /// Returns whether the note is empty, so the change is shown as it is.
     pub fn is_plain(&self) -> bool {
         *self == FeedNote::default()
     }

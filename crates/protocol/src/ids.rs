@@ -85,7 +85,7 @@ fn push_digits(mut number: u64, buffer: &mut [u8], at: usize) -> usize {
     at + count
 }
 
-/// The longest text form of an id: the 10 digits of a `u32`, a dash, the 20 digits of a `u64`.
+/// The maximum length of an id's text form: the 10 digits of a `u32`, a dash, the 20 digits of a `u64`.
 const MAX_ID_TEXT: usize = 31;
 
 impl Serialize for ChangeId {

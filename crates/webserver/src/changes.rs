@@ -71,7 +71,7 @@ pub enum FeedItem {
 
 impl FeedItem {
     /// Returns the item for the change at `at`, with its event rendered once for every stream
-    /// as `verdict` says: a message stored twice gets no event, or a `withdraw` event for the
+    /// as `verdict` decides: a message stored twice gets no event, or a `withdraw` event for the
     /// copy it replaces before its own.
     fn judged(at: FeedPosition, change: Change, verdict: Verdict) -> FeedItem {
         let event = match verdict {

@@ -112,7 +112,7 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<AppState>, limits: H
         let body_read_timeout = limits.body_read_timeout;
         let request_service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(ClientAddr(client));
-            // HEAD gets the GET route's status and headers. hyper knows the request's method
+            // HEAD gets the GET route's status and headers. hyper reads the request's method
             // from the wire and writes no body for it.
             if request.method() == hyper::Method::HEAD {
                 *request.method_mut() = hyper::Method::GET;

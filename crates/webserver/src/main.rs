@@ -49,7 +49,7 @@ struct Arguments {
     header_read_timeout_ms: u64,
 
     /// Milliseconds a client may take to send a request's body, from the end of its headers,
-    /// before the server answers 408 and closes the connection.
+    /// before the server responds with 408 and closes the connection.
     #[arg(long, env = "FORUM_WEB_BODY_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     body_read_timeout_ms: u64,
 

@@ -2,7 +2,7 @@
 //!
 //! hyper's header-read timeout ends when the headers are complete, so without this a client
 //! that declares a body and never sends it keeps its connection open forever. The accept loop reads
-//! the whole body first, and answers at once with `Connection: close`:
+//! the whole body first, and responds at once with `Connection: close`:
 //!
 //! - 413 when the declared `Content-Length` is above [`MAX_BODY_BYTES`], without reading the
 //!   body, and so without sending `100 Continue` to a client that sent `Expect: 100-continue`

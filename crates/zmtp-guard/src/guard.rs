@@ -38,7 +38,7 @@ pub struct Guard {
     accept_task: JoinHandle<()>,
 }
 
-/// The routing id that the zeromq socket behind a guard sees for each client.
+/// The routing id that the zeromq socket behind a guard receives for each client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RoutingId {
     /// The client's READY command is relayed unchanged, so the routing id is
@@ -108,7 +108,7 @@ impl Guard {
     }
 
     /// Same as [`start`](Self::start), but sets the routing id of each client
-    /// as `routing_id` says.
+    /// as `routing_id` selects.
     pub async fn start_with_routing_id(
         public: SocketAddr,
         internal: SocketAddr,

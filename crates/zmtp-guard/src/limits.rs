@@ -46,7 +46,7 @@ pub struct Limits {
 /// The zeromq crate (0.7) keeps every subscription that a subscriber sends
 /// for as long as the connection lasts, so without these limits one
 /// connection could make the server keep any number of bytes. With them,
-/// one connection holds at most `max_count` times `max_bytes`.
+/// one connection stores at most `max_count` times `max_bytes`.
 ///
 /// On such a port the guard counts every message frame (ZMTP 3.0 sends a
 /// subscription as a message whose first byte is 1, a cancel as one whose

@@ -5,7 +5,7 @@
 //! property of the peer's READY command, or makes a random one without it
 //! (`ready_exchange` in its `util.rs`). Behind a guard the ROUTER accepts only
 //! the guard's loopback connections, so the guard replaces that property with the
-//! client's `IP:PORT` as text. The server then knows which host sent each
+//! client's `IP:PORT` as text. The server can then name the host that sent each
 //! message, and no client can choose the routing id of another connection.
 //!
 //! The READY command has the same form in ZMTP 3.0 and 3.1 (RFC 23 and RFC 37):
