@@ -26,7 +26,7 @@ use crate::stats::{latency_histogram, quantile_ms, record};
 use crate::Plan;
 
 /// The fractions of the peak rate at which latency is measured.
-pub const LOAD_LEVELS: [f64; 3] = [0.25, 0.5, 0.9];
+pub const LOAD_LEVELS: [f64; 4] = [0.05, 0.25, 0.5, 0.9];
 /// How long a run waits for the last posts' events to arrive.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The maximum number of posts in flight while posting is paced; beyond it the pacing waits.
@@ -53,7 +53,13 @@ struct Deliveries {
     observer: Vec<bool>,
     /// Posts received by each stream since the last reset.
     received: Vec<AtomicU64>,
+    /// POST to event on another web server: the figure of (c).
     latencies: Mutex<Histogram<u64>>,
+    /// POST to event on the web server that took the POST, which leaves out the hop between
+    /// data servers.
+    local_latencies: Mutex<Histogram<u64>>,
+    /// POST to its `201 Created` answer: the write acknowledged by its data server.
+    acks: Mutex<Histogram<u64>>,
 }
 
 impl PostSink for Deliveries {
@@ -64,9 +70,8 @@ impl PostSink for Deliveries {
         }
         let sent = self.sent.lock().expect("the sent map lock is never poisoned").get(&seq).copied();
         if let Some((sent_at, web)) = sent {
-            if web != self.stream_web[stream] {
-                record(&mut self.latencies.lock().expect("the histogram lock is never poisoned"), at.duration_since(sent_at));
-            }
+            let histogram = if web == self.stream_web[stream] { &self.local_latencies } else { &self.latencies };
+            record(&mut histogram.lock().expect("the histogram lock is never poisoned"), at.duration_since(sent_at));
         }
     }
 }
@@ -74,7 +79,9 @@ impl PostSink for Deliveries {
 impl Deliveries {
     fn reset(&self) {
         self.sent.lock().expect("the sent map lock is never poisoned").clear();
-        self.latencies.lock().expect("the histogram lock is never poisoned").reset();
+        for histogram in [&self.latencies, &self.local_latencies, &self.acks] {
+            histogram.lock().expect("the histogram lock is never poisoned").reset();
+        }
         for count in &self.received {
             count.store(0, Ordering::Relaxed);
         }
@@ -110,9 +117,14 @@ impl Poster {
         let target = &self.webs[web];
         let url = format!("http://{}/api/subjects/{}/messages", target.address, self.subject);
         let body = json!({ "text": post_text(seq, self.text_bytes) });
-        self.deliveries.sent.lock().expect("the sent map lock is never poisoned").insert(seq, (Instant::now(), web));
+        let sent_at = Instant::now();
+        self.deliveries.sent.lock().expect("the sent map lock is never poisoned").insert(seq, (sent_at, web));
         let response = self.client.post(url).header("Cookie", &target.cookie).json(&body).send().await;
-        matches!(response, Ok(response) if response.status() == reqwest::StatusCode::CREATED)
+        let stored = matches!(response, Ok(response) if response.status() == reqwest::StatusCode::CREATED);
+        if stored {
+            record(&mut self.deliveries.acks.lock().expect("the histogram lock is never poisoned"), sent_at.elapsed());
+        }
+        stored
     }
 }
 
@@ -151,6 +163,8 @@ async fn measure_with(plan: &Plan, web_processes: &[ChildProcess], report: &mut 
         observer: (0..stream_count).map(|stream| stream % plan.streams_per_web == 0).collect(),
         received: (0..stream_count).map(|_| AtomicU64::new(0)).collect(),
         latencies: Mutex::new(latency_histogram()),
+        local_latencies: Mutex::new(latency_histogram()),
+        acks: Mutex::new(latency_histogram()),
     });
     let mut streams = Vec::with_capacity(stream_count);
     for stream in 0..stream_count {
@@ -177,6 +191,8 @@ async fn measure_with(plan: &Plan, web_processes: &[ChildProcess], report: &mut 
     for level in LOAD_LEVELS {
         let rate = peak * level;
         let mut percentiles: [Vec<f64>; 3] = Default::default();
+        let mut local_p50 = Vec::new();
+        let mut ack_p50 = Vec::new();
         let mut delivered = Vec::new();
         for _ in 0..plan.runs {
             poster.deliveries.reset();
@@ -186,6 +202,11 @@ async fn measure_with(plan: &Plan, web_processes: &[ChildProcess], report: &mut 
             for (values, quantile) in percentiles.iter_mut().zip([0.5, 0.95, 0.99]) {
                 values.push(quantile_ms(&latencies, quantile));
             }
+            let median = |histogram: &Mutex<Histogram<u64>>| {
+                quantile_ms(&histogram.lock().expect("the histogram lock is never poisoned"), 0.5)
+            };
+            local_p50.push(median(&poster.deliveries.local_latencies));
+            ack_p50.push(median(&poster.deliveries.acks));
             delivered.push((poster.deliveries.fewest_received() as f64 / stored.max(1) as f64).min(1.0));
         }
         let percent = (level * 100.0).round() as u32;
@@ -195,6 +216,8 @@ async fn measure_with(plan: &Plan, web_processes: &[ChildProcess], report: &mut 
         report.add(&format!("{key}.p50_ms"), "  POST to event on another web server, p50", "ms", p50);
         report.add(&format!("{key}.p95_ms"), "  p95", "ms", p95);
         report.add(&format!("{key}.p99_ms"), "  p99", "ms", p99);
+        report.add(&format!("{key}.local_p50_ms"), "  POST to event on the same web server, p50", "ms", local_p50);
+        report.add(&format!("{key}.ack_p50_ms"), "  POST to its 201 answer, p50", "ms", ack_p50);
         report.add(&format!("{key}.delivered_fraction"), "  fraction of posts that reached every stream", "", delivered);
     }
     for stream in streams {
