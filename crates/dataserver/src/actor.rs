@@ -1,11 +1,23 @@
-//! The actor: the one task that owns the forum state and the store.
+//! The actor: the one task that owns the forum state, and its committer thread, the one
+//! writer of the store.
 //!
-//! It works in groups (group commit). It takes one command, drains up to [`MAX_BATCH`] − 1
-//! more that are already queued, applies them all to the state and writes the new changes in
-//! one redb transaction. Only after the commit does it send the replies and hand the changes
-//! to the publisher. So a write is acknowledged only once it is on disk, and replies to reads
-//! in the same group never show a change that is not stored yet. After each commit it
-//! publishes its version vector on a watch channel for the heartbeat and the catch-up.
+//! The actor works in groups (group commit). It takes one command, drains up to
+//! [`MAX_BATCH`] − 1 more that are already queued, applies them all to the state and hands
+//! the group's new changes, replies and version vector to the committer as one job. The
+//! committer writes each job's changes in one redb transaction, and only after the commit
+//! does it send the job's replies and hand the changes to the publisher. So a write is
+//! acknowledged only once it is on disk, and replies to reads never show a change that is not
+//! stored yet: a read applied after a change is answered after that change's commit, because
+//! jobs are committed in order.
+//!
+//! The two overlap: while the committer writes and flushes one group, the actor applies the
+//! next. The job queue holds one job beyond the one being committed, so the state runs at
+//! most two groups ahead of the store.
+//!
+//! When a commit fails, the committer fails that job's replies and every later job applied on
+//! top of it, and tells the actor, which reloads the state from the store before it applies
+//! anything else. Jobs carry the actor's epoch, the number of reloads so far, so the
+//! committer knows which ones were built on a failed group.
 
 use std::sync::Arc;
 
@@ -13,7 +25,7 @@ use forum_protocol::{now_millis, Change, ChangeId, ErrorCode, Reply, ServerId, V
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, warn};
 
-use crate::command::{Command, Credentials};
+use crate::command::{Command, Credentials, KeptIds};
 use crate::metrics::{add, Metrics};
 use crate::publisher::Publication;
 use crate::rate_limit::LogRateLimit;
@@ -23,13 +35,27 @@ use crate::store::{EncodedChange, Store};
 /// The maximum number of commands handled in one group, and so in one write transaction.
 pub(crate) const MAX_BATCH: usize = 256;
 
+/// Jobs that may wait for the committer besides the one it is committing.
+const JOB_QUEUE: usize = 1;
+
 /// A reply held back until the group's changes are committed.
 enum PendingReply {
     Reply(oneshot::Sender<Reply>, Reply),
     Credentials(oneshot::Sender<Option<Credentials>>, Option<Credentials>),
     /// The acknowledgement of a fetched batch.
     Stored(oneshot::Sender<()>),
-    KeptIds(oneshot::Sender<Vec<Option<(ChangeId, Option<ChangeId>)>>>, Vec<Option<(ChangeId, Option<ChangeId>)>>),
+    KeptIds(oneshot::Sender<KeptIds>, KeptIds),
+}
+
+/// One applied group, for the committer.
+struct Job {
+    /// The actor's epoch when it applied the group.
+    epoch: u64,
+    changes: Vec<Publication>,
+    replies: Vec<PendingReply>,
+    /// The version vector after the group, published once it is committed; `None` when the
+    /// group made no change.
+    vector: Option<VersionVector>,
 }
 
 pub(crate) struct Actor {
@@ -37,14 +63,18 @@ pub(crate) struct Actor {
     state: ForumState,
     store: Arc<Store>,
     commands: mpsc::Receiver<Command>,
-    publications: mpsc::Sender<Publication>,
-    /// The version vector after the latest commit.
-    vector: watch::Sender<VersionVector>,
+    jobs: mpsc::Sender<Job>,
+    /// The committer's report of a failed commit: the epoch of the job that failed.
+    failures: mpsc::UnboundedReceiver<u64>,
+    /// The number of reloads after failed commits; see [`Job::epoch`].
+    epoch: u64,
+    committer: std::thread::JoinHandle<()>,
     metrics: Arc<Metrics>,
     foreign_id_warnings: LogRateLimit,
 }
 
 impl Actor {
+    /// Creates the actor and starts its committer thread.
     pub fn new(
         id: ServerId,
         state: ForumState,
@@ -53,13 +83,41 @@ impl Actor {
         publications: mpsc::Sender<Publication>,
         vector: watch::Sender<VersionVector>,
         metrics: Arc<Metrics>,
-    ) -> Self {
+    ) -> anyhow::Result<Self> {
         vector.send_replace(state.vector());
-        Actor { id, state, store, commands, publications, vector, metrics, foreign_id_warnings: LogRateLimit::new() }
+        let (jobs, job_queue) = mpsc::channel(JOB_QUEUE);
+        let (failure_sender, failures) = mpsc::unbounded_channel();
+        let committer = Committer {
+            id,
+            store: Arc::clone(&store),
+            jobs: job_queue,
+            publications,
+            vector,
+            failures: failure_sender,
+            failed_epoch: None,
+            metrics: Arc::clone(&metrics),
+        };
+        let committer = std::thread::Builder::new()
+            .name(format!("committer-{id}"))
+            .spawn(move || committer.run())
+            .map_err(|error| anyhow::anyhow!("failed to start the committer thread: {error}"))?;
+        Ok(Actor {
+            id,
+            state,
+            store,
+            commands,
+            jobs,
+            failures,
+            epoch: 0,
+            committer,
+            metrics,
+            foreign_id_warnings: LogRateLimit::new(),
+        })
     }
 
-    /// Handles commands until every command sender is dropped, then returns the store so the
-    /// caller decides when the file is closed.
+    /// Handles commands until every command sender is dropped, waits for the committer to
+    /// finish the groups it holds, then returns the store so the caller decides when the file
+    /// is closed.
     pub async fn run(mut self) -> Arc<Store> {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while let Some(first) = self.commands.recv().await {
@@ -70,17 +128,43 @@ impl Actor {
                     Err(_) => break,
                 }
             }
-            if let Err(error) = self.handle_batch(&mut batch).await {
+            if let Err(error) = self.recover_from_failures().await {
                 error!(server = self.id, error = format!("{error:#}"), "the actor stopped because the state could not be reloaded");
                 break;
             }
+            let job = self.apply_batch(&mut batch);
+            if self.jobs.send(job).await.is_err() {
+                error!(server = self.id, "the committer has stopped; the actor stops too");
+                break;
+            }
+        }
+        drop(self.jobs);
+        let committer = self.committer;
+        if tokio::task::spawn_blocking(move || committer.join()).await.map_or(true, |joined| joined.is_err()) {
+            error!(server = self.id, "the committer thread panicked");
         }
         self.store
     }
 
-    /// Applies a group of commands, commits its changes, then replies and publishes.
-    /// Fails only when a commit failed and the state could not be reloaded from the store.
-    async fn handle_batch(&mut self, batch: &mut Vec<Command>) -> anyhow::Result<()> {
+    /// Reloads the state from the store when the committer reported a failed commit since
+    /// the last check. Fails only when the state could not be reloaded.
+    async fn recover_from_failures(&mut self) -> anyhow::Result<()> {
+        let mut failed = false;
+        while let Ok(epoch) = self.failures.try_recv() {
+            failed |= epoch == self.epoch;
+        }
+        if failed {
+            // The committer fails every job of this epoch, so the store no longer changes
+            // under the reload until a job of the next epoch arrives.
+            let store = Arc::clone(&self.store);
+            self.state = tokio::task::spawn_blocking(move || ForumState::replayed(&store)).await??;
+            self.epoch += 1;
+        }
+        Ok(())
+    }
+
+    /// Applies a group of commands to the state and returns the job that commits it.
+    fn apply_batch(&mut self, batch: &mut Vec<Command>) -> Job {
         let mut replies = Vec::with_capacity(batch.len());
         let mut changes: Vec<Publication> = Vec::new();
         for command in batch.drain(..) {
@@ -142,58 +226,8 @@ impl Actor {
                 }
             }
         }
-
-        if !changes.is_empty() {
-            match self.commit(&changes).await {
-                Ok((first_position, encoded)) => {
-                    for ((position, publication), encoded) in (first_position..).zip(changes.iter_mut()).zip(encoded) {
-                        publication.position = position;
-                        publication.encoded = encoded.wire();
-                    }
-                }
-                Err(error) => {
-                    error!(
-                        server = self.id,
-                        changes = changes.len(),
-                        error = format!("{error:#}"),
-                        "failed to store a group of changes; replying with an internal error and reloading the state"
-                    );
-                    for pending in replies {
-                        fail(pending);
-                    }
-                    return self.reload().await;
-                }
-            }
-            add(&self.metrics.commits, 1);
-        }
-
-        for pending in replies {
-            match pending {
-                PendingReply::Reply(sender, reply) => {
-                    let _ = sender.send(reply);
-                }
-                PendingReply::Credentials(sender, credentials) => {
-                    let _ = sender.send(credentials);
-                }
-                PendingReply::Stored(sender) => {
-                    let _ = sender.send(());
-                }
-                PendingReply::KeptIds(sender, ids) => {
-                    let _ = sender.send(ids);
-                }
-            }
-        }
-        if !changes.is_empty() {
-            self.vector.send_replace(self.state.vector());
-        }
-        for publication in changes {
-            // The publisher only queues messages in zeromq's PUB socket, so this waits only
-            // when publishing falls behind, and then it throttles writes.
-            if self.publications.send(publication).await.is_err() {
-                warn!(server = self.id, "the publisher has stopped; a change was stored but not published");
-            }
-        }
-        Ok(())
+        let vector = (!changes.is_empty()).then(|| self.state.vector());
+        Job { epoch: self.epoch, changes, replies, vector }
     }
 
     /// Warns when a peer's change carries this server's id but this server never made it: two
@@ -211,22 +245,88 @@ impl Actor {
             }
         }
     }
+}
 
-    /// Stores the changes and returns the feed position of the first one, with the changes
-    /// as encoded for the store.
-    async fn commit(&self, publications: &[Publication]) -> anyhow::Result<(u64, Vec<EncodedChange>)> {
-        let encoded: Vec<EncodedChange> =
-            publications.iter().map(|publication| EncodedChange::new(&publication.change)).collect();
-        let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || store.append(&encoded).map(|first| (first, encoded))).await?
+/// The thread that writes the actor's jobs to the store, in order, and then replies and
+/// publishes.
+struct Committer {
+    id: ServerId,
+    store: Arc<Store>,
+    jobs: mpsc::Receiver<Job>,
+    publications: mpsc::Sender<Publication>,
+    /// The version vector after the latest commit.
+    vector: watch::Sender<VersionVector>,
+    failures: mpsc::UnboundedSender<u64>,
+    /// The epoch of the latest job that failed to commit.
+    failed_epoch: Option<u64>,
+    metrics: Arc<Metrics>,
+}
+
+impl Committer {
+    fn run(mut self) {
+        while let Some(job) = self.jobs.blocking_recv() {
+            self.commit(job);
+        }
     }
 
-    /// Rebuilds the state from the store, dropping the changes of a group that failed to commit.
-    async fn reload(&mut self) -> anyhow::Result<()> {
-        let store = Arc::clone(&self.store);
-        self.state = tokio::task::spawn_blocking(move || ForumState::replayed(&store)).await??;
-        self.vector.send_replace(self.state.vector());
-        Ok(())
+    fn commit(&mut self, mut job: Job) {
+        // A job applied on top of a failed one holds changes and reads that the store will
+        // never have: the actor reloads its state and starts a new epoch.
+        if self.failed_epoch == Some(job.epoch) {
+            job.replies.into_iter().for_each(fail);
+            return;
+        }
+        if !job.changes.is_empty() {
+            let encoded: Vec<EncodedChange> = job.changes.iter().map(|publication| EncodedChange::new(&publication.change)).collect();
+            match self.store.append(&encoded) {
+                Ok(first_position) => {
+                    for ((position, publication), encoded) in (first_position..).zip(job.changes.iter_mut()).zip(encoded) {
+                        publication.position = position;
+                        publication.encoded = encoded.wire();
+                    }
+                    add(&self.metrics.commits, 1);
+                }
+                Err(error) => {
+                    error!(
+                        server = self.id,
+                        changes = job.changes.len(),
+                        error = format!("{error:#}"),
+                        "failed to store a group of changes; replying with an internal error and reloading the state"
+                    );
+                    self.failed_epoch = Some(job.epoch);
+                    let _ = self.failures.send(job.epoch);
+                    job.replies.into_iter().for_each(fail);
+                    return;
+                }
+            }
+        }
+
+        for pending in job.replies {
+            match pending {
+                PendingReply::Reply(sender, reply) => {
+                    let _ = sender.send(reply);
+                }
+                PendingReply::Credentials(sender, credentials) => {
+                    let _ = sender.send(credentials);
+                }
+                PendingReply::Stored(sender) => {
+                    let _ = sender.send(());
+                }
+                PendingReply::KeptIds(sender, ids) => {
+                    let _ = sender.send(ids);
+                }
+            }
+        }
+        if let Some(vector) = job.vector {
+            self.vector.send_replace(vector);
+        }
+        for publication in job.changes {
+            // The publisher only queues messages in zeromq's PUB socket, so this waits only
+            // when publishing falls behind, and then it throttles writes.
+            if self.publications.blocking_send(publication).is_err() {
+                warn!(server = self.id, "the publisher has stopped; a change was stored but not published");
+            }
+        }
     }
 }
 
@@ -242,5 +342,101 @@ fn fail(pending: PendingReply) {
         PendingReply::Stored(sender) => drop(sender),
         // Dropping the sender makes the feed reply with an internal error.
         PendingReply::KeptIds(sender, _) => drop(sender),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::command::{Read, Write};
+
+    struct Running {
+        commands: mpsc::Sender<Command>,
+        store: Arc<Store>,
+        task: tokio::task::JoinHandle<Arc<Store>>,
+        _publications: mpsc::Receiver<Publication>,
+        _directory: tempfile::TempDir,
+    }
+
+    fn start() -> Running {
+        let directory = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(directory.path(), 1).unwrap());
+        let state = ForumState::replayed(&store).unwrap();
+        let (commands, command_queue) = mpsc::channel(1024);
+        let (publications, publication_queue) = mpsc::channel(1024);
+        let (vector, _) = watch::channel(VersionVector::default());
+        let actor = Actor::new(1, state, Arc::clone(&store), command_queue, publications, vector, Arc::default()).unwrap();
+        let task = tokio::spawn(actor.run());
+        Running { commands, store, task, _publications: publication_queue, _directory: directory }
+    }
+
+    async fn register(commands: &mpsc::Sender<Command>, name: String) -> (String, Reply) {
+        let (reply, answer) = oneshot::channel();
+        let write = Write::Register { name: name.clone(), password_hash: "hash".into() };
+        commands.send(Command::Write { write, key: None, reply }).await.unwrap();
+        (name, answer.await.unwrap())
+    }
+
+    async fn user_names(commands: &mpsc::Sender<Command>) -> BTreeSet<String> {
+        let (reply, answer) = oneshot::channel();
+        commands.send(Command::Read { read: Read::ListUsers, reply }).await.unwrap();
+        match answer.await.unwrap() {
+            Reply::Users(users) => users.into_iter().map(|user| user.name).collect(),
+            other => panic!("expected the user list, got {other:?}"),
+        }
+    }
+
+    fn is_internal_error(reply: &Reply) -> bool {
+        matches!(reply, Reply::Error(rejection) if rejection.code == ErrorCode::Internal)
+    }
+
+    /// After a failed commit, the state and the store hold exactly the writes that were
+    /// acknowledged, even when later groups were applied on top of the failed one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_commit_drops_every_group_applied_on_it() {
+        let running = start();
+        assert!(matches!(register(&running.commands, "ana".into()).await.1, Reply::User(_)));
+
+        running.store.failing_appends.store(1, Ordering::Release);
+        let writers: Vec<_> = (0..200)
+            .map(|index| {
+                let commands = running.commands.clone();
+                tokio::spawn(async move { register(&commands, format!("user{index}")).await })
+            })
+            .collect();
+        let mut acknowledged = BTreeSet::from(["ana".to_owned()]);
+        let mut failed = 0;
+        for writer in writers {
+            let (name, reply) = writer.await.unwrap();
+            match reply {
+                Reply::User(_) => {
+                    acknowledged.insert(name);
+                }
+                ref other if is_internal_error(other) => failed += 1,
+                other => panic!("unexpected reply for {name}: {other:?}"),
+            }
+        }
+        assert!(failed >= 1, "the injected failure failed no write");
+
+        // The next group starts a new epoch on the reloaded state.
+        let (name, reply) = register(&running.commands, "dave".into()).await;
+        assert!(matches!(reply, Reply::User(_)), "a write after the recovery failed: {reply:?}");
+        acknowledged.insert(name);
+        assert_eq!(user_names(&running.commands).await, acknowledged, "the state after the recovery");
+
+        let Running { commands, task, .. } = running;
+        drop(commands);
+        let store = task.await.unwrap();
+        let stored: BTreeSet<String> = match ForumState::replayed(&store).unwrap().read(Read::ListUsers) {
+            Reply::Users(users) => users.into_iter().map(|user| user.name).collect(),
+            other => panic!("expected the user list, got {other:?}"),
+        };
+        assert_eq!(stored, acknowledged, "the store holds exactly the acknowledged writes");
+        let seqs: Vec<u64> = store.load().unwrap().iter().map(|change| change.id.seq).collect();
+        let expected: Vec<u64> = (1..=acknowledged.len() as u64).collect();
+        assert_eq!(seqs, expected, "the stored changes of this server have no gap in their sequence numbers");
     }
 }

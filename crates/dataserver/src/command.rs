@@ -38,6 +38,10 @@ pub(crate) struct Credentials {
     pub lost_name_hashes: Vec<String>,
 }
 
+/// For each idempotency key asked about, the id of the change it kept and of the message
+/// that change replaced, or `None` for a key not seen.
+pub(crate) type KeptIds = Vec<Option<(ChangeId, Option<ChangeId>)>>;
+
 /// A message to the actor task.
 #[derive(Debug)]
 pub(crate) enum Command {
@@ -48,7 +52,7 @@ pub(crate) enum Command {
     Credentials { name: String, reply: oneshot::Sender<Option<Credentials>> },
     /// Returns the id of the change each idempotency key kept and of the message that one
     /// replaced, `None` for a key not seen.
-    KeptIds { keys: Vec<IdempotencyKey>, reply: oneshot::Sender<Vec<Option<(ChangeId, Option<ChangeId>)>>> },
+    KeptIds { keys: Vec<IdempotencyKey>, reply: oneshot::Sender<KeptIds> },
     /// A change received from a peer on the checkpoint topic.
     Replicated { change: Change },
     /// A batch of changes fetched from a peer to fill a gap. `stored` is told once the batch

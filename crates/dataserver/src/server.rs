@@ -181,7 +181,7 @@ impl DataServer {
 
         let heartbeat_source = HeartbeatSource { fetch_endpoint: fetch_endpoint.clone(), vector: vector.clone() };
         let publisher_task = tokio::spawn(publisher::run(id, pub_socket, publication_queue, heartbeat_source, options.cluster_key.clone()));
-        let actor = Actor::new(id, state, Arc::clone(&store), command_queue, publications, vector_sender, Arc::clone(&metrics));
+        let actor = Actor::new(id, state, Arc::clone(&store), command_queue, publications, vector_sender, Arc::clone(&metrics))?;
         let actor_task = tokio::spawn(actor.run());
         let handler = Handler::new(id, actor_commands.clone(), Passwords::new(), store, status.clone());
         let request_task = tokio::spawn(request_socket::run(id, router_socket, handler, options.cluster_key.clone(), shutdown_signal.clone()));

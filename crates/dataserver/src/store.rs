@@ -86,6 +86,9 @@ pub(crate) struct Store {
     path: PathBuf,
     /// The feed position that the next stored change gets.
     next_position: AtomicU64,
+    /// How many of the next appends fail without writing, for tests of the recovery.
+    #[cfg(test)]
+    pub failing_appends: std::sync::atomic::AtomicU32,
 }
 
 /// Returns the id of the server that owns the store in `data_dir`, when there is a store that
@@ -178,7 +181,13 @@ impl Store {
         })?;
         prepare(&database, &path, server)?;
         let last_position = feed::open(&database).with_context(|| format!("failed to open the feed in {}", path.display()))?;
-        Ok(Store { database, path, next_position: AtomicU64::new(last_position + 1) })
+        Ok(Store {
+            database,
+            path,
+            next_position: AtomicU64::new(last_position + 1),
+            #[cfg(test)]
+            failing_appends: std::sync::atomic::AtomicU32::new(0),
+        })
     }
 
     /// Reads at most `limit` changes of the feed after position `after`, redacted, with the
@@ -243,6 +252,10 @@ impl Store {
     /// follow it in order. Only the actor calls it, so appends never overlap.
     pub fn append(&self, changes: &[EncodedChange]) -> anyhow::Result<u64> {
         let path = self.path.display();
+        #[cfg(test)]
+        if self.failing_appends.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| left.checked_sub(1)).is_ok() {
+            anyhow::bail!("failed to write to {path}: a failure that the test asked for");
+        }
         let first_position = self.next_position.load(Ordering::Acquire);
         let transaction = self.database.begin_write().with_context(|| format!("failed to write to {path}"))?;
         {
