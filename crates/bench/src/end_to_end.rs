@@ -2,9 +2,10 @@
 //! data server of a group of three, with event-stream clients on every web server.
 //!
 //! First the peak: closed-loop posting with a fixed number of requests in flight per web
-//! server. Then posting paced at 25%, 50% and 90% of that peak, while the first stream of each
-//! web server records the delay from sending a POST to another web server to the event's
-//! arrival.
+//! server. Then posting paced at 5%, 25%, 50% and 90% of that peak, while the first stream of
+//! each web server records the delay from sending a POST to another web server to the event's
+//! arrival. Each run also measures the machine's busy fraction and the CPU time per post of the
+//! data servers, the web servers and the bench process.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,7 +20,8 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 use crate::children::ChildProcess;
-use crate::forum::{self, post_text, PASSWORD, USER};
+use crate::cpu::{CpuMeter, ProcessGroup};
+use crate::forum::{self, post_text, DataServerProcess, PASSWORD, USER};
 use crate::report::Report;
 use crate::sse::{self, PostSink};
 use crate::stats::{latency_histogram, quantile_ms, record};
@@ -138,14 +140,19 @@ pub async fn measure(plan: &Plan, scratch: &Path, report: &mut Report) -> anyhow
     for (index, data) in data_servers.iter().enumerate() {
         web_processes.push(forum::start_web(data, &format!("web{}", index + 1), scratch).await?);
     }
-    let result = measure_with(plan, &web_processes, report).await;
+    let result = measure_with(plan, &data_servers, &web_processes, report).await;
     let mut processes = web_processes;
     processes.extend(data_servers.into_iter().map(|server| server.process));
     forum::stop_all(processes).await?;
     result
 }
 
-async fn measure_with(plan: &Plan, web_processes: &[ChildProcess], report: &mut Report) -> anyhow::Result<()> {
+async fn measure_with(
+    plan: &Plan,
+    data_servers: &[DataServerProcess],
+    web_processes: &[ChildProcess],
+    report: &mut Report,
+) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(plan.posts_in_flight_per_web * 2)
         .timeout(Duration::from_secs(30))
@@ -175,18 +182,25 @@ async fn measure_with(plan: &Plan, web_processes: &[ChildProcess], report: &mut 
 
     // Warm-up, then the peak.
     closed_loop(plan, &poster, plan.run_length / 4).await;
+    let new_cpu_meter = || cpu_meter(data_servers, web_processes);
     let mut peaks = Vec::new();
     let mut delivered = Vec::new();
+    let mut cpu = new_cpu_meter();
     for _ in 0..plan.runs {
         poster.deliveries.reset();
+        // The CPU time covers the wait for the last events too, so that it includes the
+        // delivery of every post of the run.
+        let cpu_start = cpu.read();
         let stored = closed_loop(plan, &poster, plan.run_length).await;
         poster.deliveries.wait_for(stored).await;
+        cpu.record_run(cpu_start, stored);
         peaks.push(stored as f64 / plan.run_length.as_secs_f64());
         delivered.push((poster.deliveries.fewest_received() as f64 / stored.max(1) as f64).min(1.0));
     }
     let label = format!("peak, {} requests in flight per web server", plan.posts_in_flight_per_web);
     let peak = report.add("end_to_end.peak.per_second", &label, "posts/s", peaks);
     report.add("end_to_end.peak.delivered_fraction", "  fraction of posts that reached every stream", "", delivered);
+    cpu.add_figures(report, "end_to_end.peak", "post");
 
     for level in LOAD_LEVELS {
         let rate = peak * level;
@@ -194,10 +208,13 @@ async fn measure_with(plan: &Plan, web_processes: &[ChildProcess], report: &mut 
         let mut local_p50 = Vec::new();
         let mut ack_p50 = Vec::new();
         let mut delivered = Vec::new();
+        let mut cpu = new_cpu_meter();
         for _ in 0..plan.runs {
             poster.deliveries.reset();
+            let cpu_start = cpu.read();
             let stored = paced(&poster, rate, plan.run_length).await;
             poster.deliveries.wait_for(stored).await;
+            cpu.record_run(cpu_start, stored);
             let latencies = poster.deliveries.latencies.lock().expect("the histogram lock is never poisoned").clone();
             for (values, quantile) in percentiles.iter_mut().zip([0.5, 0.95, 0.99]) {
                 values.push(quantile_ms(&latencies, quantile));
@@ -219,11 +236,21 @@ async fn measure_with(plan: &Plan, web_processes: &[ChildProcess], report: &mut 
         report.add(&format!("{key}.local_p50_ms"), "  POST to event on the same web server, p50", "ms", local_p50);
         report.add(&format!("{key}.ack_p50_ms"), "  POST to its 201 answer, p50", "ms", ack_p50);
         report.add(&format!("{key}.delivered_fraction"), "  fraction of posts that reached every stream", "", delivered);
+        cpu.add_figures(report, &key, "post");
     }
     for stream in streams {
         stream.abort();
     }
     Ok(())
+}
+
+/// Creates a meter of the CPU time of the data servers, the web servers and this process.
+fn cpu_meter(data_servers: &[DataServerProcess], web_processes: &[ChildProcess]) -> CpuMeter {
+    CpuMeter::new(vec![
+        ProcessGroup { key: "data", label: "data servers", pids: data_servers.iter().map(|server| server.process.pid()).collect() },
+        ProcessGroup { key: "web", label: "web servers", pids: web_processes.iter().map(ChildProcess::pid).collect() },
+        ProcessGroup { key: "bench", label: "bench process", pids: vec![std::process::id()] },
+    ])
 }
 
 /// Posts with a fixed number of requests in flight per web server for `length`, and returns

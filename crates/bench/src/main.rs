@@ -8,6 +8,7 @@
 
 mod catch_up;
 mod children;
+mod cpu;
 mod data_client;
 mod end_to_end;
 mod fan_out;

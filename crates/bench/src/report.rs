@@ -128,6 +128,8 @@ impl Report {
 }
 
 /// Formats a value with three significant digits, or as a whole number when it is large.
+/// Values from 0.1 to 10 keep two decimals, and smaller ones, such as CPU milliseconds per
+/// write, get up to six.
 pub fn format_value(value: f64) -> String {
     if value.is_nan() {
         "-".to_owned()
@@ -135,7 +137,32 @@ pub fn format_value(value: f64) -> String {
         format!("{value:.0}")
     } else if value.abs() >= 10.0 {
         format!("{value:.1}")
-    } else {
+    } else if value.abs() >= 0.1 || value == 0.0 {
         format!("{value:.2}")
+    } else {
+        let decimals = (2 - value.abs().log10().floor() as i32).clamp(3, 6) as usize;
+        format!("{value:.decimals$}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_value;
+
+    #[test]
+    fn format_value_keeps_three_digits() {
+        let cases = [
+            (1234.5, "1234"),
+            (45.67, "45.7"),
+            (0.993, "0.99"),
+            (0.0, "0.00"),
+            (0.0412, "0.0412"),
+            (0.0037274, "0.00373"),
+            (0.0000001, "0.000000"),
+            (f64::NAN, "-"),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(format_value(value), expected, "format_value({value})");
+        }
     }
 }

@@ -1,13 +1,15 @@
 //! (b) Acknowledged writes per second: pipelined `PostMessage` requests to groups of one,
 //! two and three data servers. A data server replies only after the group commit, so every
-//! counted reply is a write stored on disk.
+//! counted reply is a write stored on disk. Each run also measures the machine's busy
+//! fraction and the CPU time per write of the data servers and the bench process.
 
 use std::path::Path;
 
 use anyhow::bail;
 use forum_protocol::{ChangeId, Reply, Request};
 
-use crate::data_client::{self, Bound};
+use crate::cpu::{CpuMeter, ProcessGroup};
+use crate::data_client::{self, Bound, LoadResult};
 use crate::forum::{self, post_text, USER};
 use crate::report::Report;
 use crate::Plan;
@@ -23,8 +25,18 @@ pub async fn measure(plan: &Plan, scratch: &Path, report: &mut Report) -> anyhow
         // A short warm-up fills the caches and the store's first pages.
         run(plan, &endpoints, subject, Bound::Time(plan.run_length / 4)).await?;
         let mut rates = Vec::new();
+        let mut cpu = CpuMeter::new(vec![
+            ProcessGroup { key: "data", label: "data servers", pids: servers.iter().map(|server| server.process.pid()).collect() },
+            ProcessGroup { key: "bench", label: "bench process", pids: vec![std::process::id()] },
+        ]);
+        // NOTE: the CPU time also covers the replies that arrive after the run's time bound,
+        // which `accepted` leaves out, so CPU per write is high by up to one window per
+        // connection out of all the run's writes.
         for _ in 0..plan.runs {
-            rates.push(run(plan, &endpoints, subject, Bound::Time(plan.run_length)).await?);
+            let cpu_start = cpu.read();
+            let result = run(plan, &endpoints, subject, Bound::Time(plan.run_length)).await?;
+            cpu.record_run(cpu_start, result.accepted);
+            rates.push(result.per_second());
         }
         let counters = replication_counters(&endpoints).await?;
         forum::stop_all(servers.into_iter().map(|server| server.process).collect()).await?;
@@ -35,6 +47,7 @@ pub async fn measure(plan: &Plan, scratch: &Path, report: &mut Report) -> anyhow
         if let Some(ceiling) = ceiling {
             report.add(&format!("{key}.ratio_to_dealer_router"), "  ratio to the DEALER→ROUTER ceiling", "", vec![rate / ceiling]);
         }
+        cpu.add_figures(report, &key, "write");
         if size > 1 {
             let [replicated, fetched, duplicates] = counters;
             report.add(&format!("{key}.replicated_live"), "  changes received live from peers, all servers", "changes", vec![replicated]);
@@ -70,8 +83,9 @@ async fn replication_counters(endpoints: &[String]) -> anyhow::Result<[f64; 3]> 
     Ok(sums)
 }
 
-/// Sends posts to `endpoints` for one run and returns the acknowledged writes per second.
-pub async fn run(plan: &Plan, endpoints: &[String], subject: ChangeId, bound: Bound) -> anyhow::Result<f64> {
+/// Sends posts to `endpoints` for one run and returns the acknowledged writes and the run's
+/// length. Fails if any post was rejected.
+pub async fn run(plan: &Plan, endpoints: &[String], subject: ChangeId, bound: Bound) -> anyhow::Result<LoadResult> {
     let text_bytes = plan.text_bytes;
     let result = data_client::load(
         endpoints,
@@ -86,5 +100,5 @@ pub async fn run(plan: &Plan, endpoints: &[String], subject: ChangeId, bound: Bo
         let example = result.first_rejection.map(|frame| describe_reply(&frame)).unwrap_or_default();
         bail!("{} of the posts were rejected, for example with {example}", result.rejected);
     }
-    Ok(result.per_second())
+    Ok(result)
 }
