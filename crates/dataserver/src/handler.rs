@@ -41,6 +41,43 @@ pub(crate) struct Handler {
     status: StatusSource,
 }
 
+/// A request that [`Handler::decode`] accepted.
+pub(crate) struct Decoded {
+    /// The client's request id, which the reply carries back.
+    pub id: u64,
+    /// The idempotency key of a write, when its web server sent a client id.
+    key: Option<IdempotencyKey>,
+    request: Request,
+}
+
+impl Decoded {
+    /// Returns whether the reply can be large: a history, a list of every user or subject,
+    /// or a batch of changes. Encoding such a reply takes long enough that the request socket
+    /// hands it to a task of its own rather than hold up its receive loop.
+    pub fn has_large_reply(&self) -> bool {
+        match self.request {
+            Request::ListSubjects
+            | Request::History { .. }
+            | Request::PrivateHistory { .. }
+            | Request::ListUsers
+            | Request::FetchChanges { .. }
+            | Request::FeedSince { .. } => true,
+            Request::Register { .. }
+            | Request::Login { .. }
+            | Request::CreateSubject { .. }
+            | Request::PostMessage { .. }
+            | Request::SendPrivate { .. }
+            | Request::SetPresence { .. }
+            | Request::Ping
+            | Request::Status
+            | Request::CreateSession { .. }
+            | Request::CheckSession { .. }
+            | Request::RevokeSession { .. }
+            | Request::RenewPresence { .. } => false,
+        }
+    }
+}
+
 fn invalid(reason: Invalid) -> Reply {
     Reply::error(ErrorCode::InvalidInput, reason.to_string())
 }
@@ -54,13 +91,14 @@ impl Handler {
         Handler { server, decode_failures: Arc::new(Mutex::new(LogRateLimit::new())), actor, passwords, store, status }
     }
 
-    /// Returns the reply to one request payload.
-    pub async fn handle(&self, payload: &[u8]) -> WireReply {
-        let wire_reply = |id, reply| WireReply { v: PROTOCOL_VERSION, id, reply };
+    /// Decodes one request payload, or returns the error reply when it is too large or
+    /// cannot be decoded.
+    pub fn decode(&self, payload: &[u8]) -> Result<Decoded, Box<WireReply>> {
+        let error_reply = |reply| Box::new(WireReply { v: PROTOCOL_VERSION, id: peek_request_id(payload).unwrap_or(0), reply });
         add(&self.status.metrics.requests, 1);
         if payload.len() > MAX_REQUEST_BYTES {
             let message = format!("the request is {} bytes, more than the limit of {MAX_REQUEST_BYTES}", payload.len());
-            return wire_reply(peek_request_id(payload).unwrap_or(0), Reply::error(ErrorCode::InvalidInput, message));
+            return Err(error_reply(Reply::error(ErrorCode::InvalidInput, message)));
         }
         let request: WireRequest = match decode(payload) {
             Ok(request) => request,
@@ -73,32 +111,29 @@ impl Handler {
                 if let Some(suppressed) = suppressed {
                     warn!(server = self.server, %error, suppressed, "rejected a request that cannot be decoded");
                 }
-                return wire_reply(peek_request_id(payload).unwrap_or(0), Reply::error(code, error.to_string()));
+                return Err(error_reply(Reply::error(code, error.to_string())));
             }
         };
         let key = request.client.map(|client| IdempotencyKey { client, request: request.id });
-        let reply = self.reply(request.id, key, request.request).await;
-        wire_reply(request.id, reply)
+        Ok(Decoded { id: request.id, key, request: request.request })
     }
 
+    /// Carries out a decoded request and returns its reply.
+    pub async fn handle(&self, decoded: Decoded) -> WireReply {
+        let reply = self.reply(decoded.id, decoded.key, decoded.request).await;
+        WireReply { v: PROTOCOL_VERSION, id: decoded.id, reply }
+    }
+
+    // The rarer requests that hold much state while they wait, for password hashing or a
+    // read of the store, run boxed. That keeps this future small, and the request socket
+    // moves it into a fresh allocation for each request.
     async fn reply(&self, request_id: u64, key: Option<IdempotencyKey>, request: Request) -> Reply {
         match request {
             Request::Ping => Reply::Pong { server: self.server },
             Request::Status => Reply::Status(self.status.snapshot()),
-            Request::FetchChanges { origin, after_seq, limit } => self.fetch_changes(request_id, origin, after_seq, limit).await,
-            Request::Register { name, password } => {
-                if let Err(reason) = validate_name(&name).and_then(|()| validate_password(&password)) {
-                    return invalid(reason);
-                }
-                match self.passwords.hash(password).await {
-                    Ok(password_hash) => self.write(Write::Register { name, password_hash }, key).await,
-                    Err(error) => {
-                        error!(server = self.server, request = request_id, error = format!("{error:#}"), "failed to hash a password");
-                        internal()
-                    }
-                }
-            }
-            Request::Login { name, password } => self.login(request_id, name, password).await,
+            Request::FetchChanges { origin, after_seq, limit } => Box::pin(self.fetch_changes(request_id, origin, after_seq, limit)).await,
+            Request::Register { name, password } => Box::pin(self.register(request_id, key, name, password)).await,
+            Request::Login { name, password } => Box::pin(self.login(request_id, name, password)).await,
             Request::ListSubjects => self.read(Read::ListSubjects).await,
             Request::CreateSubject { title, created_by } => match validate_title(&title) {
                 Ok(()) => self.write(Write::CreateSubject { title, created_by }, key).await,
@@ -121,7 +156,7 @@ impl Handler {
                 }
                 self.write(Write::SetPresence { user, webserver, online }, key).await
             }
-            Request::FeedSince { after, limit } => self.feed_since(request_id, after, limit).await,
+            Request::FeedSince { after, limit } => Box::pin(self.feed_since(request_id, after, limit)).await,
             Request::CreateSession { token_hash, user, expires_at } => {
                 self.write(Write::CreateSession { token_hash, user, expires_at }, key).await
             }
@@ -187,6 +222,19 @@ impl Handler {
             }
             Err(error) => {
                 error!(server = self.server, request = request_id, %error, "the task reading the feed failed");
+                internal()
+            }
+        }
+    }
+
+    async fn register(&self, request_id: u64, key: Option<IdempotencyKey>, name: String, password: String) -> Reply {
+        if let Err(reason) = validate_name(&name).and_then(|()| validate_password(&password)) {
+            return invalid(reason);
+        }
+        match self.passwords.hash(password).await {
+            Ok(password_hash) => self.write(Write::Register { name, password_hash }, key).await,
+            Err(error) => {
+                error!(server = self.server, request = request_id, error = format!("{error:#}"), "failed to hash a password");
                 internal()
             }
         }
@@ -268,9 +316,11 @@ impl Handler {
     }
 
     async fn ask(&self, command: Command, receiver: oneshot::Receiver<Reply>) -> Reply {
-        if self.actor.send(command).await.is_err() {
+        // Reserving first keeps a single copy of the command in this future while it waits.
+        let Ok(permit) = self.actor.reserve().await else {
             return internal();
-        }
+        };
+        permit.send(command);
         receiver.await.unwrap_or_else(|_| internal())
     }
 }

@@ -1,26 +1,29 @@
 //! The ROUTER socket that serves requests.
 //!
-//! The receive loop only parses frames and starts one task per request, so pipelined clients
-//! get their requests handled concurrently. A semaphore bounds the requests in flight, and a
-//! request beyond the bound gets an `Overloaded` reply at once. A separate task owns the send
-//! half and writes the replies.
+//! The receive loop parses frames and decodes each request, then keeps it in flight while
+//! it waits for the actor, so pipelined clients get their requests handled concurrently.
+//! Requests with small replies, writes among them, run as futures that the loop itself
+//! polls, which costs less than a task each. A request whose reply can be large runs in a task
+//! of its own, so encoding that reply does not hold up the loop. The requests in flight are
+//! bounded, and a request beyond the bound gets an `Overloaded` reply at once. A separate task
+//! owns the send half and writes the replies.
 //!
 //! Frames as zeromq 0.7's ROUTER receives them: `[identity, empty, payload]` from a REQ
 //! socket, which adds the empty delimiter, and `[identity, payload]` from a DEALER that sends
 //! no delimiter. Replies go back in the same shape.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use forum_protocol::{seal, unseal, ClusterKey, MacContext, decode, encode, ErrorCode, Reply, ServerId, WireReply, WireRequest, PROTOCOL_VERSION};
-use tokio::sync::{mpsc, watch, Semaphore};
+use forum_protocol::{seal, unseal, ClusterKey, MacContext, encode, peek_request_id, ErrorCode, Reply, ServerId, WireReply, PROTOCOL_VERSION};
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 use zeromq::{RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
-use crate::handler::Handler;
+use crate::handler::{Decoded, Handler};
 use crate::rate_limit::LogRateLimit;
 
 /// The maximum number of requests in flight; more get an `Overloaded` reply.
@@ -47,19 +50,16 @@ struct Incoming {
     payload: Option<Bytes>,
 }
 
-fn split_frames(message: ZmqMessage) -> Incoming {
-    let mut frames = message.into_vec().into_iter();
-    let mut envelope: Vec<Bytes> = frames.next().into_iter().collect();
-    let mut rest: Vec<Bytes> = frames.collect();
-    if rest.first().is_some_and(|frame| frame.is_empty()) {
-        envelope.push(rest.remove(0));
-    }
-    let payload = if rest.len() == 1 { rest.pop() } else { None };
-    Incoming { envelope, payload }
+/// Splits a request's frames in place, so the envelope keeps the frames' vector and the reply
+/// is built in it without another allocation.
+fn split_frames(mut frames: Vec<Bytes>) -> Incoming {
+    let routing_frames = if frames.get(1).is_some_and(Bytes::is_empty) { 2 } else { 1 };
+    let payload = if frames.len() == routing_frames + 1 { frames.pop() } else { None };
+    frames.truncate(routing_frames);
+    Incoming { envelope: frames, payload }
 }
 
-fn reply_message(envelope: Vec<Bytes>, reply: &WireReply, cluster_key: Option<&ClusterKey>) -> ZmqMessage {
-    let mut frames = envelope;
+fn reply_message(mut frames: Vec<Bytes>, reply: &WireReply, cluster_key: Option<&ClusterKey>) -> ZmqMessage {
     frames.push(Bytes::from(encode(reply)));
     seal(cluster_key, MacContext::Reply, &mut frames, 1);
     ZmqMessage::try_from(frames).expect("a reply has at least the payload frame")
@@ -82,10 +82,10 @@ struct RequestAuthenticator {
 }
 
 impl RequestAuthenticator {
-    fn check(&mut self, message: ZmqMessage) -> Option<ZmqMessage> {
+    fn check(&mut self, message: ZmqMessage) -> Option<Vec<Bytes>> {
         let mut frames = message.into_vec();
         let Err(error) = unseal(self.cluster_key.as_ref(), MacContext::Request, &mut frames, 1) else {
-            return ZmqMessage::try_from(frames).ok();
+            return Some(frames);
         };
         let identity = frames.first().cloned().unwrap_or_default();
         // A process on this host can reach the internal port without the guard and choose any
@@ -117,12 +117,14 @@ pub(crate) async fn run(
 ) {
     let (send_half, mut receive_half) = socket.split();
     // Replies waiting for the send task. The bound is the in-flight limit: a full channel
-    // makes request tasks and the receive loop wait, which slows down reading new requests.
+    // makes requests in flight and the receive loop wait, which slows down reading new requests.
     let (replies, reply_queue) = mpsc::channel::<ZmqMessage>(MAX_IN_FLIGHT);
     let sender = tokio::spawn(send_replies(server, send_half, reply_queue));
 
-    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let mut in_flight = JoinSet::new();
+    // Requests in flight whose replies are small, polled by this loop.
+    let mut polled = FuturesUnordered::new();
+    // Requests in flight whose replies can be large, each in its own task.
+    let mut spawned = JoinSet::new();
     let mut receive_failures = LogRateLimit::new();
     let mut rejections = LogRateLimit::new();
     let mut authenticator =
@@ -130,7 +132,10 @@ pub(crate) async fn run(
     loop {
         let message = tokio::select! {
             _ = shutdown.wait_for(|stopping| *stopping) => break,
-            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => continue,
+            // This branch completes only once every polled request is done. Until then it
+            // finishes each polled request that is ready, several at a time.
+            () = finish_all(&mut polled), if !polled.is_empty() => continue,
+            Some(_) = spawned.join_next(), if !spawned.is_empty() => continue,
             received = receive_half.recv() => received,
         };
         let message = match message {
@@ -143,45 +148,76 @@ pub(crate) async fn run(
             }
         };
 
-        let Some(message) = authenticator.check(message) else { continue };
-        let Incoming { envelope, payload } = split_frames(message);
+        let Some(frames) = authenticator.check(message) else { continue };
+        let Incoming { envelope, payload } = split_frames(frames);
         let Some(payload) = payload else {
             let reply = error_reply(0, ErrorCode::Malformed, "expected one payload frame after the routing frames");
             let _ = replies.send(reply_message(envelope, &reply, cluster_key.as_ref())).await;
             continue;
         };
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+        if polled.len() + spawned.len() >= MAX_IN_FLIGHT {
             if let Some(suppressed) = rejections.check() {
                 warn!(server, limit = MAX_IN_FLIGHT, suppressed, "rejected a request because too many are in flight");
             }
-            let id = decode::<WireRequest>(&payload).map_or(0, |request| request.id);
+            let id = peek_request_id(&payload).unwrap_or(0);
             let reply = error_reply(id, ErrorCode::Overloaded, "the data server has too many requests in flight; retry later");
             let _ = replies.send(reply_message(envelope, &reply, cluster_key.as_ref())).await;
             continue;
-        };
+        }
 
-        let handler = handler.clone();
-        let replies = replies.clone();
-        let cluster_key = cluster_key.clone();
-        in_flight.spawn(async move {
-            let reply = handler.handle(&payload).await;
-            let _ = replies.send(reply_message(envelope, &reply, cluster_key.as_ref())).await;
-            drop(permit);
-        });
+        let work = match handler.decode(&payload) {
+            Ok(request) => Work::Handle { envelope, request },
+            Err(reply) => Work::Queue(reply_message(envelope, &reply, cluster_key.as_ref())),
+        };
+        if matches!(&work, Work::Handle { request, .. } if request.has_large_reply()) {
+            let handler = handler.clone();
+            let replies = replies.clone();
+            let cluster_key = cluster_key.clone();
+            spawned.spawn(async move { serve(&handler, &replies, cluster_key.as_ref(), work).await });
+        } else {
+            polled.push(serve(&handler, &replies, cluster_key.as_ref(), work));
+        }
     }
 
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while in_flight.join_next().await.is_some() {}
+        finish_all(&mut polled).await;
+        while spawned.join_next().await.is_some() {}
     })
     .await;
     if drained.is_err() {
-        warn!(server, abandoned = in_flight.len(), "abandoned requests still in flight at shutdown");
-        in_flight.shutdown().await;
+        warn!(server, abandoned = polled.len() + spawned.len(), "abandoned requests still in flight at shutdown");
+        spawned.shutdown().await;
     }
+    drop(polled);
     drop(replies);
     let _ = sender.await;
     drop(receive_half);
     info!(server, "request socket stopped");
+}
+
+/// The work left for a request in flight.
+enum Work {
+    /// Handle the request, then send the reply to the routing frames in `envelope`.
+    Handle { envelope: Vec<Bytes>, request: Decoded },
+    /// Queue a reply that is ready, such as the error for a request that cannot be decoded.
+    Queue(ZmqMessage),
+}
+
+/// Does the work left for one request and queues its reply.
+async fn serve(handler: &Handler, replies: &mpsc::Sender<ZmqMessage>, cluster_key: Option<&ClusterKey>, work: Work) {
+    let message = match work {
+        Work::Handle { envelope, request } => {
+            let reply = handler.handle(request).await;
+            reply_message(envelope, &reply, cluster_key)
+        }
+        Work::Queue(message) => message,
+    };
+    let _ = replies.send(message).await;
+}
+
+/// Polls `requests` until every one is done.
+async fn finish_all<F: std::future::Future<Output = ()>>(requests: &mut FuturesUnordered<F>) {
+    while requests.next().await.is_some() {}
 }
 
 /// Writes replies until every reply sender is dropped.
@@ -201,8 +237,8 @@ async fn send_replies(server: ServerId, mut socket: zeromq::RouterSendHalf, mut 
 mod tests {
     use super::*;
 
-    fn frames(parts: &[&'static [u8]]) -> ZmqMessage {
-        ZmqMessage::try_from(parts.iter().map(|part| Bytes::from_static(part)).collect::<Vec<_>>()).unwrap()
+    fn frames(parts: &[&'static [u8]]) -> Vec<Bytes> {
+        parts.iter().map(|part| Bytes::from_static(part)).collect()
     }
 
     #[test]

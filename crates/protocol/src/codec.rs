@@ -63,8 +63,15 @@ pub fn encode_feed_change(server: ServerId, position: u64, change: &Change, note
 /// [`CodecError::UnsupportedVersion`] even when the rest of its message has another shape.
 /// Before either step, the structure is scanned without recursion, so hostile nesting is
 /// rejected instead of overflowing the stack.
+///
+/// `T` must have a `v` field, as every envelope of this protocol does.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     check_nesting(bytes, MAX_NESTING).map_err(CodecError::Malformed)?;
+    if starts_with_current_version(bytes) {
+        // This skips the separate read of the version. A second `v` field, which that read
+        // rejects as a duplicate, is still rejected, because `T`'s own decoding does the same.
+        return rmp_serde::from_slice(bytes).map_err(|error| CodecError::Malformed(error.to_string()));
+    }
     #[derive(Deserialize)]
     struct VersionOnly {
         v: u16,
@@ -75,6 +82,14 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
         return Err(CodecError::UnsupportedVersion { found: version.v, expected: PROTOCOL_VERSION });
     }
     rmp_serde::from_slice(bytes).map_err(|error| CodecError::Malformed(error.to_string()))
+}
+
+/// Returns whether `bytes` are a map whose first entry is `v` = [`PROTOCOL_VERSION`] in the
+/// form that [`encode`] writes: a fixmap, the one-letter fixstr key and a positive fixint.
+/// Any other form returns false, which leaves the envelope to the general decoding.
+fn starts_with_current_version(bytes: &[u8]) -> bool {
+    const _: () = assert!(PROTOCOL_VERSION <= 0x7f, "the version is written as a positive fixint");
+    matches!(bytes, [0x81..=0x8f, 0xa1, b'v', version, ..] if u16::from(*version) == PROTOCOL_VERSION)
 }
 
 /// Returns the `id` field of an envelope that [`decode`] rejects (too large, another protocol
@@ -229,6 +244,39 @@ mod tests {
             Err(CodecError::UnsupportedVersion { found: 99, expected: PROTOCOL_VERSION }) => {}
             other => panic!("expected UnsupportedVersion, got {other:?}"),
         }
+    }
+
+    /// The shortcut for envelopes that start with the current version must give the same
+    /// results as the general decoding, also for a second `v` field and for a body of
+    /// another shape.
+    #[test]
+    fn version_shortcut_matches_general_decoding() {
+        let request = WireRequest { v: PROTOCOL_VERSION, id: 5, request: Request::Ping, client: None };
+        let bytes = encode(&request);
+        assert!(starts_with_current_version(&bytes));
+        assert_eq!(decode::<WireRequest>(&bytes).unwrap(), request);
+
+        // {"v": 1, "id": 5, "request": "Ping", "v": 2}
+        let duplicate = b"\x84\xa1v\x01\xa2id\x05\xa7request\xa4Ping\xa1v\x02";
+        match decode::<WireRequest>(duplicate) {
+            Err(CodecError::Malformed(message)) => assert!(message.contains("duplicate field `v`"), "{message}"),
+            other => panic!("expected a duplicate-field error, got {other:?}"),
+        }
+        // {"v": 2, "id": 5, "request": "Ping", "v": 1} takes the general path, which rejects
+        // the duplicate before it looks at the version.
+        let duplicate_first_other = b"\x84\xa1v\x02\xa2id\x05\xa7request\xa4Ping\xa1v\x01";
+        assert!(!starts_with_current_version(duplicate_first_other));
+        assert!(matches!(decode::<WireRequest>(duplicate_first_other), Err(CodecError::Malformed(_))));
+
+        // {"v": 1, "id": 5, "request": "Teleport"}
+        let unknown = b"\x83\xa1v\x01\xa2id\x05\xa7request\xa8Teleport";
+        assert!(starts_with_current_version(unknown));
+        assert!(matches!(decode::<WireRequest>(unknown), Err(CodecError::Malformed(_))));
+
+        // The version as a uint8 (0xcc 0x01) is valid MessagePack that encode does not write.
+        let wide = b"\x83\xa1v\xcc\x01\xa2id\x05\xa7request\xa4Ping";
+        assert!(!starts_with_current_version(wide));
+        assert_eq!(decode::<WireRequest>(wide).unwrap(), request);
     }
 
     #[test]

@@ -13,12 +13,24 @@ pub const MAX_NESTING: usize = 16;
 /// Checks that `bytes` start with one well-formed MessagePack value whose arrays and maps are
 /// nested at most `max_depth` deep, and whose declared lengths fit in the bytes that follow.
 pub fn check_nesting(bytes: &[u8], max_depth: usize) -> Result<(), String> {
-    let mut position = 0usize;
     // Values still to read at each open level; the bottom level is the one top-level value.
-    let mut pending: Vec<u64> = vec![1];
-    while let Some(remaining) = pending.last_mut() {
+    // The levels fit on the stack up to MAX_NESTING, so the usual check allocates nothing.
+    let mut levels_on_stack = [0u64; MAX_NESTING + 1];
+    let mut levels_on_heap = Vec::new();
+    let pending: &mut [u64] = if max_depth <= MAX_NESTING {
+        &mut levels_on_stack[..=max_depth]
+    } else {
+        levels_on_heap.resize(max_depth + 1, 0);
+        &mut levels_on_heap
+    };
+    pending[0] = 1;
+    // The number of open levels, whose counts are `pending[..open]`.
+    let mut open = 1usize;
+    let mut position = 0usize;
+    while open > 0 {
+        let remaining = &mut pending[open - 1];
         if *remaining == 0 {
-            pending.pop();
+            open -= 1;
             continue;
         }
         *remaining -= 1;
@@ -60,10 +72,11 @@ pub fn check_nesting(bytes: &[u8], max_depth: usize) -> Result<(), String> {
             if children > available {
                 return Err(format!("a MessagePack container declares {children} items but only {available} bytes follow"));
             }
-            if pending.len() > max_depth {
+            if open > max_depth {
                 return Err(format!("MessagePack nesting deeper than {max_depth} levels"));
             }
-            pending.push(children);
+            pending[open] = children;
+            open += 1;
         }
     }
     Ok(())
@@ -108,6 +121,18 @@ mod tests {
         let mut deeper = vec![0x91; MAX_NESTING + 1];
         deeper.push(0xc0);
         assert!(check_nesting(&deeper, MAX_NESTING).is_err());
+    }
+
+    #[test]
+    fn deeper_limit_than_the_default() {
+        let depth = MAX_NESTING * 4;
+        let mut bytes = vec![0x91; depth];
+        bytes.push(0xc0);
+        assert_eq!(check_nesting(&bytes, depth), Ok(()));
+        let mut deeper = vec![0x91; depth + 1];
+        deeper.push(0xc0);
+        assert!(check_nesting(&deeper, depth).is_err());
+        assert!(check_nesting(&bytes, MAX_NESTING).is_err());
     }
 
     #[test]

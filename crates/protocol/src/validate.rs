@@ -108,11 +108,41 @@ pub fn validate_text(text: &str) -> Result<(), Invalid> {
     if text.len() > MAX_TEXT_BYTES {
         return Err(Invalid::TextTooLong);
     }
+    if text.is_ascii() {
+        validate_ascii_text(text.as_bytes())
+    } else {
+        validate_text_characters(text)
+    }
+}
+
+/// Applies the checks of [`validate_text`] after its length check, to any text.
+fn validate_text_characters(text: &str) -> Result<(), Invalid> {
     if text.chars().all(|c| c.is_whitespace() || is_invisible_format(c)) {
         return Err(Invalid::TextEmpty);
     }
     let forbidden = |c: char| (c.is_control() && !matches!(c, '\n' | '\r' | '\t')) || is_direction_override(c);
     if text.chars().any(forbidden) {
+        return Err(Invalid::TextCharacters);
+    }
+    Ok(())
+}
+
+/// Applies the checks of [`validate_text`] after its length check to ASCII text, in one pass
+/// over the bytes. No ASCII character is an invisible format character or a direction
+/// override, so the checks reduce to white space and control characters.
+fn validate_ascii_text(text: &[u8]) -> Result<(), Invalid> {
+    let mut blank = true;
+    let mut forbidden = false;
+    for &byte in text {
+        // `char::is_whitespace` in ASCII: tab, line feed, vertical tab, form feed, carriage
+        // return and space. `u8::is_ascii_whitespace` leaves out the vertical tab.
+        blank &= matches!(byte, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ');
+        forbidden |= byte.is_ascii_control() && !matches!(byte, b'\n' | b'\r' | b'\t');
+    }
+    if blank {
+        return Err(Invalid::TextEmpty);
+    }
+    if forbidden {
         return Err(Invalid::TextCharacters);
     }
     Ok(())
@@ -165,6 +195,20 @@ mod tests {
         assert_eq!(validate_text(" \n "), Err(Invalid::TextEmpty));
         assert_eq!(validate_text(&"x".repeat(4096)), Ok(()));
         assert_eq!(validate_text(&"x".repeat(4097)), Err(Invalid::TextTooLong));
+    }
+
+    /// The ASCII path of `validate_text` must give the same result as the general one.
+    #[test]
+    fn ascii_text_matches_general_path() {
+        let mut cases: Vec<String> = (0u8..=0x7f).map(|byte| char::from(byte).to_string()).collect();
+        for byte in 0u8..=0x7f {
+            cases.push(format!("a{}", char::from(byte)));
+            cases.push(format!(" {}\n", char::from(byte)));
+        }
+        cases.extend([String::new(), " \t\r\n\x0b\x0c".into(), "\x0b\x01".into(), "hola\x7f".into()]);
+        for case in &cases {
+            assert_eq!(validate_ascii_text(case.as_bytes()), validate_text_characters(case), "text {case:?}");
+        }
     }
 
     #[test]
