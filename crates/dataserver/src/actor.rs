@@ -11,8 +11,9 @@
 //! jobs are committed in order.
 //!
 //! The two overlap: while the committer writes and flushes one group, the actor applies the
-//! next. The job queue holds one job beyond the one being committed, so the state runs at
-//! most two groups ahead of the store.
+//! next ones. Up to [`JOB_QUEUE`] jobs wait beyond the one being committed, so the state runs
+//! at most five groups ahead of the store, and the committer writes all the jobs that waited
+//! in one transaction: the slower the disk, the larger the transactions.
 //!
 //! When a commit fails, the committer fails that job's replies and every later job applied on
 //! top of it, and tells the actor, which reloads the state from the store before it applies
@@ -36,7 +37,7 @@ use crate::store::{EncodedChange, Store};
 pub(crate) const MAX_BATCH: usize = 256;
 
 /// Jobs that may wait for the committer besides the one it is committing.
-const JOB_QUEUE: usize = 1;
+const JOB_QUEUE: usize = 4;
 
 /// A reply held back until the group's changes are committed.
 enum PendingReply {
@@ -56,6 +57,17 @@ struct Job {
     /// The version vector after the group, published once it is committed; `None` when the
     /// group made no change.
     vector: Option<VersionVector>,
+}
+
+impl Job {
+    /// Appends a later job of the same epoch to this one.
+    fn absorb(&mut self, later: Job) {
+        self.changes.extend(later.changes);
+        self.replies.extend(later.replies);
+        if later.vector.is_some() {
+            self.vector = later.vector;
+        }
+    }
 }
 
 pub(crate) struct Actor {
@@ -263,9 +275,18 @@ struct Committer {
 }
 
 impl Committer {
+    /// Commits the jobs in order. The jobs that queued up during a commit go into the next
+    /// transaction together, so the number of transactions follows the disk, not the actor.
     fn run(mut self) {
-        while let Some(job) = self.jobs.blocking_recv() {
-            self.commit(job);
+        while let Some(mut merged) = self.jobs.blocking_recv() {
+            while let Ok(next) = self.jobs.try_recv() {
+                if next.epoch == merged.epoch {
+                    merged.absorb(next);
+                } else {
+                    self.commit(std::mem::replace(&mut merged, next));
+                }
+            }
+            self.commit(merged);
         }
     }
 
