@@ -7,7 +7,7 @@
 //! committer writes each job's changes in one redb transaction, and only after the commit
 //! does it send the job's replies and hand the changes to the publisher. So a write is
 //! acknowledged only once it is on disk, and replies to reads never show a change that is not
-//! stored yet: a read applied after a change is answered after that change's commit, because
+//! stored yet: a read applied after a change gets its reply after that change's commit, because
 //! jobs are committed in order.
 //!
 //! The two overlap: while the committer writes and flushes one group, the actor applies the
@@ -291,7 +291,7 @@ impl Committer {
     }
 
     fn commit(&mut self, mut job: Job) {
-        // A job applied on top of a failed one holds changes and reads that the store will
+        // A job applied on top of a failed one contains changes and reads that the store will
         // never have: the actor reloads its state and starts a new epoch.
         if self.failed_epoch == Some(job.epoch) {
             job.replies.into_iter().for_each(fail);
@@ -417,7 +417,7 @@ mod tests {
     /// After a failed commit, the state and the store hold exactly the writes that were
     /// acknowledged, even when later groups were applied on top of the failed one.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn failed_commit_drops_every_group_applied_on_it() {
+    async fn failed_commit_drops_later_groups() {
         let running = start();
         assert!(matches!(register(&running.commands, "ana".into()).await.1, Reply::User(_)));
 
