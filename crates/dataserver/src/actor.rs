@@ -53,6 +53,9 @@ struct Job {
     /// The actor's epoch when it applied the group.
     epoch: u64,
     changes: Vec<Publication>,
+    /// The changes encoded for the store, in the same order. The actor encodes them, so that
+    /// the committer, the busier of the two threads, only writes.
+    encoded: Vec<EncodedChange>,
     replies: Vec<PendingReply>,
     /// The version vector after the group, published once it is committed; `None` when the
     /// group made no change.
@@ -63,6 +66,7 @@ impl Job {
     /// Appends a later job of the same epoch to this one.
     fn absorb(&mut self, later: Job) {
         self.changes.extend(later.changes);
+        self.encoded.extend(later.encoded);
         self.replies.extend(later.replies);
         if later.vector.is_some() {
             self.vector = later.vector;
@@ -239,7 +243,8 @@ impl Actor {
             }
         }
         let vector = (!changes.is_empty()).then(|| self.state.vector());
-        Job { epoch: self.epoch, changes, replies, vector }
+        let encoded = changes.iter().map(|publication| EncodedChange::new(&publication.change)).collect();
+        Job { epoch: self.epoch, changes, encoded, replies, vector }
     }
 
     /// Warns when a peer's change carries this server's id but this server never made it: two
@@ -298,7 +303,7 @@ impl Committer {
             return;
         }
         if !job.changes.is_empty() {
-            let encoded: Vec<EncodedChange> = job.changes.iter().map(|publication| EncodedChange::new(&publication.change)).collect();
+            let encoded = std::mem::take(&mut job.encoded);
             match self.store.append(&encoded) {
                 Ok(first_position) => {
                     for ((position, publication), encoded) in (first_position..).zip(job.changes.iter_mut()).zip(encoded) {
