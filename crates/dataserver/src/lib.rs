@@ -2,8 +2,9 @@
 //! ROUTER socket and replicates changes to and from the other data servers of its group over
 //! PUB/SUB.
 //!
-//! Inside, one actor task owns the state and the redb store. The request socket loop, the
-//! peer subscribers and the publisher talk to it through bounded channels. The replicator
+//! Inside, one actor task owns the state, and its committer thread writes the redb store. The
+//! request socket loop, the peer subscribers and the publisher talk to them through bounded
+//! channels. The replicator
 //! owns what is known about the peers, detects failures from their heartbeats and fetches
 //! missing changes (see docs/replication.md). Start a server with [`DataServer::start`] and
 //! stop it with [`DataServer::shutdown`].
