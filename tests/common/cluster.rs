@@ -227,6 +227,15 @@ impl Cluster {
         }
     }
 
+    /// Sends SIGTERM to server `index`, as a service manager stopping it would, and returns
+    /// its exit status once the process ends.
+    pub fn terminate(&mut self, index: usize) -> std::process::ExitStatus {
+        let mut child = self.servers[index].child.take().expect("the server is running");
+        let sent = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("running kill");
+        assert!(sent.success(), "kill -TERM failed for server {}", index + 1);
+        child.wait().expect("waiting for a terminated dataserver")
+    }
+
     pub fn is_running(&self, index: usize) -> bool {
         self.servers[index].child.is_some()
     }

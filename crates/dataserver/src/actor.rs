@@ -10,10 +10,12 @@
 //! stored yet: a read applied after a change gets its reply after that change's commit, because
 //! jobs are committed in order.
 //!
-//! The two overlap: while the committer writes and flushes one group, the actor applies the
-//! next ones. Up to [`JOB_QUEUE`] jobs wait beyond the one being committed, so the state runs
-//! at most five groups ahead of the store, and the committer writes all the jobs that waited
-//! in one transaction: the slower the disk, the larger the transactions.
+//! The two overlap: while the committer writes and flushes one transaction, the actor applies
+//! the next groups. Up to [`JOB_QUEUE`] jobs wait in the channel, and the committer writes all
+//! the jobs that waited in one transaction: the slower the disk, the larger the transactions.
+//! So the state can run up to 2 × `JOB_QUEUE` + 2 groups ahead of the store: `JOB_QUEUE` + 1
+//! merged in the transaction being written, `JOB_QUEUE` in the channel and one applied group
+//! that the actor holds until the channel has room.
 //!
 //! When a commit fails, the committer fails that job's replies and every later job applied on
 //! top of it, and tells the actor, which reloads the state from the store before it applies
@@ -36,7 +38,7 @@ use crate::store::{EncodedChange, Store};
 /// The maximum number of commands handled in one group, and so in one write transaction.
 pub(crate) const MAX_BATCH: usize = 256;
 
-/// Jobs that may wait for the committer besides the one it is committing.
+/// Jobs that may wait in the channel to the committer, besides those it is committing.
 const JOB_QUEUE: usize = 4;
 
 /// A reply held back until the group's changes are committed.

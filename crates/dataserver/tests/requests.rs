@@ -3,10 +3,10 @@
 
 mod support;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
-use forum_dataserver::MAX_REQUEST_BYTES;
+use forum_dataserver::{MAX_IN_FLIGHT, MAX_REQUEST_BYTES};
 use forum_protocol::{
     decode, encode, ErrorCode, ErrorReply, Reply, Request, UserStatus, WireReply, WireRequest, PROTOCOL_VERSION,
 };
@@ -160,5 +160,145 @@ async fn bad_payloads_get_error_replies() {
     assert_eq!(error_code(&reply.reply), ErrorCode::Malformed);
 
     assert_eq!(client.request(Request::Ping).await, Reply::Pong { server: 1 }, "the server keeps serving");
+    server.shutdown().await;
+}
+
+/// Sends one request on a DEALER socket, without the empty delimiter.
+async fn send_on_dealer(dealer: &mut DealerSocket, id: u64, request: Request) {
+    let payload = encode(&WireRequest { v: PROTOCOL_VERSION, id, request, client: None });
+    dealer.send(ZmqMessage::from(payload)).await.unwrap();
+}
+
+async fn receive_on_dealer(dealer: &mut DealerSocket) -> WireReply {
+    let message = tokio::time::timeout(PATIENCE, dealer.recv()).await.expect("a reply arrives in time").unwrap();
+    decode(message.into_vec().last().unwrap()).expect("the reply decodes")
+}
+
+/// Registrations hash their passwords with argon2 two at a time, so a burst of them stays in
+/// flight long enough to fill the bound. Every request beyond the bound gets `Overloaded`
+/// with its own id, and the server goes on serving once a slot is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_bound_get_overloaded() {
+    const EXTRA: u64 = 200;
+    let total = MAX_IN_FLIGHT as u64 + EXTRA;
+    let directory = tempfile::tempdir().unwrap();
+    let server = start(1, directory.path()).await;
+
+    let mut dealer = DealerSocket::new();
+    dealer.connect(server.request_endpoint()).await.unwrap();
+    for id in 1..=total {
+        send_on_dealer(&mut dealer, id, Request::Register { name: format!("user{id}"), password: "secret12".into() }).await;
+    }
+
+    // The Overloaded replies are sent at once, while the admitted registrations still hash.
+    let mut overloaded = HashSet::new();
+    let mut other_replies = 0;
+    while overloaded.len() + other_replies < total as usize {
+        let reply = receive_on_dealer(&mut dealer).await;
+        match reply.reply {
+            Reply::Error(ErrorReply { code: ErrorCode::Overloaded, .. }) => {
+                assert!(reply.id > MAX_IN_FLIGHT as u64, "request {} was rejected although it was within the bound", reply.id);
+                assert!(reply.id <= total, "an Overloaded reply carries the unknown id {}", reply.id);
+                assert!(overloaded.insert(reply.id), "request {} got two Overloaded replies", reply.id);
+            }
+            Reply::User(_) => other_replies += 1,
+            other => panic!("unexpected reply to request {}: {other:?}", reply.id),
+        }
+        // The hashing finishes tens of registrations per second per core (an estimate), so
+        // most of the extra ones meet a full bound. Waiting for all the admitted ones would
+        // take too long.
+        if other_replies >= 1 && overloaded.len() as u64 >= EXTRA / 2 {
+            break;
+        }
+    }
+    assert!(overloaded.len() as u64 >= EXTRA / 2, "only {} of {EXTRA} extra requests got Overloaded", overloaded.len());
+
+    let mut client = Client::connect(&server).await;
+    support::wait_for_reply("a ping is served again", &mut client, || Request::Ping, |reply| *reply == Reply::Pong { server: 1 }).await;
+
+    server.shutdown().await;
+}
+
+/// A registration waiting for its password hash holds up neither a ping pipelined behind it
+/// on the same connection nor a request on another connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_register_does_not_stall_others() {
+    let directory = tempfile::tempdir().unwrap();
+    let server = start(1, directory.path()).await;
+    let mut dealer = DealerSocket::new();
+    dealer.connect(server.request_endpoint()).await.unwrap();
+
+    // Each hash takes tens of milliseconds (an estimate for argon2's defaults), so the
+    // pipelined ping arrives while most of these still wait for a hash.
+    const REGISTRATIONS: u64 = 64;
+    for id in 1..=REGISTRATIONS {
+        send_on_dealer(&mut dealer, id, Request::Register { name: format!("user{id}"), password: "secret12".into() }).await;
+    }
+    let ping_id = REGISTRATIONS + 1;
+    send_on_dealer(&mut dealer, ping_id, Request::Ping).await;
+
+    let mut client = Client::connect(&server).await;
+    let started = std::time::Instant::now();
+    assert_eq!(client.request(Request::Ping).await, Reply::Pong { server: 1 });
+    let other_connection = started.elapsed();
+
+    let mut registered_before_ping = 0;
+    loop {
+        let reply = receive_on_dealer(&mut dealer).await;
+        if reply.id == ping_id {
+            assert_eq!(reply.reply, Reply::Pong { server: 1 });
+            break;
+        }
+        assert!(matches!(reply.reply, Reply::User(_)), "registration {} failed: {:?}", reply.id, reply.reply);
+        registered_before_ping += 1;
+    }
+    assert!(
+        registered_before_ping < REGISTRATIONS / 2,
+        "the pipelined ping waited for {registered_before_ping} of {REGISTRATIONS} registrations"
+    );
+    assert!(other_connection < std::time::Duration::from_secs(1), "a ping on another connection took {other_connection:?}");
+
+    server.shutdown().await;
+}
+
+/// Hostile payloads that the tests above do not send: deep nesting, a second `v` field, a
+/// version in a wider integer form, text that is not UTF-8 and containers that declare more
+/// items than follow. Each gets an error reply with the request's id when it has one.
+#[tokio::test]
+async fn hostile_payloads_get_error_replies() {
+    let directory = tempfile::tempdir().unwrap();
+    let server = start(1, directory.path()).await;
+    let mut client = Client::connect(&server).await;
+
+    let mut deep = b"\x84\xa1v\x01\xa2id\x09\xa6client\xc0\xa7request".to_vec();
+    deep.extend(std::iter::repeat_n(0x91, 1000));
+    deep.push(0xc0);
+    let cases: Vec<(&str, Vec<u8>, u64, ErrorCode)> = vec![
+        ("deep nesting", deep, 0, ErrorCode::Malformed),
+        ("a second v field", b"\x84\xa1v\x01\xa2id\x05\xa7request\xa4Ping\xa1v\x01".to_vec(), 5, ErrorCode::Malformed),
+        ("a later v of another version", b"\x84\xa1v\x01\xa2id\x05\xa7request\xa4Ping\xa1v\x02".to_vec(), 5, ErrorCode::Malformed),
+        ("an empty map", b"\x80".to_vec(), 0, ErrorCode::Malformed),
+        ("a map that declares more entries than follow", b"\x8f\xa1v\x01".to_vec(), 0, ErrorCode::Malformed),
+        ("a 32-bit array length", b"\xdd\xff\xff\xff\xff".to_vec(), 0, ErrorCode::Malformed),
+        ("version 0", b"\x83\xa1v\x00\xa2id\x07\xa7request\xa4Ping".to_vec(), 7, ErrorCode::UnsupportedVersion),
+        ("a negative version", b"\x83\xa1v\xff\xa2id\x07\xa7request\xa4Ping".to_vec(), 7, ErrorCode::Malformed),
+        (
+            "a name that is not UTF-8",
+            b"\x83\xa1v\x01\xa2id\x08\xa7request\x81\xa8Register\x82\xa4name\xa2\xff\xfe\xa8password\xa8secret12".to_vec(),
+            8,
+            ErrorCode::Malformed,
+        ),
+    ];
+    for (what, payload, id, code) in cases {
+        let reply = client.send_raw(payload).await;
+        assert_eq!(reply.id, id, "the reply to {what} carries the request's id");
+        assert_eq!(error_code(&reply.reply), code, "the reply to {what}");
+    }
+
+    // A version written as a uint8 is valid MessagePack and takes the general decoding.
+    let wide = client.send_raw(b"\x83\xa1v\xcc\x01\xa2id\x05\xa7request\xa4Ping".to_vec()).await;
+    assert_eq!((wide.id, wide.reply), (5, Reply::Pong { server: 1 }));
+
+    assert_eq!(client.request(Request::ListUsers).await, Reply::Users(vec![]), "no hostile request stored anything");
     server.shutdown().await;
 }
