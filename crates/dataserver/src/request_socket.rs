@@ -219,11 +219,12 @@ async fn serve(handler: &Handler, replies: &mpsc::Sender<ZmqMessage>, cluster_ke
 /// flight.
 ///
 /// The loop must not simply await `replies.send`. The reply queue hands out its room in the
-/// order that senders asked for it, so when the queue is full, room that the send task frees
+/// order that senders requested it, so when the queue is full, room that the send task frees
 /// goes first to polled requests that were already waiting. Those requests finish only when
-/// the loop polls them, and a loop that waits for room of its own never does: the queue stays
-/// empty, every request in flight holds its room without sending, and the server stops
-/// answering anyone. Reserving room while polling the requests lets them finish first.
+/// the loop polls them, which a loop waiting for room of its own never does. The queue then
+/// stays empty while every request in flight keeps the room it was given, and the server
+/// stops sending replies to anyone. Reserving room while polling the requests lets them
+/// finish first.
 async fn queue_from_loop<F: std::future::Future<Output = ()>>(
     replies: &mpsc::Sender<ZmqMessage>,
     polled: &mut FuturesUnordered<F>,

@@ -308,9 +308,9 @@ async fn hostile_payloads_get_error_replies() {
 /// A burst of 300,000 pings from a DEALER that never reads once stopped the data server for
 /// good: the receive loop waited for room in the reply queue to send an `Overloaded` reply,
 /// while the requests in flight that held that room waited for the loop to poll them. A
-/// longer burst can also fill zeromq's queue for the client, which the request guard ends
-/// by cutting the client after `stalled_read_timeout` (10 s), so the other client's reply
-/// may take that long; the wait below is generous for a busy machine.
+/// longer burst can also fill zeromq's queue for the client. The request guard then cuts
+/// the client after `stalled_read_timeout` (10 s), so the other client's reply may take that
+/// long, and the test waits a generous 60 s for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_that_never_reads_stalls_nobody() {
     let directory = tempfile::tempdir().unwrap();

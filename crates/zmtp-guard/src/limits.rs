@@ -37,11 +37,12 @@ pub struct Limits {
     /// quiet for any time. Default: 10 s.
     pub stalled_frame_timeout: Duration,
     /// Maximum time that relaying server bytes to the client may wait because
-    /// the client does not read them. Such a wait starts only when the
-    /// client's TCP send buffer is full, and the guard then stops reading from
-    /// the server for this client, so the zeromq socket queues every further
-    /// message for it; the zeromq crate (0.7) waits without a bound when that
-    /// queue is full, which stops the socket sending to anyone. Default: 10 s.
+    /// the client reads none of them. Such a wait starts only once the TCP
+    /// buffers towards the client are full. While it lasts, the guard reads
+    /// nothing more from the server for this client, so the zeromq socket
+    /// queues every further message for it. The zeromq crate (0.7) waits
+    /// without a bound when that queue is full, and a ROUTER socket's sender
+    /// then sends to no one else either. Default: 10 s.
     pub stalled_read_timeout: Duration,
     /// Limits on subscriptions, for a port that fronts a PUB socket; `None`
     /// on other ports. Default: `None`.
