@@ -152,7 +152,7 @@ pub(crate) async fn run(
         let Incoming { envelope, payload } = split_frames(frames);
         let Some(payload) = payload else {
             let reply = error_reply(0, ErrorCode::Malformed, "expected one payload frame after the routing frames");
-            let _ = replies.send(reply_message(envelope, &reply, cluster_key.as_ref())).await;
+            queue_from_loop(&replies, &mut polled, reply_message(envelope, &reply, cluster_key.as_ref())).await;
             continue;
         };
         if polled.len() + spawned.len() >= MAX_IN_FLIGHT {
@@ -161,7 +161,7 @@ pub(crate) async fn run(
             }
             let id = peek_request_id(&payload).unwrap_or(0);
             let reply = error_reply(id, ErrorCode::Overloaded, "the data server has too many requests in flight; retry later");
-            let _ = replies.send(reply_message(envelope, &reply, cluster_key.as_ref())).await;
+            queue_from_loop(&replies, &mut polled, reply_message(envelope, &reply, cluster_key.as_ref())).await;
             continue;
         }
 
@@ -213,6 +213,36 @@ async fn serve(handler: &Handler, replies: &mpsc::Sender<ZmqMessage>, cluster_ke
         Work::Queue(message) => message,
     };
     let _ = replies.send(message).await;
+}
+
+/// Queues a reply that the receive loop itself makes, while it keeps polling the requests in
+/// flight.
+///
+/// The loop must not simply await `replies.send`. The reply queue hands out its room in the
+/// order that senders requested it, so when the queue is full, room that the send task frees
+/// goes first to polled requests that were already waiting. Those requests finish only when
+/// the loop polls them, which a loop waiting for room of its own never does. The queue then
+/// stays empty while every request in flight keeps the room it was given, and the server
+/// stops sending replies to anyone. Reserving room while polling the requests lets them
+/// finish first.
+async fn queue_from_loop<F: std::future::Future<Output = ()>>(
+    replies: &mpsc::Sender<ZmqMessage>,
+    polled: &mut FuturesUnordered<F>,
+    message: ZmqMessage,
+) {
+    let reserve = replies.reserve();
+    tokio::pin!(reserve);
+    loop {
+        tokio::select! {
+            permit = &mut reserve => {
+                if let Ok(permit) = permit {
+                    permit.send(message);
+                }
+                return;
+            }
+            Some(()) = polled.next(), if !polled.is_empty() => {}
+        }
+    }
 }
 
 /// Polls `requests` until every one is done.

@@ -36,6 +36,14 @@ pub struct Limits {
     /// multipart message is incomplete. Between messages a client may stay
     /// quiet for any time. Default: 10 s.
     pub stalled_frame_timeout: Duration,
+    /// Maximum time that relaying server bytes to the client may wait because
+    /// the client reads none of them. Such a wait starts only once the TCP
+    /// buffers towards the client are full. While it lasts, the guard reads
+    /// nothing more from the server for this client, so the zeromq socket
+    /// queues every further message for it. The zeromq crate (0.7) waits
+    /// without a bound when that queue is full, and a ROUTER socket's sender
+    /// then sends to no one else either. Default: 10 s.
+    pub stalled_read_timeout: Duration,
     /// Limits on subscriptions, for a port that fronts a PUB socket; `None`
     /// on other ports. Default: `None`.
     pub subscriptions: Option<SubscriptionLimits>,
@@ -81,6 +89,7 @@ impl Default for Limits {
             max_connections: 4096,
             greeting_timeout: Duration::from_secs(5),
             stalled_frame_timeout: Duration::from_secs(10),
+            stalled_read_timeout: Duration::from_secs(10),
             subscriptions: None,
         }
     }

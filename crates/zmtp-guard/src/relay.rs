@@ -5,7 +5,8 @@
 //! direction. Client bytes are checked by [`ZmtpChecker`] before they are
 //! written to the server, and a [`ReadyRewriter`], when given, also holds back
 //! the client's READY command (at most one command frame) to rewrite it.
-//! Server bytes are relayed unparsed.
+//! Server bytes are relayed unparsed, and a client that leaves them unread for
+//! longer than `stalled_read_timeout` is cut.
 
 use std::borrow::Cow;
 use std::io;
@@ -32,6 +33,8 @@ pub(crate) enum Rejection {
     HandshakeTimedOut(Duration),
     #[error("no byte for stalled_frame_timeout ({0:?}) inside an unfinished frame or message")]
     FrameStalled(Duration),
+    #[error("read nothing of the server's bytes for stalled_read_timeout ({0:?}) while its buffer was full")]
+    ReadStalled(Duration),
 }
 
 /// The reason a relay ended.
@@ -58,7 +61,7 @@ pub(crate) async fn relay(
 
     tokio::select! {
         end = forward_checked(&mut client_read, &mut server_write, checker, rewriter, limits) => end,
-        end = forward_unchecked(&mut server_read, &mut client_write) => end,
+        end = forward_unchecked(&mut server_read, &mut client_write, limits.stalled_read_timeout) => end,
     }
 }
 
@@ -122,8 +125,18 @@ async fn forward_checked(
     }
 }
 
-/// Copies server bytes to the client unchanged.
-async fn forward_unchecked(server: &mut ReadHalf<'_>, client: &mut WriteHalf<'_>) -> RelayEnd {
+/// Copies server bytes to the client unchanged, and gives up on a client that
+/// takes longer than `stalled_read_timeout` to make room for one chunk.
+///
+/// A write waits only once the client's receive window and the kernel's send
+/// buffer are full, that is when the client has left at least that much
+/// unread. While it waits, the server's bytes for this client pile up in the
+/// zeromq socket, so the wait must end.
+async fn forward_unchecked(
+    server: &mut ReadHalf<'_>,
+    client: &mut WriteHalf<'_>,
+    stalled_read_timeout: Duration,
+) -> RelayEnd {
     let mut buffer = vec![0u8; CHUNK_BYTES];
     loop {
         let length = match server.read(&mut buffer).await {
@@ -131,8 +144,18 @@ async fn forward_unchecked(server: &mut ReadHalf<'_>, client: &mut WriteHalf<'_>
             Ok(length) => length,
             Err(error) => return RelayEnd::Closed(Some(error)),
         };
-        if let Err(error) = client.write_all(&buffer[..length]).await {
-            return RelayEnd::Closed(Some(error));
+        let mut unwritten = &buffer[..length];
+        while !unwritten.is_empty() {
+            // The deadline restarts whenever the client takes some bytes, so
+            // only a client that reads nothing for the whole timeout is cut.
+            match tokio::time::timeout(stalled_read_timeout, client.write(unwritten)).await {
+                Ok(Ok(0)) => return RelayEnd::Closed(Some(io::ErrorKind::WriteZero.into())),
+                Ok(Ok(written)) => unwritten = &unwritten[written..],
+                Ok(Err(error)) => return RelayEnd::Closed(Some(error)),
+                Err(_elapsed) => {
+                    return RelayEnd::Rejected(Rejection::ReadStalled(stalled_read_timeout))
+                }
+            }
         }
     }
 }

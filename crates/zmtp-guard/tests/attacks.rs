@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use common::{attacks, handshake, test_limits, Harness};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
+use zmtp_guard::Limits;
 
 const PROMPT_CUT: Duration = Duration::from_millis(500);
 
@@ -153,6 +154,60 @@ async fn connection_flood_capped() {
     assert_eq!(harness.guard.active_connections(), max_connections);
 
     drop(held_connections);
+    harness.wait_for_active(0).await;
+    harness.assert_serves().await;
+    harness.stop().await;
+}
+
+/// A client that sends requests and never reads the replies is cut once the
+/// guard has waited `stalled_read_timeout` to relay them. Without the cut the
+/// replies would pile up in the zeromq socket behind the guard.
+#[tokio::test]
+async fn client_that_never_reads_cut() {
+    let limits = Limits {
+        stalled_read_timeout: Duration::from_millis(300),
+        ..test_limits()
+    };
+    let harness = Harness::start(limits).await;
+
+    // A small receive buffer fills after a few replies.
+    let socket = TcpSocket::new_v4().expect("create a socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("shrink the receive buffer");
+    let mut hostile = socket
+        .connect(harness.address())
+        .await
+        .expect("connect to the guard");
+    hostile
+        .write_all(&handshake())
+        .await
+        .expect("send the handshake");
+    // Messages of 16 KiB (long frames), 16 MiB in all, more than the socket
+    // buffers on both sides of the guard can hold. Writing stops once the
+    // guard cuts the connection.
+    let mut message = vec![0x02];
+    message.extend_from_slice(&(16u64 << 10).to_be_bytes());
+    message.resize(message.len() + (16 << 10), b'x');
+    let writer = tokio::spawn(async move {
+        for _ in 0..1024 {
+            if hostile.write_all(&message).await.is_err() {
+                break;
+            }
+        }
+        hostile
+    });
+
+    // Generous for a busy machine: the cut comes 300 ms after the buffers fill.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while harness.guard.rejected_connections() < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guard did not cut a client that never reads"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _hostile = writer.await.expect("the writer task");
     harness.wait_for_active(0).await;
     harness.assert_serves().await;
     harness.stop().await;
