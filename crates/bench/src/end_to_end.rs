@@ -60,7 +60,7 @@ struct Deliveries {
     /// POST to event on the web server that took the POST, which leaves out the hop between
     /// data servers.
     local_latencies: Mutex<Histogram<u64>>,
-    /// POST to its `201 Created` answer: the write acknowledged by its data server.
+    /// POST to its `201 Created` response, once its data server has stored the write.
     acks: Mutex<Histogram<u64>>,
 }
 

@@ -6,16 +6,15 @@
 //! the group's new changes, replies and version vector to the committer as one job. The
 //! committer writes each job's changes in one redb transaction, and only after the commit
 //! does it send the job's replies and hand the changes to the publisher. So a write is
-//! acknowledged only once it is on disk, and replies to reads never show a change that is not
-//! stored yet: a read applied after a change gets its reply after that change's commit, because
-//! jobs are committed in order.
+//! acknowledged only once it is on disk. Jobs are committed in order, so a read applied after
+//! a change gets its reply only after that change's commit, and never shows unstored data.
 //!
 //! The two overlap: while the committer writes and flushes one transaction, the actor applies
 //! the next groups. Up to [`JOB_QUEUE`] jobs wait in the channel, and the committer writes all
 //! the jobs that waited in one transaction: the slower the disk, the larger the transactions.
 //! So the state can run up to 2 × `JOB_QUEUE` + 2 groups ahead of the store: `JOB_QUEUE` + 1
 //! merged in the transaction being written, `JOB_QUEUE` in the channel and one applied group
-//! that the actor holds until the channel has room.
+//! that the actor keeps until the channel has room.
 //!
 //! When a commit fails, the committer fails that job's replies and every later job applied on
 //! top of it, and tells the actor, which reloads the state from the store before it applies
@@ -82,8 +81,8 @@ pub(crate) struct Actor {
     store: Arc<Store>,
     commands: mpsc::Receiver<Command>,
     jobs: mpsc::Sender<Job>,
-    /// The committer's report of a failed commit: the epoch of the job that failed.
-    failures: mpsc::UnboundedReceiver<u64>,
+    /// The epoch of the latest job that failed to commit, as the committer reports it.
+    failed_epoch: watch::Receiver<Option<u64>>,
     /// The number of reloads after failed commits; see [`Job::epoch`].
     epoch: u64,
     committer: std::thread::JoinHandle<()>,
@@ -104,15 +103,14 @@ impl Actor {
     ) -> anyhow::Result<Self> {
         vector.send_replace(state.vector());
         let (jobs, job_queue) = mpsc::channel(JOB_QUEUE);
-        let (failure_sender, failures) = mpsc::unbounded_channel();
+        let (failed_epoch_sender, failed_epoch) = watch::channel(None);
         let committer = Committer {
             id,
             store: Arc::clone(&store),
             jobs: job_queue,
             publications,
             vector,
-            failures: failure_sender,
-            failed_epoch: None,
+            failed_epoch: failed_epoch_sender,
             metrics: Arc::clone(&metrics),
         };
         let committer = std::thread::Builder::new()
@@ -125,7 +123,7 @@ impl Actor {
             store,
             commands,
             jobs,
-            failures,
+            failed_epoch,
             epoch: 0,
             committer,
             metrics,
@@ -164,14 +162,11 @@ impl Actor {
         self.store
     }
 
-    /// Reloads the state from the store when the committer reported a failed commit since
-    /// the last check. Fails only when the state could not be reloaded.
+    /// Reloads the state from the store when a job of the current epoch failed to commit.
+    /// Fails only when the state could not be reloaded.
     async fn recover_from_failures(&mut self) -> anyhow::Result<()> {
-        let mut failed = false;
-        while let Ok(epoch) = self.failures.try_recv() {
-            failed |= epoch == self.epoch;
-        }
-        if failed {
+        // Epochs only grow, so the latest failed epoch is all the actor needs.
+        if *self.failed_epoch.borrow() == Some(self.epoch) {
             // The committer fails every job of this epoch, so the store no longer changes
             // under the reload until a job of the next epoch arrives.
             let store = Arc::clone(&self.store);
@@ -275,9 +270,8 @@ struct Committer {
     publications: mpsc::Sender<Publication>,
     /// The version vector after the latest commit.
     vector: watch::Sender<VersionVector>,
-    failures: mpsc::UnboundedSender<u64>,
-    /// The epoch of the latest job that failed to commit.
-    failed_epoch: Option<u64>,
+    /// The epoch of the latest job that failed to commit, read by the actor too.
+    failed_epoch: watch::Sender<Option<u64>>,
     metrics: Arc<Metrics>,
 }
 
@@ -300,7 +294,7 @@ impl Committer {
     fn commit(&mut self, mut job: Job) {
         // A job applied on top of a failed one contains changes and reads that the store will
         // never have: the actor reloads its state and starts a new epoch.
-        if self.failed_epoch == Some(job.epoch) {
+        if *self.failed_epoch.borrow() == Some(job.epoch) {
             job.replies.into_iter().for_each(fail);
             return;
         }
@@ -321,8 +315,7 @@ impl Committer {
                         error = format!("{error:#}"),
                         "failed to store a group of changes; replying with an internal error and reloading the state"
                     );
-                    self.failed_epoch = Some(job.epoch);
-                    let _ = self.failures.send(job.epoch);
+                    self.failed_epoch.send_replace(Some(job.epoch));
                     job.replies.into_iter().for_each(fail);
                     return;
                 }
