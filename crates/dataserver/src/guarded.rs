@@ -1,19 +1,19 @@
-//! The ZMTP guards in front of the data server's ZeroMQ ports.
+//! The ZMTP guard in front of the data server's PUB socket, and the parsing of endpoints.
 //!
 //! zeromq 0.7 reserves whatever size a frame header declares, so one 73-byte stream (a
-//! greeting, then a frame header declaring 2^45 bytes) aborts the whole process. So each
-//! socket the server binds listens on an ephemeral loopback port only, and a [`Guard`] takes
-//! the configured endpoint: it checks every client's greeting and frame headers against
+//! greeting, then a frame header declaring 2^45 bytes) aborts the whole process. So the
+//! zeromq PUB socket listens on an ephemeral loopback port only, and a [`Guard`] takes the
+//! configured endpoint: it checks every client's greeting and frame headers against
 //! [`Limits`] and relays what passes. A client that breaks a limit is cut and counted. The
-//! request guard also sets each client's routing id to its `IP:PORT`, so the request socket
-//! can name the client in its logs.
+//! request port needs no guard, because it is a ZMTP server of our own with the same limits
+//! (see `request_socket.rs`).
 
 use std::net::SocketAddr;
 
 use anyhow::Context;
 use zmtp_guard::{Guard, Limits, RoutingId};
 
-/// The endpoint that every zeromq socket binds behind its guard: an ephemeral loopback port.
+/// The endpoint that the zeromq PUB socket binds behind its guard: an ephemeral loopback port.
 pub(crate) const INTERNAL_ENDPOINT: &str = "tcp://127.0.0.1:0";
 
 /// Resolves the address that a configured `tcp://HOST:PORT` endpoint names. The host `*`
@@ -39,36 +39,16 @@ pub(crate) fn endpoint_of(address: SocketAddr) -> String {
     format!("tcp://{address}")
 }
 
-/// Which zeromq socket a guard fronts, which decides its limits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Fronted {
-    /// The ROUTER socket that serves requests.
-    Request,
-    /// The PUB socket, whose subscribers may send only a few small subscriptions, because
-    /// zeromq 0.7 keeps every subscription for as long as the connection lasts.
-    Pub,
-}
-
-/// Starts a guard on `public` that relays to the zeromq socket bound at `internal_endpoint`
+/// Starts the guard on `public` that relays to the PUB socket bound at `internal_endpoint`
 /// (as zeromq reports it, `tcp://127.0.0.1:PORT`).
-pub(crate) async fn start(fronted: Fronted, public: SocketAddr, internal_endpoint: &str) -> anyhow::Result<Guard> {
-    let socket = match fronted {
-        Fronted::Request => "request",
-        Fronted::Pub => "pub",
-    };
+pub(crate) async fn start_pub(public: SocketAddr, internal_endpoint: &str) -> anyhow::Result<Guard> {
     let internal: SocketAddr = internal_endpoint
         .strip_prefix("tcp://")
         .and_then(|address| address.parse().ok())
-        .with_context(|| format!("the {socket} socket bound {internal_endpoint:?}, which is not tcp://IP:PORT"))?;
-    // The defaults admit the largest request (64 KiB) with room to spare, so an oversized
-    // request still reaches the handler and gets an error reply instead of a cut connection.
-    let (limits, routing_id) = match fronted {
-        Fronted::Request => (Limits::default(), RoutingId::ClientAddress),
-        Fronted::Pub => (pub_limits(), RoutingId::AsSent),
-    };
-    Guard::start_with_routing_id(public, internal, limits, routing_id)
+        .with_context(|| format!("the pub socket bound {internal_endpoint:?}, which is not tcp://IP:PORT"))?;
+    Guard::start_with_routing_id(public, internal, pub_limits(), RoutingId::AsSent)
         .await
-        .with_context(|| format!("failed to bind the {socket} endpoint {}", endpoint_of(public)))
+        .with_context(|| format!("failed to bind the pub endpoint {}", endpoint_of(public)))
 }
 
 #[cfg(test)]

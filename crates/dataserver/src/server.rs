@@ -80,8 +80,8 @@ pub struct DataServer {
     admin_task: Option<JoinHandle<()>>,
     actor_task: JoinHandle<Arc<Store>>,
     publisher_task: JoinHandle<()>,
-    /// The guards in front of the request and pub sockets, by socket name.
-    guards: Vec<(&'static str, Guard)>,
+    /// The guard in front of the pub socket.
+    pub_guard: Guard,
     /// The key for the peer subscribers started later by [`DataServer::add_peer`].
     cluster_key: Option<ClusterKey>,
 }
@@ -127,7 +127,8 @@ impl DataServer {
         let store = Arc::new(store);
         let replayed = state.change_count();
 
-        // Every zeromq socket binds loopback only, behind a guard on the configured endpoint.
+        // The request port serves clients on the configured endpoint itself. The PUB socket
+        // binds loopback only, behind a guard on the configured endpoint.
         let public_pub = guarded::public_address(&config.pub_endpoint).await?;
         let public_request = guarded::public_address(&config.request_endpoint).await?;
         if options.cluster_key.is_none() {
@@ -141,12 +142,11 @@ impl DataServer {
             warn!(server = id, "no cluster key is set: ZeroMQ messages are not authenticated, so this data server binds loopback addresses only");
         }
         let (pub_socket, pub_internal) = publisher::bind(guarded::INTERNAL_ENDPOINT).await?;
-        let pub_guard = guarded::start(guarded::Fronted::Pub, public_pub, &pub_internal).await?;
-        let (router_socket, request_internal) = request_socket::bind(guarded::INTERNAL_ENDPOINT).await?;
-        let request_guard = guarded::start(guarded::Fronted::Request, public_request, &request_internal).await?;
+        let pub_guard = guarded::start_pub(public_pub, &pub_internal).await?;
+        let request_listener = request_socket::bind(public_request).await?;
         let pub_endpoint = guarded::endpoint_of(pub_guard.local_addr());
-        let request_endpoint = guarded::endpoint_of(request_guard.local_addr());
-        let guards = vec![("request", request_guard), ("pub", pub_guard)];
+        let request_endpoint = guarded::endpoint_of(request_listener.local_addr());
+        let port_stats = vec![("request", request_listener.stats()), ("pub", pub_guard.stats())];
         let fetch_endpoint = match options.advertise {
             Some(advertise) => parse_endpoint(&advertise).context("invalid advertised endpoint")?,
             None => request_endpoint.clone(),
@@ -159,7 +159,7 @@ impl DataServer {
         // writes, so no stored change is skipped.
         let (publications, publication_queue) = mpsc::channel(4 * MAX_BATCH);
         // Commands waiting for the actor. When it is full, request tasks, peer subscribers and
-        // the catch-up wait. The request socket bounds the requests in flight, so the wait is
+        // the catch-up wait. The request port bounds the requests in flight, so the wait is
         // bounded.
         let (actor_commands, command_queue) = mpsc::channel(4 * MAX_BATCH);
         let (heartbeats, heartbeat_queue) = mpsc::channel(HEARTBEAT_QUEUE);
@@ -176,7 +176,7 @@ impl DataServer {
             metrics: Arc::clone(&metrics),
             actor: actor_commands.downgrade(),
             publisher: publications.downgrade(),
-            guards: guards.iter().map(|(socket, guard)| (*socket, guard.stats())).collect(),
+            guards: port_stats,
         };
 
         let heartbeat_source = HeartbeatSource { fetch_endpoint: fetch_endpoint.clone(), vector: vector.clone() };
@@ -184,7 +184,7 @@ impl DataServer {
         let actor = Actor::new(id, state, Arc::clone(&store), command_queue, publications, vector_sender, Arc::clone(&metrics))?;
         let actor_task = tokio::spawn(actor.run());
         let handler = Handler::new(id, actor_commands.clone(), Passwords::new(), store, status.clone());
-        let request_task = tokio::spawn(request_socket::run(id, router_socket, handler, options.cluster_key.clone(), shutdown_signal.clone()));
+        let request_task = request_socket::serve(id, request_listener, handler, options.cluster_key.clone(), shutdown_signal.clone());
         let replicator = Replicator {
             server: id,
             configured,
@@ -206,7 +206,6 @@ impl DataServer {
         info!(
             server = id,
             request = request_endpoint,
-            request_internal,
             publish = pub_endpoint,
             publish_internal = pub_internal,
             advertise = fetch_endpoint,
@@ -232,7 +231,7 @@ impl DataServer {
             admin_task,
             actor_task,
             publisher_task,
-            guards,
+            pub_guard,
             cluster_key: options.cluster_key,
         };
         for peer in config.peers {
@@ -246,8 +245,7 @@ impl DataServer {
         self.id
     }
 
-    /// Returns the request endpoint as bound by its guard, with the real port. Clients connect
-    /// here; the ROUTER socket itself listens on a loopback port behind the guard.
+    /// Returns the request endpoint as bound, with the real port.
     pub fn request_endpoint(&self) -> &str {
         &self.request_endpoint
     }
@@ -316,11 +314,10 @@ impl DataServer {
         if let Err(error) = self.publisher_task.await {
             warn!(server = id, %error, "the publisher task failed");
         }
-        // The guards go last, so that replies and publications sent while draining still
-        // reach their clients.
-        for (_, guard) in self.guards {
-            guard.shutdown().await;
-        }
+        // The pub guard goes last, so that publications sent while draining still reach
+        // their subscribers. The request port closed each connection once its replies
+        // were written.
+        self.pub_guard.shutdown().await;
         info!(server = id, "data server stopped");
     }
 }
