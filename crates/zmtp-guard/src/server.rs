@@ -46,6 +46,11 @@ pub struct SocketSpec {
 }
 
 /// A client after a complete handshake, handed to the service function.
+///
+/// The listener enforces `max_connections`, `greeting_timeout` and, through the reader, the
+/// frame and message limits. The service enforces `stalled_frame_timeout` while the reader's
+/// [`Phase`](crate::Phase) is `InsideMessage`, and `stalled_read_timeout` while its replies
+/// wait for a client that does not read them.
 #[derive(Debug)]
 pub struct Connection {
     pub stream: TcpStream,
