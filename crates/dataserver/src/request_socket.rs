@@ -242,6 +242,12 @@ fn take_events(
 /// Authenticates and decodes one request. Returns it for handling, or writes its reply at
 /// once when it is malformed or over the in-flight bound, or drops it when it fails
 /// authentication.
+///
+/// Writing a reply only appends to the connection's buffer and never waits for room. An
+/// earlier design queued replies on one bounded channel to a send task, where the loop
+/// waiting for room to queue an `Overloaded` reply could deadlock with the requests in
+/// flight that held the room. Here the buffer's size is bounded instead by reading no more
+/// once [`MAX_UNSENT_BYTES`] wait.
 fn accept_request(context: &RequestContext, client: &Bytes, mut frames: Vec<Bytes>, unsent: &mut BytesMut) -> Option<Pending> {
     if let Err(error) = unseal(context.cluster_key.as_ref(), MacContext::Request, &mut frames, 1) {
         log_failed_authentication(context, client, &error);

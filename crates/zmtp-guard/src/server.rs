@@ -66,7 +66,7 @@ pub struct Connection {
     pub stopping: watch::Receiver<bool>,
 }
 
-/// How a connection ended, as the service function returns it.
+/// The end of a connection, as the service function returns it.
 #[derive(Debug)]
 pub enum ConnectionEnd {
     /// The client or the server closed the connection, or a read or write failed.
@@ -249,7 +249,7 @@ async fn run_connection<S, F>(
         ConnectionEnd::Cut(reason) => {
             shared.counters.count_rejection();
             if let Some(suppressed) = shared.cut_log.admit() {
-                warn!(%peer, %reason, suppressed, "ZMTP server cut a connection that broke a limit");
+                warn!(%peer, %reason, suppressed, "ZMTP server cut a connection that broke a limit or a rule of ZMTP");
             }
         }
     }
