@@ -168,7 +168,7 @@ async fn web_server_needs_same_key() {
 const FAILED_AUTHENTICATION: &str = "dropped a request that failed authentication";
 
 /// Returns the ZMTP 3.0 greeting and the READY command of a DEALER socket that sets its own
-/// Identity, which the request guard must replace with the client's address.
+/// Identity, which the request port must ignore in favour of the client's address.
 fn dealer_handshake() -> Vec<u8> {
     let mut greeting = vec![0u8; 64];
     greeting[0] = 0xFF;

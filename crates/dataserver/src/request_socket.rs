@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use forum_protocol::{
     encode, encode_into, peek_request_id, seal, unseal, ClusterKey, ErrorCode, MacContext, Reply, ServerId, WireReply, PROTOCOL_VERSION,
 };
@@ -190,7 +190,8 @@ async fn serve_connection(context: Arc<RequestContext>, connection: Connection) 
             Wake::Answer(answer) => write_answer(&context, &mut unsent, answer),
             Wake::Written(Ok(0)) => return ConnectionEnd::Closed(Some(std::io::ErrorKind::WriteZero.into())),
             Wake::Written(Ok(written)) => {
-                let _ = unsent.split_to(written);
+                // Advancing keeps the buffer's one allocation, which the next reply reuses.
+                unsent.advance(written);
                 last_written = Instant::now();
             }
             Wake::Written(Err(error)) => return ConnectionEnd::Closed(Some(error)),

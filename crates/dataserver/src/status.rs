@@ -103,11 +103,11 @@ pub(crate) fn prometheus_text(status: &ServerStatus) -> String {
     metric(
         "forum_zmtp_guard_rejected_connections_total",
         "counter",
-        "Connections a ZMTP guard cut for breaking a limit or for exceeding its connection cap.",
+        "Connections that a ZMTP port (the request port or the pub port's guard) cut for breaking a limit or for exceeding its connection cap.",
         rejected_samples,
     );
     let active_samples = status.guards.iter().map(|guard| (guard_label(guard), guard.active_connections)).collect();
-    metric("forum_zmtp_guard_active_connections", "gauge", "Connections a ZMTP guard relays now.", active_samples);
+    metric("forum_zmtp_guard_active_connections", "gauge", "Connections open now on a ZMTP port (the request port or the pub port's guard).", active_samples);
 
     let vector_samples =
         status.vector.iter().map(|(origin, seq)| (format!("{{server=\"{server}\",origin=\"{origin}\"}}"), *seq)).collect();
