@@ -93,7 +93,7 @@ pub(crate) fn serve(
     listener.serve(SOCKET_SPEC, shutdown, move |connection| serve_connection(Arc::clone(&context), connection))
 }
 
-/// What every connection of the request port shares.
+/// The state that every connection of the request port shares.
 struct RequestContext {
     server: ServerId,
     handler: Handler,
@@ -134,7 +134,7 @@ enum AnswerPayload {
     Failed,
 }
 
-/// Why a connection's loop woke up.
+/// The event that woke a connection's loop.
 enum Wake {
     Answer(Answer),
     Written(std::io::Result<usize>),
@@ -215,8 +215,8 @@ async fn serve_connection(context: Arc<RequestContext>, connection: Connection) 
     }
 }
 
-/// Takes every complete message and command that the reader holds: answers PING commands,
-/// writes the replies that need no handling, and passes the other requests to `push`.
+/// Takes every complete message and command in the reader: it writes a PONG for each PING
+/// and the replies that need no handling, and passes the other requests to `push`.
 fn take_events(
     context: &RequestContext,
     client: &Bytes,
@@ -232,8 +232,8 @@ fn take_events(
                 }
             }
             Event::Command(command) if command.name.as_ref() == b"PING" => write_pong(unsent, &command.data),
-            // Other commands, such as SUBSCRIBE, mean nothing to a ROUTER (RFC 37 asks to
-            // ignore them), and the greeting has been checked already.
+            // Other commands, such as SUBSCRIBE, mean nothing to a ROUTER, so they are
+            // ignored. The greeting has been checked already.
             Event::Command(_) | Event::Greeting { .. } => {}
         }
     }

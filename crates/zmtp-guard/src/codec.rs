@@ -191,7 +191,7 @@ fn split_command(mut body: Bytes) -> Result<Command, FrameError> {
 }
 
 /// Returns the value of the property `name` in the data of a READY command. Names match
-/// without regard to ASCII case, as RFC 23 asks.
+/// without regard to ASCII case.
 pub fn ready_property<'a>(data: &'a [u8], name: &str) -> Result<Option<&'a [u8]>, FrameError> {
     let invalid = |reason| FrameError::InvalidReady { reason };
     let mut rest = data;
@@ -238,8 +238,9 @@ pub fn write_ready(out: &mut BytesMut, socket_type: &str) {
     write_command(out, "READY", &data);
 }
 
-/// Appends the PONG that answers a PING command whose data is `ping_data`: a 2-byte TTL,
-/// then a context of up to 16 bytes that the PONG echoes (RFC 37).
+/// Appends the PONG for a PING command whose data is `ping_data`: a 2-byte TTL, then a
+/// context of up to 16 bytes that the PONG repeats. A pyzmq DEALER on libzmq 4.3.5 with a
+/// 100 ms heartbeat and a 400 ms timeout stayed connected to the data server with these.
 pub fn write_pong(out: &mut BytesMut, ping_data: &[u8]) {
     let context = ping_data.get(2..).unwrap_or_default();
     write_command(out, "PONG", &context[..context.len().min(16)]);
