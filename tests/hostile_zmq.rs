@@ -360,6 +360,41 @@ async fn subscription_flood_is_cut() {
     server.assert_memory_bounded(baseline, "the subscription floods");
 }
 
+/// Reads the ZMTP frames that the request port sent until it closes `stream`: our greeting
+/// and READY, then the PONG for a PING, or nothing more when the client is cut.
+async fn read_until_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut received = Vec::new();
+    let outcome = tokio::time::timeout(PROMPT_REPLY, stream.read_to_end(&mut received)).await;
+    assert!(outcome.is_ok(), "the connection stayed open for {PROMPT_REPLY:?}");
+    received
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_port_checks_socket_type_and_pings() {
+    let mut server = ServerProcess::start().await;
+    let (_, address) = &server.ports()[0];
+
+    // The request port is a ROUTER, so a PUB client is cut after our handshake.
+    let mut publisher = send(address, &handshake_as("PUB")).await;
+    let received = read_until_close(&mut publisher).await;
+    assert_eq!(&received[..11], &[0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0x7f, 3], "the server's greeting starts the stream");
+    assert!(received.windows(6).any(|window| window == b"ROUTER"), "the server's READY names its socket type");
+    server.assert_serves("a PUB client on the request port").await;
+
+    // A ZMTP 3.1 PING gets a PONG that repeats its context.
+    let mut dealer = send(address, &handshake_as("DEALER")).await;
+    dealer.write_all(b"\x04\x0e\x04PING\x00\x0acontext").await.unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 256];
+    let pong: &[u8] = b"\x04\x0c\x04PONGcontext";
+    while !received.windows(pong.len()).any(|window| window == pong) {
+        let read = tokio::time::timeout(PROMPT_REPLY, dealer.read(&mut buffer)).await.expect("a PONG within the deadline").unwrap();
+        assert!(read > 0, "the server closed the connection instead of sending a PONG");
+        received.extend_from_slice(&buffer[..read]);
+    }
+    server.assert_serves("a PING").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_held_connections() {
     let mut server = ServerProcess::start().await;
