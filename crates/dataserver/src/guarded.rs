@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use zmtp_guard::{Guard, Limits, RoutingId};
+use zmtp_guard::{Guard, Limits, Publisher, RoutingId};
 
 /// The endpoint that every zeromq socket binds behind its guard: an ephemeral loopback port.
 pub(crate) const INTERNAL_ENDPOINT: &str = "tcp://127.0.0.1:0";
@@ -39,36 +39,26 @@ pub(crate) fn endpoint_of(address: SocketAddr) -> String {
     format!("tcp://{address}")
 }
 
-/// Which zeromq socket a guard fronts, which decides its limits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Fronted {
-    /// The ROUTER socket that serves requests.
-    Request,
-    /// The PUB socket, whose subscribers may send only a few small subscriptions, because
-    /// zeromq 0.7 keeps every subscription for as long as the connection lasts.
-    Pub,
-}
-
-/// Starts a guard on `public` that relays to the zeromq socket bound at `internal_endpoint`
-/// (as zeromq reports it, `tcp://127.0.0.1:PORT`).
-pub(crate) async fn start(fronted: Fronted, public: SocketAddr, internal_endpoint: &str) -> anyhow::Result<Guard> {
-    let socket = match fronted {
-        Fronted::Request => "request",
-        Fronted::Pub => "pub",
-    };
+/// Starts a guard on `public` that relays to the request socket bound at
+/// `internal_endpoint` (as zeromq reports it, `tcp://127.0.0.1:PORT`).
+pub(crate) async fn start(public: SocketAddr, internal_endpoint: &str) -> anyhow::Result<Guard> {
     let internal: SocketAddr = internal_endpoint
         .strip_prefix("tcp://")
         .and_then(|address| address.parse().ok())
-        .with_context(|| format!("the {socket} socket bound {internal_endpoint:?}, which is not tcp://IP:PORT"))?;
+        .with_context(|| format!("the request socket bound {internal_endpoint:?}, which is not tcp://IP:PORT"))?;
     // The defaults admit the largest request (64 KiB) with room to spare, so an oversized
     // request still reaches the handler and gets an error reply instead of a cut connection.
-    let (limits, routing_id) = match fronted {
-        Fronted::Request => (Limits::default(), RoutingId::ClientAddress),
-        Fronted::Pub => (pub_limits(), RoutingId::AsSent),
-    };
-    Guard::start_with_routing_id(public, internal, limits, routing_id)
+    Guard::start_with_routing_id(public, internal, Limits::default(), RoutingId::ClientAddress)
         .await
-        .with_context(|| format!("failed to bind the {socket} endpoint {}", endpoint_of(public)))
+        .with_context(|| format!("failed to bind the request endpoint {}", endpoint_of(public)))
+}
+
+/// Starts the native PUB port on `public`. Its subscribers may send only a few small
+/// subscriptions.
+pub(crate) async fn start_publisher(public: SocketAddr) -> anyhow::Result<Publisher> {
+    Publisher::start(public, pub_limits())
+        .await
+        .with_context(|| format!("failed to bind the pub endpoint {}", endpoint_of(public)))
 }
 
 #[cfg(test)]
@@ -94,11 +84,10 @@ pub const PUB_MAX_SUBSCRIPTIONS: u64 = 8;
 
 /// Returns the limits of the pub port's guard.
 ///
-/// NOTE: zeromq 0.7's PUB socket blocks a runtime thread when a subscription message arrives
-/// while a publication is being fanned out to the same part of its subscriber table. 500
-/// connections of 64 subscriptions each froze a data server for good, with both worker
-/// threads blocked there (`hostile_zmq::many_subscribers_keep_server_alive`). These caps keep the table small, which made the freeze stop
-/// in tests; they do not remove the lock itself.
+/// Every publication is matched against every subscription, so these caps bound that work:
+/// 64 connections of 8 subscriptions each. With zeromq 0.7's PUB socket, which the port used
+/// before, 500 connections of 64 subscriptions each froze a data server for good
+/// (`hostile_zmq::many_subscribers_keep_server_alive`).
 fn pub_limits() -> Limits {
     let mut limits = Limits::for_pub_socket();
     limits.max_connections = PUB_MAX_CONNECTIONS;

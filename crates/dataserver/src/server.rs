@@ -9,7 +9,7 @@ use forum_protocol::{ClusterKey, parse_endpoint, PeerStatus, ServerId, VersionVe
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
-use zmtp_guard::Guard;
+use zmtp_guard::{Guard, Publisher};
 
 use crate::actor::{Actor, MAX_BATCH};
 use crate::command::Command;
@@ -79,8 +79,9 @@ pub struct DataServer {
     replicator_task: JoinHandle<()>,
     admin_task: Option<JoinHandle<()>>,
     actor_task: JoinHandle<Arc<Store>>,
-    publisher_task: JoinHandle<()>,
-    /// The guards in front of the request and pub sockets, by socket name.
+    /// The publisher task, which returns the PUB port when it ends.
+    publisher_task: JoinHandle<Publisher>,
+    /// The guards in front of the request socket, by socket name.
     guards: Vec<(&'static str, Guard)>,
     /// The key for the peer subscribers started later by [`DataServer::add_peer`].
     cluster_key: Option<ClusterKey>,
@@ -127,7 +128,8 @@ impl DataServer {
         let store = Arc::new(store);
         let replayed = state.change_count();
 
-        // Every zeromq socket binds loopback only, behind a guard on the configured endpoint.
+        // The request socket binds loopback only, behind a guard on the configured endpoint.
+        // The PUB port is served natively on the configured endpoint.
         let public_pub = guarded::public_address(&config.pub_endpoint).await?;
         let public_request = guarded::public_address(&config.request_endpoint).await?;
         if options.cluster_key.is_none() {
@@ -140,13 +142,12 @@ impl DataServer {
             }
             warn!(server = id, "no cluster key is set: ZeroMQ messages are not authenticated, so this data server binds loopback addresses only");
         }
-        let (pub_socket, pub_internal) = publisher::bind(guarded::INTERNAL_ENDPOINT).await?;
-        let pub_guard = guarded::start(guarded::Fronted::Pub, public_pub, &pub_internal).await?;
+        let pub_port = guarded::start_publisher(public_pub).await?;
         let (router_socket, request_internal) = request_socket::bind(guarded::INTERNAL_ENDPOINT).await?;
-        let request_guard = guarded::start(guarded::Fronted::Request, public_request, &request_internal).await?;
-        let pub_endpoint = guarded::endpoint_of(pub_guard.local_addr());
+        let request_guard = guarded::start(public_request, &request_internal).await?;
+        let pub_endpoint = guarded::endpoint_of(pub_port.local_addr());
         let request_endpoint = guarded::endpoint_of(request_guard.local_addr());
-        let guards = vec![("request", request_guard), ("pub", pub_guard)];
+        let guards = vec![("request", request_guard)];
         let fetch_endpoint = match options.advertise {
             Some(advertise) => parse_endpoint(&advertise).context("invalid advertised endpoint")?,
             None => request_endpoint.clone(),
@@ -176,11 +177,11 @@ impl DataServer {
             metrics: Arc::clone(&metrics),
             actor: actor_commands.downgrade(),
             publisher: publications.downgrade(),
-            guards: guards.iter().map(|(socket, guard)| (*socket, guard.stats())).collect(),
+            guards: guards.iter().map(|(socket, guard)| (*socket, guard.stats())).chain([("pub", pub_port.stats())]).collect(),
         };
 
         let heartbeat_source = HeartbeatSource { fetch_endpoint: fetch_endpoint.clone(), vector: vector.clone() };
-        let publisher_task = tokio::spawn(publisher::run(id, pub_socket, publication_queue, heartbeat_source, options.cluster_key.clone()));
+        let publisher_task = tokio::spawn(publisher::run(id, pub_port, publication_queue, heartbeat_source, options.cluster_key.clone()));
         let actor = Actor::new(id, state, Arc::clone(&store), command_queue, publications, vector_sender, Arc::clone(&metrics))?;
         let actor_task = tokio::spawn(actor.run());
         let handler = Handler::new(id, actor_commands.clone(), Passwords::new(), store, status.clone());
@@ -208,7 +209,6 @@ impl DataServer {
             request = request_endpoint,
             request_internal,
             publish = pub_endpoint,
-            publish_internal = pub_internal,
             advertise = fetch_endpoint,
             admin = ?admin_address,
             peers = ?config.peers,
@@ -313,13 +313,20 @@ impl DataServer {
             Ok(store) => drop(store),
             Err(error) => warn!(server = id, %error, "the actor task failed"),
         }
-        if let Err(error) = self.publisher_task.await {
-            warn!(server = id, %error, "the publisher task failed");
-        }
-        // The guards go last, so that replies and publications sent while draining still
+        let pub_port = match self.publisher_task.await {
+            Ok(pub_port) => Some(pub_port),
+            Err(error) => {
+                warn!(server = id, %error, "the publisher task failed");
+                None
+            }
+        };
+        // The ports go last, so that replies and publications sent while draining still
         // reach their clients.
         for (_, guard) in self.guards {
             guard.shutdown().await;
+        }
+        if let Some(pub_port) = pub_port {
+            pub_port.shutdown().await;
         }
         info!(server = id, "data server stopped");
     }

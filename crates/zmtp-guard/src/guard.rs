@@ -17,12 +17,12 @@ use crate::ready::ReadyRewriter;
 use crate::relay::{relay, RelayEnd};
 
 /// Log lines per kind (rejection, over capacity, failure) admitted per window.
-const LOG_LINES_PER_WINDOW: u32 = 10;
-const LOG_WINDOW: Duration = Duration::from_secs(10);
+pub(crate) const LOG_LINES_PER_WINDOW: u32 = 10;
+pub(crate) const LOG_WINDOW: Duration = Duration::from_secs(10);
 
 /// Pause after a failed accept, so that running out of file descriptors does
 /// not turn the accept loop into a busy loop.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+pub(crate) const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// A TCP front for one zeromq socket: it accepts connections on a public
 /// address and relays each one to the socket's internal address while
@@ -58,7 +58,14 @@ pub enum RoutingId {
 #[derive(Debug, Clone)]
 pub struct GuardStats {
     local_addr: SocketAddr,
-    shared: Arc<Shared>,
+    source: StatsSource,
+}
+
+/// Whose counters a [`GuardStats`] reads.
+#[derive(Debug, Clone)]
+enum StatsSource {
+    Guard(Arc<Shared>),
+    Publisher(Arc<crate::publish::Shared>),
 }
 
 impl GuardStats {
@@ -69,12 +76,22 @@ impl GuardStats {
 
     /// Same as [`Guard::rejected_connections`].
     pub fn rejected_connections(&self) -> u64 {
-        self.shared.rejected.load(Ordering::Relaxed)
+        match &self.source {
+            StatsSource::Guard(shared) => shared.rejected.load(Ordering::Relaxed),
+            StatsSource::Publisher(shared) => shared.rejected(),
+        }
     }
 
     /// Same as [`Guard::active_connections`].
     pub fn active_connections(&self) -> usize {
-        self.shared.limits.max_connections - self.shared.permits.available_permits()
+        match &self.source {
+            StatsSource::Guard(shared) => shared.limits.max_connections - shared.permits.available_permits(),
+            StatsSource::Publisher(shared) => shared.active(),
+        }
+    }
+
+    pub(crate) fn of_publisher(local_addr: SocketAddr, shared: Arc<crate::publish::Shared>) -> Self {
+        GuardStats { local_addr, source: StatsSource::Publisher(shared) }
     }
 }
 
@@ -170,7 +187,7 @@ impl Guard {
     pub fn stats(&self) -> GuardStats {
         GuardStats {
             local_addr: self.local_addr,
-            shared: Arc::clone(&self.shared),
+            source: StatsSource::Guard(Arc::clone(&self.shared)),
         }
     }
 

@@ -40,9 +40,12 @@ mod checker;
 mod guard;
 mod limits;
 mod log_limit;
+mod publish;
 mod ready;
 mod relay;
+mod wire;
 
 pub use checker::{Phase, Violation, ZmtpChecker, GREETING_LEN};
 pub use guard::{Guard, GuardStats, RoutingId};
+pub use publish::{Publisher, QUEUE_MESSAGES};
 pub use limits::{Limits, SubscriptionLimits, MAX_COMMAND_BYTES};
