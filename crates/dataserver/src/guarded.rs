@@ -1,20 +1,14 @@
-//! The ZMTP guards in front of the data server's ZeroMQ ports.
+//! The limits of the data server's PUB port, and the parsing of endpoints.
 //!
-//! zeromq 0.7 reserves whatever size a frame header declares, so one 73-byte stream (a
-//! greeting, then a frame header declaring 2^45 bytes) aborts the whole process. So each
-//! socket the server binds listens on an ephemeral loopback port only, and a [`Guard`] takes
-//! the configured endpoint: it checks every client's greeting and frame headers against
-//! [`Limits`] and relays what passes. A client that breaks a limit is cut and counted. The
-//! request guard also sets each client's routing id to its `IP:PORT`, so the request socket
-//! can name the client in its logs.
+//! Both ZeroMQ ports are ZMTP servers of our own, on `zmtp_guard::ZmtpListener`: the request
+//! port (`request_socket.rs`) and the PUB port (`zmtp_guard::Publisher`). No zeromq socket
+//! decodes a client's bytes, so a frame header that declares 2^45 bytes, which makes zeromq
+//! 0.7 abort the whole process, is cut by the checker before any byte is reserved for it.
 
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use zmtp_guard::{Guard, Limits, Publisher, RoutingId};
-
-/// The endpoint that every zeromq socket binds behind its guard: an ephemeral loopback port.
-pub(crate) const INTERNAL_ENDPOINT: &str = "tcp://127.0.0.1:0";
+use zmtp_guard::{Limits, Publisher};
 
 /// Resolves the address that a configured `tcp://HOST:PORT` endpoint names. The host `*`
 /// means every IPv4 interface, as in libzmq; a host name resolves to its first address.
@@ -37,20 +31,6 @@ pub(crate) async fn public_address(endpoint: &str) -> anyhow::Result<SocketAddr>
 /// Returns the endpoint that clients use for a guard's public address.
 pub(crate) fn endpoint_of(address: SocketAddr) -> String {
     format!("tcp://{address}")
-}
-
-/// Starts a guard on `public` that relays to the request socket bound at
-/// `internal_endpoint` (as zeromq reports it, `tcp://127.0.0.1:PORT`).
-pub(crate) async fn start(public: SocketAddr, internal_endpoint: &str) -> anyhow::Result<Guard> {
-    let internal: SocketAddr = internal_endpoint
-        .strip_prefix("tcp://")
-        .and_then(|address| address.parse().ok())
-        .with_context(|| format!("the request socket bound {internal_endpoint:?}, which is not tcp://IP:PORT"))?;
-    // The defaults admit the largest request (64 KiB) with room to spare, so an oversized
-    // request still reaches the handler and gets an error reply instead of a cut connection.
-    Guard::start_with_routing_id(public, internal, Limits::default(), RoutingId::ClientAddress)
-        .await
-        .with_context(|| format!("failed to bind the request endpoint {}", endpoint_of(public)))
 }
 
 /// Starts the native PUB port on `public`. Its subscribers may send only a few small

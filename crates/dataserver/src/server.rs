@@ -9,7 +9,7 @@ use forum_protocol::{ClusterKey, parse_endpoint, PeerStatus, ServerId, VersionVe
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
-use zmtp_guard::{Guard, Publisher};
+use zmtp_guard::Publisher;
 
 use crate::actor::{Actor, MAX_BATCH};
 use crate::command::Command;
@@ -81,8 +81,6 @@ pub struct DataServer {
     actor_task: JoinHandle<Arc<Store>>,
     /// The publisher task, which returns the PUB port when it ends.
     publisher_task: JoinHandle<Publisher>,
-    /// The guards in front of the request socket, by socket name.
-    guards: Vec<(&'static str, Guard)>,
     /// The key for the peer subscribers started later by [`DataServer::add_peer`].
     cluster_key: Option<ClusterKey>,
 }
@@ -128,8 +126,7 @@ impl DataServer {
         let store = Arc::new(store);
         let replayed = state.change_count();
 
-        // The request socket binds loopback only, behind a guard on the configured endpoint.
-        // The PUB port is served natively on the configured endpoint.
+        // Both ports serve clients on the configured endpoints themselves.
         let public_pub = guarded::public_address(&config.pub_endpoint).await?;
         let public_request = guarded::public_address(&config.request_endpoint).await?;
         if options.cluster_key.is_none() {
@@ -143,11 +140,10 @@ impl DataServer {
             warn!(server = id, "no cluster key is set: ZeroMQ messages are not authenticated, so this data server binds loopback addresses only");
         }
         let pub_port = guarded::start_publisher(public_pub).await?;
-        let (router_socket, request_internal) = request_socket::bind(guarded::INTERNAL_ENDPOINT).await?;
-        let request_guard = guarded::start(public_request, &request_internal).await?;
+        let request_listener = request_socket::bind(public_request).await?;
         let pub_endpoint = guarded::endpoint_of(pub_port.local_addr());
-        let request_endpoint = guarded::endpoint_of(request_guard.local_addr());
-        let guards = vec![("request", request_guard)];
+        let request_endpoint = guarded::endpoint_of(request_listener.local_addr());
+        let port_stats = vec![("request", request_listener.stats()), ("pub", pub_port.stats())];
         let fetch_endpoint = match options.advertise {
             Some(advertise) => parse_endpoint(&advertise).context("invalid advertised endpoint")?,
             None => request_endpoint.clone(),
@@ -160,7 +156,7 @@ impl DataServer {
         // writes, so no stored change is skipped.
         let (publications, publication_queue) = mpsc::channel(4 * MAX_BATCH);
         // Commands waiting for the actor. When it is full, request tasks, peer subscribers and
-        // the catch-up wait. The request socket bounds the requests in flight, so the wait is
+        // the catch-up wait. The request port bounds the requests in flight, so the wait is
         // bounded.
         let (actor_commands, command_queue) = mpsc::channel(4 * MAX_BATCH);
         let (heartbeats, heartbeat_queue) = mpsc::channel(HEARTBEAT_QUEUE);
@@ -177,7 +173,7 @@ impl DataServer {
             metrics: Arc::clone(&metrics),
             actor: actor_commands.downgrade(),
             publisher: publications.downgrade(),
-            guards: guards.iter().map(|(socket, guard)| (*socket, guard.stats())).chain([("pub", pub_port.stats())]).collect(),
+            guards: port_stats,
         };
 
         let heartbeat_source = HeartbeatSource { fetch_endpoint: fetch_endpoint.clone(), vector: vector.clone() };
@@ -185,7 +181,7 @@ impl DataServer {
         let actor = Actor::new(id, state, Arc::clone(&store), command_queue, publications, vector_sender, Arc::clone(&metrics))?;
         let actor_task = tokio::spawn(actor.run());
         let handler = Handler::new(id, actor_commands.clone(), Passwords::new(), store, status.clone());
-        let request_task = tokio::spawn(request_socket::run(id, router_socket, handler, options.cluster_key.clone(), shutdown_signal.clone()));
+        let request_task = request_socket::serve(id, request_listener, handler, options.cluster_key.clone(), shutdown_signal.clone());
         let replicator = Replicator {
             server: id,
             configured,
@@ -207,7 +203,6 @@ impl DataServer {
         info!(
             server = id,
             request = request_endpoint,
-            request_internal,
             publish = pub_endpoint,
             advertise = fetch_endpoint,
             admin = ?admin_address,
@@ -232,7 +227,7 @@ impl DataServer {
             admin_task,
             actor_task,
             publisher_task,
-            guards,
+
             cluster_key: options.cluster_key,
         };
         for peer in config.peers {
@@ -246,8 +241,7 @@ impl DataServer {
         self.id
     }
 
-    /// Returns the request endpoint as bound by its guard, with the real port. Clients connect
-    /// here; the ROUTER socket itself listens on a loopback port behind the guard.
+    /// Returns the request endpoint as bound, with the real port.
     pub fn request_endpoint(&self) -> &str {
         &self.request_endpoint
     }
@@ -320,11 +314,8 @@ impl DataServer {
                 None
             }
         };
-        // The ports go last, so that replies and publications sent while draining still
-        // reach their clients.
-        for (_, guard) in self.guards {
-            guard.shutdown().await;
-        }
+        // The PUB port goes last, so that publications sent while draining still reach their
+        // subscribers. The request port closed each connection once its replies were written.
         if let Some(pub_port) = pub_port {
             pub_port.shutdown().await;
         }

@@ -23,7 +23,8 @@ pub(crate) struct StatusSource {
     /// Weak, so that holding a status source never keeps the actor or the publisher running.
     pub actor: mpsc::WeakSender<Command>,
     pub publisher: mpsc::WeakSender<Publication>,
-    /// The guards in front of the ZeroMQ ports, by socket name.
+    /// The counters of the request port and of the guard in front of the PUB socket, by
+    /// socket name.
     pub guards: Vec<(&'static str, GuardStats)>,
 }
 

@@ -27,6 +27,13 @@ pub fn encode<T: Serialize>(envelope: &T) -> Vec<u8> {
     bytes
 }
 
+/// Encodes an envelope as [`encode`] does, appending it to `writer`, such as a connection's
+/// write buffer.
+pub fn encode_into<T: Serialize, W: std::io::Write>(writer: &mut W, envelope: &T) {
+    // NOTE: as in `encode`, only a failed write could fail, and writers into memory do not.
+    rmp_serde::encode::write_named(writer, envelope).expect("encoding a protocol envelope into memory");
+}
+
 /// The starting capacity of an encoding buffer: an encoded change with a 140-byte post
 /// takes about 300 bytes.
 const ENCODE_CAPACITY: usize = 384;

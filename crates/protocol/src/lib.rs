@@ -18,7 +18,7 @@ mod replication;
 mod validate;
 mod wire;
 
-pub use codec::{decode, encode, encode_change, encode_feed_change, peek_request_id, CodecError};
+pub use codec::{decode, encode, encode_change, encode_into, encode_feed_change, peek_request_id, CodecError};
 pub use endpoint::{parse_endpoint, parse_peer_list, EndpointError};
 pub use feed::{FeedBatch, FeedEntry, FeedNote, IdempotencyKey, WireFeedChange};
 pub use ids::{ChangeId, ServerId};

@@ -24,7 +24,7 @@ use crate::limits::{Limits, SubscriptionLimits, MAX_COMMAND_BYTES};
 /// Length of the ZMTP 3.x greeting in bytes.
 pub const GREETING_LEN: usize = 64;
 
-const FLAG_MORE: u8 = 0b0000_0001;
+pub(crate) const FLAG_MORE: u8 = 0b0000_0001;
 pub(crate) const FLAG_LONG: u8 = 0b0000_0010;
 pub(crate) const FLAG_COMMAND: u8 = 0b0000_0100;
 const FLAG_RESERVED: u8 = !(FLAG_MORE | FLAG_LONG | FLAG_COMMAND);

@@ -2,7 +2,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,17 +11,18 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, error, info, warn};
 
 use crate::limits::Limits;
+use crate::stats::{Counters, GuardStats};
 use crate::log_limit::LogRateLimiter;
 use crate::ready::ReadyRewriter;
 use crate::relay::{relay, RelayEnd};
 
 /// Log lines per kind (rejection, over capacity, failure) admitted per window.
-pub(crate) const LOG_LINES_PER_WINDOW: u32 = 10;
-pub(crate) const LOG_WINDOW: Duration = Duration::from_secs(10);
+const LOG_LINES_PER_WINDOW: u32 = 10;
+const LOG_WINDOW: Duration = Duration::from_secs(10);
 
 /// Pause after a failed accept, so that running out of file descriptors does
 /// not turn the accept loop into a busy loop.
-pub(crate) const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// A TCP front for one zeromq socket: it accepts connections on a public
 /// address and relays each one to the socket's internal address while
@@ -53,57 +53,13 @@ pub enum RoutingId {
     ClientAddress,
 }
 
-/// A cheap, cloneable reader of one guard's counters. After the guard stops, it keeps
-/// returning the final values.
-#[derive(Debug, Clone)]
-pub struct GuardStats {
-    local_addr: SocketAddr,
-    source: StatsSource,
-}
-
-/// Whose counters a [`GuardStats`] reads.
-#[derive(Debug, Clone)]
-enum StatsSource {
-    Guard(Arc<Shared>),
-    Publisher(Arc<crate::publish::Shared>),
-}
-
-impl GuardStats {
-    /// Returns the public address of the guard.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// Same as [`Guard::rejected_connections`].
-    pub fn rejected_connections(&self) -> u64 {
-        match &self.source {
-            StatsSource::Guard(shared) => shared.rejected.load(Ordering::Relaxed),
-            StatsSource::Publisher(shared) => shared.rejected(),
-        }
-    }
-
-    /// Same as [`Guard::active_connections`].
-    pub fn active_connections(&self) -> usize {
-        match &self.source {
-            StatsSource::Guard(shared) => shared.limits.max_connections - shared.permits.available_permits(),
-            StatsSource::Publisher(shared) => shared.active(),
-        }
-    }
-
-    pub(crate) fn of_publisher(local_addr: SocketAddr, shared: Arc<crate::publish::Shared>) -> Self {
-        GuardStats { local_addr, source: StatsSource::Publisher(shared) }
-    }
-}
-
 /// State shared by the accept loop, the relay tasks and the `Guard` handle.
 #[derive(Debug)]
 struct Shared {
     internal: SocketAddr,
     limits: Limits,
     routing_id: RoutingId,
-    /// One permit per relayed connection, `limits.max_connections` in all.
-    permits: Arc<Semaphore>,
-    rejected: AtomicU64,
+    counters: Arc<Counters>,
     rejection_log: LogRateLimiter,
     over_capacity_log: LogRateLimiter,
     failure_log: LogRateLimiter,
@@ -149,9 +105,8 @@ impl Guard {
         let shared = Arc::new(Shared {
             internal,
             routing_id,
-            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            counters: Arc::new(Counters::new(limits.max_connections)),
             limits,
-            rejected: AtomicU64::new(0),
             rejection_log: LogRateLimiter::new(LOG_LINES_PER_WINDOW, LOG_WINDOW),
             over_capacity_log: LogRateLimiter::new(LOG_LINES_PER_WINDOW, LOG_WINDOW),
             failure_log: LogRateLimiter::new(LOG_LINES_PER_WINDOW, LOG_WINDOW),
@@ -174,21 +129,18 @@ impl Guard {
     /// Returns the number of connections closed for breaking a limit, those
     /// closed at accept because `max_connections` were open included.
     pub fn rejected_connections(&self) -> u64 {
-        self.shared.rejected.load(Ordering::Relaxed)
+        self.shared.counters.rejected()
     }
 
     /// Returns the number of connections being relayed now.
     pub fn active_connections(&self) -> usize {
-        self.shared.limits.max_connections - self.shared.permits.available_permits()
+        self.shared.counters.active()
     }
 
     /// Returns a handle that reads this guard's counters and outlives the guard, for status
     /// reports owned by other tasks.
     pub fn stats(&self) -> GuardStats {
-        GuardStats {
-            local_addr: self.local_addr,
-            source: StatsSource::Guard(Arc::clone(&self.shared)),
-        }
+        GuardStats::new(self.local_addr, Arc::clone(&self.shared.counters))
     }
 
     /// Stops accepting, closes every relayed connection and waits for the tasks.
@@ -235,9 +187,8 @@ async fn accept_loop(
 /// Starts a relay for `client`, or closes it at once if `max_connections`
 /// relays are running.
 fn admit(client: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, relays: &mut JoinSet<()>) {
-    let Ok(permit) = Arc::clone(&shared.permits).try_acquire_owned() else {
+    let Some(permit) = shared.counters.try_admit() else {
         drop(client);
-        shared.rejected.fetch_add(1, Ordering::Relaxed);
         if let Some(suppressed) = shared.over_capacity_log.admit() {
             warn!(
                 %peer,
@@ -296,7 +247,7 @@ async fn serve(
             debug!(%peer, %io_error, "ZMTP guard relay closed after an I/O error")
         }
         RelayEnd::Rejected(reason) => {
-            shared.rejected.fetch_add(1, Ordering::Relaxed);
+            shared.counters.count_rejection();
             if let Some(suppressed) = shared.rejection_log.admit() {
                 warn!(%peer, %reason, suppressed, "ZMTP guard cut a connection that broke a limit");
             }

@@ -33,19 +33,29 @@
 //! address, such as `203.0.113.5:40112`. A ROUTER socket behind it then
 //! receives every message with that address as its routing id.
 //!
+//! [`ZmtpListener`] serves clients without a relay: it checks and cuts their
+//! streams with the same limits, and hands each one, after the handshake, to
+//! a service that reads frames with [`codec::FrameReader`] and writes its
+//! own. The data server's request port is such a ROUTER.
+//!
 //! NOTE: the internal address is still reachable by any local process on the
 //! host, which the guard does not protect against.
 
 mod checker;
+pub mod codec;
 mod guard;
 mod limits;
 mod log_limit;
 mod publish;
 mod ready;
 mod relay;
-mod wire;
+mod server;
+mod stats;
 
 pub use checker::{Phase, Violation, ZmtpChecker, GREETING_LEN};
-pub use guard::{Guard, GuardStats, RoutingId};
+pub use guard::{Guard, RoutingId};
 pub use publish::{Publisher, QUEUE_MESSAGES};
 pub use limits::{Limits, SubscriptionLimits, MAX_COMMAND_BYTES};
+pub use relay::Rejection;
+pub use server::{wait_until_stopping, Connection, ConnectionEnd, SocketSpec, ZmtpListener};
+pub use stats::GuardStats;

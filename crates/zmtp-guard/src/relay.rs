@@ -18,17 +18,24 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
 use crate::checker::{Phase, Violation, ZmtpChecker};
+use crate::codec::FrameError;
 use crate::limits::Limits;
 use crate::ready::ReadyRewriter;
 
 /// Size of the read buffer of each direction in bytes.
 pub(crate) const CHUNK_BYTES: usize = 8 * 1024;
 
-/// Reason for cutting a connection that broke a limit.
+/// Reason for cutting a connection that broke a limit or a rule of ZMTP.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum Rejection {
+pub enum Rejection {
     #[error("{0}")]
     Violation(#[from] Violation),
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    #[error("peer socket type {found:?} cannot talk to this socket; expected one of {expected:?}")]
+    PeerSocketType { found: String, expected: &'static [&'static str] },
+    #[error("the READY command has no Socket-Type property")]
+    MissingSocketType,
     #[error("greeting and READY command not complete within greeting_timeout ({0:?})")]
     HandshakeTimedOut(Duration),
     #[error("no byte for stalled_frame_timeout ({0:?}) inside an unfinished frame or message")]
