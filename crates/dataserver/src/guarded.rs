@@ -1,20 +1,14 @@
-//! The ZMTP guard in front of the data server's PUB socket, and the parsing of endpoints.
+//! The limits of the data server's PUB port, and the parsing of endpoints.
 //!
-//! zeromq 0.7 reserves whatever size a frame header declares, so one 73-byte stream (a
-//! greeting, then a frame header declaring 2^45 bytes) aborts the whole process. So the
-//! zeromq PUB socket listens on an ephemeral loopback port only, and a [`Guard`] takes the
-//! configured endpoint: it checks every client's greeting and frame headers against
-//! [`Limits`] and relays what passes. A client that breaks a limit is cut and counted. The
-//! request port needs no guard, because it is a ZMTP server of our own with the same limits
-//! (see `request_socket.rs`).
+//! Both ZeroMQ ports are ZMTP servers of our own, on `zmtp_guard::ZmtpListener`: the request
+//! port (`request_socket.rs`) and the PUB port (`zmtp_guard::Publisher`). No zeromq socket
+//! decodes a client's bytes, so a frame header that declares 2^45 bytes, which makes zeromq
+//! 0.7 abort the whole process, is cut by the checker before any byte is reserved for it.
 
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use zmtp_guard::{Guard, Limits, RoutingId};
-
-/// The endpoint that the zeromq PUB socket binds behind its guard: an ephemeral loopback port.
-pub(crate) const INTERNAL_ENDPOINT: &str = "tcp://127.0.0.1:0";
+use zmtp_guard::{Limits, Publisher};
 
 /// Resolves the address that a configured `tcp://HOST:PORT` endpoint names. The host `*`
 /// means every IPv4 interface, as in libzmq; a host name resolves to its first address.
@@ -39,14 +33,10 @@ pub(crate) fn endpoint_of(address: SocketAddr) -> String {
     format!("tcp://{address}")
 }
 
-/// Starts the guard on `public` that relays to the PUB socket bound at `internal_endpoint`
-/// (as zeromq reports it, `tcp://127.0.0.1:PORT`).
-pub(crate) async fn start_pub(public: SocketAddr, internal_endpoint: &str) -> anyhow::Result<Guard> {
-    let internal: SocketAddr = internal_endpoint
-        .strip_prefix("tcp://")
-        .and_then(|address| address.parse().ok())
-        .with_context(|| format!("the pub socket bound {internal_endpoint:?}, which is not tcp://IP:PORT"))?;
-    Guard::start_with_routing_id(public, internal, pub_limits(), RoutingId::AsSent)
+/// Starts the native PUB port on `public`. Its subscribers may send only a few small
+/// subscriptions.
+pub(crate) async fn start_publisher(public: SocketAddr) -> anyhow::Result<Publisher> {
+    Publisher::start(public, pub_limits())
         .await
         .with_context(|| format!("failed to bind the pub endpoint {}", endpoint_of(public)))
 }
@@ -74,11 +64,10 @@ pub const PUB_MAX_SUBSCRIPTIONS: u64 = 8;
 
 /// Returns the limits of the pub port's guard.
 ///
-/// NOTE: zeromq 0.7's PUB socket blocks a runtime thread when a subscription message arrives
-/// while a publication is being fanned out to the same part of its subscriber table. 500
-/// connections of 64 subscriptions each froze a data server for good, with both worker
-/// threads blocked there (`hostile_zmq::many_subscribers_keep_server_alive`). These caps keep the table small, which made the freeze stop
-/// in tests; they do not remove the lock itself.
+/// Every publication is matched against every subscription, so these caps bound that work:
+/// 64 connections of 8 subscriptions each. With zeromq 0.7's PUB socket, which the port used
+/// before, 500 connections of 64 subscriptions each froze a data server for good
+/// (`hostile_zmq::many_subscribers_keep_server_alive`).
 fn pub_limits() -> Limits {
     let mut limits = Limits::for_pub_socket();
     limits.max_connections = PUB_MAX_CONNECTIONS;

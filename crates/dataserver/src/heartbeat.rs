@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use forum_protocol::{encode, now_millis, Heartbeat, ServerId, VersionVector, WireHeartbeat, PROTOCOL_VERSION, TOPIC_HEARTBEAT};
-use zeromq::ZmqMessage;
 
 /// How often a data server publishes a heartbeat.
 pub(crate) const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
@@ -21,10 +20,9 @@ pub(crate) const SUSPECT_AFTER: Duration = Duration::from_millis(1500);
 /// subscriber rebuilds its SUB socket.
 pub(crate) const DOWN_AFTER: Duration = Duration::from_secs(3);
 
-/// Builds the two-frame heartbeat message.
-pub(crate) fn message(server: ServerId, fetch_endpoint: &str, vector: VersionVector) -> ZmqMessage {
+/// Builds the two frames of a heartbeat message.
+pub(crate) fn message(server: ServerId, fetch_endpoint: &str, vector: VersionVector) -> Vec<Bytes> {
     let heartbeat = Heartbeat { server, fetch_endpoint: fetch_endpoint.to_owned(), vector, time: now_millis() };
     let payload = encode(&WireHeartbeat { v: PROTOCOL_VERSION, heartbeat });
-    ZmqMessage::try_from(vec![Bytes::from_static(TOPIC_HEARTBEAT.as_bytes()), Bytes::from(payload)])
-        .expect("a heartbeat has two frames")
+    vec![Bytes::from_static(TOPIC_HEARTBEAT.as_bytes()), Bytes::from(payload)]
 }

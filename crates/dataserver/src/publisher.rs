@@ -1,4 +1,4 @@
-//! The PUB socket that publishes every applied change.
+//! The task that publishes every applied change on the PUB port.
 //!
 //! A local change goes out twice: on the checkpoint topic, in full, for the other data
 //! servers, and on the webserver topic, redacted and with its feed position, for the web
@@ -11,11 +11,10 @@ use forum_protocol::{
     encode_feed_change, seal, Change, ClusterKey, FeedNote, MacContext, ServerId, VersionVector, TOPIC_CHECKPOINT, TOPIC_WEBSERVER,
 };
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
-use zeromq::{PubSocket, Socket, SocketSend, ZmqMessage};
+use tracing::info;
+use zmtp_guard::Publisher;
 
 use crate::heartbeat::{self, HEARTBEAT_INTERVAL};
-use crate::rate_limit::LogRateLimit;
 
 /// A stored change to publish.
 #[derive(Debug)]
@@ -39,16 +38,6 @@ impl Publication {
     }
 }
 
-/// Binds a PUB socket and returns it with the endpoint as bound (with the real port).
-pub(crate) async fn bind(endpoint: &str) -> anyhow::Result<(PubSocket, String)> {
-    let mut socket = PubSocket::new();
-    let bound = socket
-        .bind(endpoint)
-        .await
-        .map_err(|error| anyhow::anyhow!("failed to bind the pub endpoint {endpoint}: {error}"))?;
-    Ok((socket, bound.to_string()))
-}
-
 /// The heartbeat's content besides the server id.
 pub(crate) struct HeartbeatSource {
     /// The request endpoint that peers fetch changes from.
@@ -57,15 +46,19 @@ pub(crate) struct HeartbeatSource {
     pub vector: watch::Receiver<VersionVector>,
 }
 
-/// Publishes changes and heartbeats until the channel closes, then closes the socket.
+/// Publishes changes and heartbeats until the channel closes, then returns the PUB port for
+/// the caller to close.
+///
+/// Publishing never waits: the port queues each message for every matching subscriber and
+/// drops it for one whose queue is full, as a zeromq PUB socket does. A peer repairs what
+/// it missed by fetching, and a web server by reading the feed.
 pub(crate) async fn run(
     server: ServerId,
-    mut socket: PubSocket,
+    port: Publisher,
     mut publications: mpsc::Receiver<Publication>,
     heartbeat_source: HeartbeatSource,
     cluster_key: Option<ClusterKey>,
-) {
-    let mut send_failures = LogRateLimit::new();
+) -> Publisher {
     let mut ticks = tokio::time::interval(HEARTBEAT_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -74,44 +67,27 @@ pub(crate) async fn run(
             _ = ticks.tick() => {
                 let vector = heartbeat_source.vector.borrow().clone();
                 let message = heartbeat::message(server, &heartbeat_source.fetch_endpoint, vector);
-                if let Err(error) = socket.send(sealed(message, cluster_key.as_ref())).await {
-                    if let Some(suppressed) = send_failures.check() {
-                        warn!(server, suppressed, %error, "failed to publish a heartbeat");
-                    }
-                }
+                port.publish(&sealed(message, cluster_key.as_ref()));
                 continue;
             }
         };
         let Some(Publication { change, local, position, encoded, note }) = publication else { break };
-        let mut messages = Vec::with_capacity(2);
         if local {
-            messages.push(two_frames(TOPIC_CHECKPOINT, encoded));
+            port.publish(&sealed(two_frames(TOPIC_CHECKPOINT, encoded), cluster_key.as_ref()));
         }
-        messages.push(two_frames(TOPIC_WEBSERVER, Bytes::from(encode_feed_change(server, position, &change, note))));
-        for message in messages {
-            // zeromq 0.7's PUB send only queues the message and drops it for a subscriber
-            // whose queue is full, so this await does not wait on the network.
-            if let Err(error) = socket.send(sealed(message, cluster_key.as_ref())).await {
-                if let Some(suppressed) = send_failures.check() {
-                    warn!(server, change = %change.id, suppressed, %error, "failed to publish a change");
-                }
-            }
-        }
+        let feed_change = Bytes::from(encode_feed_change(server, position, &change, note));
+        port.publish(&sealed(two_frames(TOPIC_WEBSERVER, feed_change), cluster_key.as_ref()));
     }
-    for error in socket.close().await {
-        warn!(server, %error, "failed to close the pub socket cleanly");
-    }
-    info!(server, "publisher stopped");
+    info!(server, dropped = port.dropped_messages(), "publisher stopped");
+    port
 }
 
 /// Encrypts the payload when a key is set, binding the clear topic to it.
-fn sealed(message: ZmqMessage, cluster_key: Option<&ClusterKey>) -> ZmqMessage {
-    let mut frames = message.into_vec();
+fn sealed(mut frames: Vec<Bytes>, cluster_key: Option<&ClusterKey>) -> Vec<Bytes> {
     seal(cluster_key, MacContext::Publication, &mut frames, 2);
-    ZmqMessage::try_from(frames).expect("a publication has its topic and payload frames")
+    frames
 }
 
-fn two_frames(topic: &'static str, payload: Bytes) -> ZmqMessage {
-    let frames = vec![Bytes::from_static(topic.as_bytes()), payload];
-    ZmqMessage::try_from(frames).expect("a message with two frames is not empty")
+fn two_frames(topic: &'static str, payload: Bytes) -> Vec<Bytes> {
+    vec![Bytes::from_static(topic.as_bytes()), payload]
 }

@@ -9,7 +9,7 @@ use forum_protocol::{ClusterKey, parse_endpoint, PeerStatus, ServerId, VersionVe
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
-use zmtp_guard::Guard;
+use zmtp_guard::Publisher;
 
 use crate::actor::{Actor, MAX_BATCH};
 use crate::command::Command;
@@ -79,9 +79,8 @@ pub struct DataServer {
     replicator_task: JoinHandle<()>,
     admin_task: Option<JoinHandle<()>>,
     actor_task: JoinHandle<Arc<Store>>,
-    publisher_task: JoinHandle<()>,
-    /// The guard in front of the pub socket.
-    pub_guard: Guard,
+    /// The publisher task, which returns the PUB port when it ends.
+    publisher_task: JoinHandle<Publisher>,
     /// The key for the peer subscribers started later by [`DataServer::add_peer`].
     cluster_key: Option<ClusterKey>,
 }
@@ -127,8 +126,7 @@ impl DataServer {
         let store = Arc::new(store);
         let replayed = state.change_count();
 
-        // The request port serves clients on the configured endpoint itself. The PUB socket
-        // binds loopback only, behind a guard on the configured endpoint.
+        // Both ports serve clients on the configured endpoints themselves.
         let public_pub = guarded::public_address(&config.pub_endpoint).await?;
         let public_request = guarded::public_address(&config.request_endpoint).await?;
         if options.cluster_key.is_none() {
@@ -141,12 +139,11 @@ impl DataServer {
             }
             warn!(server = id, "no cluster key is set: ZeroMQ messages are not authenticated, so this data server binds loopback addresses only");
         }
-        let (pub_socket, pub_internal) = publisher::bind(guarded::INTERNAL_ENDPOINT).await?;
-        let pub_guard = guarded::start_pub(public_pub, &pub_internal).await?;
+        let pub_port = guarded::start_publisher(public_pub).await?;
         let request_listener = request_socket::bind(public_request).await?;
-        let pub_endpoint = guarded::endpoint_of(pub_guard.local_addr());
+        let pub_endpoint = guarded::endpoint_of(pub_port.local_addr());
         let request_endpoint = guarded::endpoint_of(request_listener.local_addr());
-        let port_stats = vec![("request", request_listener.stats()), ("pub", pub_guard.stats())];
+        let port_stats = vec![("request", request_listener.stats()), ("pub", pub_port.stats())];
         let fetch_endpoint = match options.advertise {
             Some(advertise) => parse_endpoint(&advertise).context("invalid advertised endpoint")?,
             None => request_endpoint.clone(),
@@ -180,7 +177,7 @@ impl DataServer {
         };
 
         let heartbeat_source = HeartbeatSource { fetch_endpoint: fetch_endpoint.clone(), vector: vector.clone() };
-        let publisher_task = tokio::spawn(publisher::run(id, pub_socket, publication_queue, heartbeat_source, options.cluster_key.clone()));
+        let publisher_task = tokio::spawn(publisher::run(id, pub_port, publication_queue, heartbeat_source, options.cluster_key.clone()));
         let actor = Actor::new(id, state, Arc::clone(&store), command_queue, publications, vector_sender, Arc::clone(&metrics))?;
         let actor_task = tokio::spawn(actor.run());
         let handler = Handler::new(id, actor_commands.clone(), Passwords::new(), store, status.clone());
@@ -207,7 +204,6 @@ impl DataServer {
             server = id,
             request = request_endpoint,
             publish = pub_endpoint,
-            publish_internal = pub_internal,
             advertise = fetch_endpoint,
             admin = ?admin_address,
             peers = ?config.peers,
@@ -231,7 +227,7 @@ impl DataServer {
             admin_task,
             actor_task,
             publisher_task,
-            pub_guard,
+
             cluster_key: options.cluster_key,
         };
         for peer in config.peers {
@@ -311,13 +307,18 @@ impl DataServer {
             Ok(store) => drop(store),
             Err(error) => warn!(server = id, %error, "the actor task failed"),
         }
-        if let Err(error) = self.publisher_task.await {
-            warn!(server = id, %error, "the publisher task failed");
+        let pub_port = match self.publisher_task.await {
+            Ok(pub_port) => Some(pub_port),
+            Err(error) => {
+                warn!(server = id, %error, "the publisher task failed");
+                None
+            }
+        };
+        // The PUB port goes last, so that publications sent while draining still reach their
+        // subscribers. The request port closed each connection once its replies were written.
+        if let Some(pub_port) = pub_port {
+            pub_port.shutdown().await;
         }
-        // The pub guard goes last, so that publications sent while draining still reach
-        // their subscribers. The request port closed each connection once its replies
-        // were written.
-        self.pub_guard.shutdown().await;
         info!(server = id, "data server stopped");
     }
 }

@@ -46,6 +46,7 @@ pub mod codec;
 mod guard;
 mod limits;
 mod log_limit;
+mod publish;
 mod ready;
 mod relay;
 mod server;
@@ -53,6 +54,7 @@ mod stats;
 
 pub use checker::{Phase, Violation, ZmtpChecker, GREETING_LEN};
 pub use guard::{Guard, RoutingId};
+pub use publish::{Publisher, QUEUE_MESSAGES};
 pub use limits::{Limits, SubscriptionLimits, MAX_COMMAND_BYTES};
 pub use relay::Rejection;
 pub use server::{wait_until_stopping, Connection, ConnectionEnd, SocketSpec, ZmtpListener};
