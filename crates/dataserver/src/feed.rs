@@ -27,7 +27,7 @@ pub(crate) fn read_after(database: &Database, path: &Path, after: u64, limit: us
         None => 0,
     };
     let start = after.saturating_add(1);
-    // The segment that holds position `start` is the last one that begins at or before it.
+    // The segment that contains position `start` is the last one that begins at or before it.
     let first_segment = segments
         .range(..=start)
         .context("failed to read the segments table")?

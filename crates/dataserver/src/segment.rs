@@ -1,4 +1,4 @@
-//! Segments: the records of the store. A segment holds changes at consecutive feed positions,
+//! Segments: the records of the store. A segment contains the changes at consecutive feed positions,
 //! usually all the changes of one commit, so a commit inserts one record instead of one per
 //! change.
 //!

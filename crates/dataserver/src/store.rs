@@ -28,7 +28,7 @@ pub(crate) const SEGMENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("s
 
 /// Runs by (origin, first sequence number), with the feed position of their segment and their
 /// last sequence number. Each change is stored once, so the runs of one origin never overlap,
-/// and the run that holds a sequence number is the last one that starts at or before it.
+/// and the run that contains a sequence number is the last one that starts at or before it.
 pub(crate) const RUNS: TableDefinition<(u32, u64), (u64, u64)> = TableDefinition::new("runs");
 
 /// Facts about the store itself: its format and the id of the server that owns it.
@@ -324,7 +324,7 @@ impl Store {
         let segments = transaction.open_table(SEGMENTS).with_context(|| format!("failed to open the segments table in {path}"))?;
         let Some(first_wanted) = after_seq.checked_add(1) else { return Ok(Vec::new()) };
 
-        // The run that holds `first_wanted`, if any, starts before it.
+        // The run that contains `first_wanted`, if any, starts at or before it.
         let holding = runs
             .range(..=(origin, first_wanted))
             .with_context(|| format!("failed to read the runs table in {path}"))?
