@@ -322,6 +322,11 @@ impl Committer {
             }
         }
 
+        // The vector goes out before the replies, so a client that reads the status after its
+        // acknowledged write sees that write in the vector.
+        if let Some(vector) = job.vector {
+            self.vector.send_replace(vector);
+        }
         for pending in job.replies {
             match pending {
                 PendingReply::Reply(sender, reply) => {
@@ -337,9 +342,6 @@ impl Committer {
                     let _ = sender.send(ids);
                 }
             }
-        }
-        if let Some(vector) = job.vector {
-            self.vector.send_replace(vector);
         }
         for publication in job.changes {
             // The publisher only queues messages in zeromq's PUB socket, so this waits only
