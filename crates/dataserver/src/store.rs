@@ -243,7 +243,6 @@ impl SegmentWriter {
         self.value.clear();
         Ok(())
     }
-
 }
 
 impl Store {
