@@ -1,4 +1,5 @@
-//! The change log on disk: a redb table of every applied change, keyed by (origin, seq).
+//! The change log on disk: a redb file of segments, each holding the changes of one commit
+//! at consecutive feed positions, and an index of runs to find one origin's changes.
 //!
 //! Every method blocks on file I/O, so async callers run them in `spawn_blocking`.
 
@@ -10,7 +11,8 @@ use bytes::Bytes;
 use forum_protocol::{decode, encode_change, Change, ChangeId, ServerId, WireChange};
 use redb::{Database, ReadableTable, TableDefinition};
 
-use crate::feed;
+use crate::segment::{self, Entries, Run, MAX_SEGMENT_BYTES};
+use crate::{feed, legacy};
 
 /// The file name of the store inside the data directory.
 pub const STORE_FILE: &str = "forum.redb";
@@ -21,18 +23,22 @@ pub const STORE_FILE: &str = "forum.redb";
 /// fetches that the operating system's page cache serves as well.
 const STORE_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
-/// Changes by (origin server id, sequence number); values are encoded [`WireChange`]s followed
-/// by the CRC-32 of the encoding, 4 bytes, little-endian.
-pub(crate) const CHANGES: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("changes");
+/// Segments by the feed position of their first change (see [`crate::segment`]).
+pub(crate) const SEGMENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("segments");
+
+/// Runs by (origin, first sequence number), with the feed position of their segment and their
+/// last sequence number. Each change is stored once, so the runs of one origin never overlap,
+/// and the run that contains a sequence number is the last one that starts at or before it.
+pub(crate) const RUNS: TableDefinition<(u32, u64), (u64, u64)> = TableDefinition::new("runs");
 
 /// Facts about the store itself: its format and the id of the server that owns it.
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const META_FORMAT: &str = "format";
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(crate) const META_FORMAT: &str = "format";
 const META_SERVER_ID: &str = "server_id";
 
-/// The store format this program writes. Format 1 had no meta table and no checksums; a format
-/// 1 store is converted when it is opened.
-const FORMAT: u64 = 2;
+/// The store format this program writes. Formats 1 and 2 stored one record per change and a
+/// feed table; they are converted when opened (see [`crate::legacy`]).
+pub(crate) const FORMAT: u64 = 3;
 
 /// The length of the checksum at the end of every stored change.
 const CHECKSUM_LEN: usize = 4;
@@ -58,21 +64,31 @@ impl EncodedChange {
     }
 }
 
-/// Checks a stored value's checksum and decodes its change. `origin` and `seq` are its key,
-/// for the error, which names the change and the store file.
-pub(crate) fn decode_stored(value: &[u8], origin: ServerId, seq: u64, path: &Path) -> anyhow::Result<Change> {
-    let damaged = |reason: &str| {
-        anyhow::anyhow!(
-            "the stored change {origin}-{seq} in {} is damaged ({reason}); {RECOVERY}",
-            path.display()
-        )
-    };
-    let Some(split) = value.len().checked_sub(CHECKSUM_LEN) else { return Err(damaged("too short")) };
-    let (encoded, checksum) = value.split_at(split);
+/// Builds the error for the damaged stored change `id` in the store at `path`.
+fn damaged(id: ChangeId, path: &Path, reason: &str) -> anyhow::Error {
+    anyhow::anyhow!("the stored change {id} in {} is damaged ({reason}); {RECOVERY}", path.display())
+}
+
+/// Checks the checksum at the end of a stored change and returns the encoding before it.
+/// `id` is the change's id as its record states, for the error, which names the change and
+/// the store file.
+pub(crate) fn verified<'a>(stored: &'a [u8], id: ChangeId, path: &Path) -> anyhow::Result<&'a [u8]> {
+    let Some(split) = stored.len().checked_sub(CHECKSUM_LEN) else { return Err(damaged(id, path, "too short")) };
+    let (encoded, checksum) = stored.split_at(split);
     if crc32fast::hash(encoded).to_le_bytes() != checksum {
-        return Err(damaged("its checksum does not match"));
+        return Err(damaged(id, path, "its checksum does not match"));
     }
-    let wire: WireChange = decode(encoded).map_err(|error| damaged(&format!("it cannot be decoded: {error}")))?;
+    Ok(encoded)
+}
+
+/// Checks a stored change's checksum, decodes it and checks that it is the change `id` that
+/// its record states.
+pub(crate) fn decode_stored(stored: &[u8], id: ChangeId, path: &Path) -> anyhow::Result<Change> {
+    let encoded = verified(stored, id, path)?;
+    let wire: WireChange = decode(encoded).map_err(|error| damaged(id, path, &format!("it cannot be decoded: {error}")))?;
+    if wire.change.id != id {
+        return Err(damaged(id, path, &format!("it holds change {}", wire.change.id)));
+    }
     Ok(wire.change)
 }
 
@@ -114,8 +130,7 @@ pub fn store_owner(data_dir: &Path) -> Option<ServerId> {
 fn prepare(database: &Database, path: &Path, server: ServerId) -> anyhow::Result<()> {
     let shown = path.display();
     let transaction = database.begin_write().with_context(|| format!("failed to write to {shown}"))?;
-    {
-        let mut changes = transaction.open_table(CHANGES).with_context(|| format!("failed to open the changes table in {shown}"))?;
+    let older_format = {
         let mut meta = transaction.open_table(META).with_context(|| format!("failed to open the meta table in {shown}"))?;
         let read = |meta: &redb::Table<&str, u64>, key: &str| -> anyhow::Result<Option<u64>> {
             Ok(meta.get(key).with_context(|| format!("failed to read {key} in {shown}"))?.map(|value| value.value()))
@@ -131,41 +146,109 @@ fn prepare(database: &Database, path: &Path, server: ServerId) -> anyhow::Result
             }
         }
         match read(&meta, META_FORMAT)? {
-            Some(FORMAT) => {}
-            Some(newer) => anyhow::bail!(
+            Some(FORMAT) => None,
+            Some(newer) if newer > FORMAT => anyhow::bail!(
                 "the change store {shown} has format {newer}, which this program (format {FORMAT}) cannot read; \
                  run a newer data server"
             ),
-            None => {
-                add_checksums(&mut changes).with_context(|| format!("failed to convert {shown} to format {FORMAT}"))?;
+            // A store without a format is new, or of format 1 when it has a changes table.
+            None if !legacy::has_changes_table(&transaction).with_context(|| format!("failed to list the tables of {shown}"))? => {
                 meta.insert(META_FORMAT, FORMAT).with_context(|| format!("failed to write to {shown}"))?;
+                None
             }
+            None => Some(1),
+            Some(older) => Some(older),
         }
+    };
+    if older_format.is_none() {
+        transaction.open_table(SEGMENTS).with_context(|| format!("failed to open the segments table in {shown}"))?;
+        transaction.open_table(RUNS).with_context(|| format!("failed to open the runs table in {shown}"))?;
     }
-    transaction.commit().with_context(|| format!("failed to commit to {shown}"))
-}
-
-/// Appends a checksum to every change of a format 1 store.
-fn add_checksums(changes: &mut redb::Table<(u32, u64), &[u8]>) -> anyhow::Result<()> {
-    let mut converted = Vec::new();
-    for entry in changes.iter()? {
-        let (key, value) = entry?;
-        let mut bytes = value.value().to_vec();
-        bytes.extend_from_slice(&crc32fast::hash(&bytes).to_le_bytes());
-        converted.push((key.value(), bytes));
-    }
-    if !converted.is_empty() {
-        tracing::info!(changes = converted.len(), "adding checksums to the changes of a format 1 store");
-    }
-    for (key, bytes) in converted {
-        changes.insert(key, bytes.as_slice())?;
+    transaction.commit().with_context(|| format!("failed to commit to {shown}"))?;
+    if let Some(format) = older_format {
+        legacy::convert(database, path, format).with_context(|| format!("failed to convert {shown} to format {FORMAT}"))?;
     }
     Ok(())
 }
 
+/// Returns the feed position after the last stored change: 1 for an empty store.
+fn next_position(segments: &impl ReadableTable<u64, &'static [u8]>, path: &Path) -> anyhow::Result<u64> {
+    let Some((first, segment)) = segments.last()? else { return Ok(1) };
+    let first = first.value();
+    Ok(first + segment::count(segment.value(), first, path)?)
+}
+
+/// The tables that a commit writes.
+pub(crate) struct WriteTables<'transaction> {
+    segments: redb::Table<'transaction, u64, &'static [u8]>,
+    runs: redb::Table<'transaction, (u32, u64), (u64, u64)>,
+}
+
+impl<'transaction> WriteTables<'transaction> {
+    pub fn open(transaction: &'transaction redb::WriteTransaction) -> anyhow::Result<Self> {
+        Ok(WriteTables {
+            segments: transaction.open_table(SEGMENTS).context("failed to open the segments table")?,
+            runs: transaction.open_table(RUNS).context("failed to open the runs table")?,
+        })
+    }
+}
+
+/// Collects changes at feed positions into segments, and writes a segment with its runs once
+/// it is full, when the next change's position does not follow, and at the end.
+pub(crate) struct SegmentWriter {
+    /// The feed position of the segment's first change.
+    start: u64,
+    /// The feed position that the next change of this segment would get.
+    next: u64,
+    value: Vec<u8>,
+    ids: Vec<ChangeId>,
+}
+
+impl SegmentWriter {
+    pub fn new() -> Self {
+        SegmentWriter { start: 0, next: 0, value: Vec::new(), ids: Vec::new() }
+    }
+
+    /// Adds the change `id`, stored as `stored`, at feed position `position`.
+    pub fn add(&mut self, tables: &mut WriteTables, position: u64, id: ChangeId, stored: &[u8]) -> anyhow::Result<()> {
+        let full = self.value.len() + segment::entry_len(stored.len()) > MAX_SEGMENT_BYTES;
+        if !self.value.is_empty() && (full || position != self.next) {
+            self.flush(tables)?;
+        }
+        if self.value.is_empty() {
+            self.start = position;
+        }
+        segment::push(&mut self.value, id, stored);
+        self.ids.push(id);
+        self.next = position + 1;
+        Ok(())
+    }
+
+    /// Writes the segment being collected, if any.
+    pub fn flush(&mut self, tables: &mut WriteTables) -> anyhow::Result<()> {
+        if self.value.is_empty() {
+            return Ok(());
+        }
+        let start = self.start;
+        tables
+            .segments
+            .insert(start, self.value.as_slice())
+            .with_context(|| format!("failed to store the segment at feed position {start}"))?;
+        for Run { origin, first_seq, last_seq } in segment::runs(self.ids.drain(..)) {
+            tables
+                .runs
+                .insert((origin, first_seq), (start, last_seq))
+                .with_context(|| format!("failed to index changes {origin}-{first_seq} to {origin}-{last_seq}"))?;
+        }
+        self.value.clear();
+        Ok(())
+    }
+}
+
 impl Store {
     /// Opens `forum.redb` in `data_dir` for server `server`, creating the directory and the
-    /// file when missing. Fails when the store belongs to another server id, or is damaged.
+    /// file when missing, and converting a store of an older format. Fails when the store
+    /// belongs to another server id, or is damaged.
     pub fn open(data_dir: &Path, server: ServerId) -> anyhow::Result<Store> {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("failed to create the data directory {}", data_dir.display()))?;
@@ -180,11 +263,16 @@ impl Store {
                 .context(format!("failed to open the change store {}; if it is damaged, {RECOVERY}", path.display())),
         })?;
         prepare(&database, &path, server)?;
-        let last_position = feed::open(&database).with_context(|| format!("failed to open the feed in {}", path.display()))?;
+        let shown = path.display();
+        let transaction = database.begin_read().with_context(|| format!("failed to read {shown}"))?;
+        let segments = transaction.open_table(SEGMENTS).with_context(|| format!("failed to open the segments table in {shown}"))?;
+        let next_position = next_position(&segments, &path).with_context(|| format!("failed to read the newest segment in {shown}"))?;
+        drop(segments);
+        drop(transaction);
         Ok(Store {
             database,
             path,
-            next_position: AtomicU64::new(last_position + 1),
+            next_position: AtomicU64::new(next_position),
             #[cfg(test)]
             failing_appends: std::sync::atomic::AtomicU32::new(0),
         })
@@ -201,7 +289,7 @@ impl Store {
         &self.path
     }
 
-    /// Reads every stored change, ordered by (origin, seq).
+    /// Reads every stored change, in feed order.
     #[cfg(test)]
     pub fn load(&self) -> anyhow::Result<Vec<Change>> {
         let mut changes = Vec::new();
@@ -209,16 +297,18 @@ impl Store {
         Ok(changes)
     }
 
-    /// Hands every stored change to `apply`, ordered by (origin, seq), one at a time, so a
-    /// replay never keeps the whole store in memory.
+    /// Hands every stored change to `apply` in feed order, the order in which this server
+    /// applied them, one at a time, so a replay never keeps the whole store in memory.
     pub fn replay(&self, mut apply: impl FnMut(Change)) -> anyhow::Result<()> {
         let path = self.path.display();
         let transaction = self.database.begin_read().with_context(|| format!("failed to read {path}"))?;
-        let table = transaction.open_table(CHANGES).with_context(|| format!("failed to open the changes table in {path}"))?;
-        for entry in table.iter().with_context(|| format!("failed to read the changes table in {path}"))? {
-            let (key, value) = entry.with_context(|| format!("failed to read a change from {path}"))?;
-            let (origin, seq) = key.value();
-            apply(decode_stored(value.value(), origin, seq, &self.path)?);
+        let segments = transaction.open_table(SEGMENTS).with_context(|| format!("failed to open the segments table in {path}"))?;
+        for record in segments.iter().with_context(|| format!("failed to read the segments table in {path}"))? {
+            let (first, value) = record.with_context(|| format!("failed to read a segment from {path}"))?;
+            for entry in Entries::new(value.value(), first.value(), &self.path) {
+                let entry = entry?;
+                apply(decode_stored(entry.stored, entry.id, &self.path)?);
+            }
         }
         Ok(())
     }
@@ -229,25 +319,68 @@ impl Store {
     pub fn changes_after(&self, origin: ServerId, after_seq: u64, limit: usize, max_bytes: usize) -> anyhow::Result<Vec<Change>> {
         let path = self.path.display();
         let transaction = self.database.begin_read().with_context(|| format!("failed to read {path}"))?;
-        let table = transaction.open_table(CHANGES).with_context(|| format!("failed to open the changes table in {path}"))?;
-        let range = table
-            .range((origin, after_seq.saturating_add(1))..=(origin, u64::MAX))
-            .with_context(|| format!("failed to read the changes table in {path}"))?;
+        let runs = transaction.open_table(RUNS).with_context(|| format!("failed to open the runs table in {path}"))?;
+        let segments = transaction.open_table(SEGMENTS).with_context(|| format!("failed to open the segments table in {path}"))?;
+        let Some(first_wanted) = after_seq.checked_add(1) else { return Ok(Vec::new()) };
+
+        // The run that contains `first_wanted`, if any, starts at or before it.
+        let holding = runs
+            .range(..=(origin, first_wanted))
+            .with_context(|| format!("failed to read the runs table in {path}"))?
+            .next_back()
+            .transpose()
+            .with_context(|| format!("failed to read a run from {path}"))?
+            .map(|(key, value)| (key.value(), value.value()))
+            .filter(|&((run_origin, _), (_, last_seq))| run_origin == origin && last_seq >= first_wanted);
+        let start = holding.map_or(first_wanted, |((_, first_seq), _)| first_seq);
+
         let mut changes = Vec::new();
         let mut bytes = 0;
-        for entry in range {
+        for run in runs.range((origin, start)..=(origin, u64::MAX)).with_context(|| format!("failed to read the runs table in {path}"))? {
             if changes.len() >= limit || (bytes >= max_bytes && !changes.is_empty()) {
                 break;
             }
-            let (key, value) = entry.with_context(|| format!("failed to read a change from {path}"))?;
-            let (origin, seq) = key.value();
-            bytes += value.value().len();
-            changes.push(decode_stored(value.value(), origin, seq, &self.path)?);
+            let (key, value) = run.with_context(|| format!("failed to read a run from {path}"))?;
+            let ((_, first_seq), (position, last_seq)) = (key.value(), value.value());
+            let segment = segments
+                .get(position)
+                .with_context(|| format!("failed to read the segment at feed position {position} from {path}"))?
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "the index of {path} names changes {origin}-{first_seq} to {origin}-{last_seq} at feed position \
+                         {position}, which is not stored; {RECOVERY}"
+                    )
+                })?;
+
+            // A run's changes are in feed order in their segment, which is not always their
+            // sequence order.
+            let mut found = Vec::new();
+            for entry in Entries::new(segment.value(), position, &self.path) {
+                let entry = entry?;
+                if entry.id.origin == origin && (first_seq..=last_seq).contains(&entry.id.seq) {
+                    found.push((entry.id, entry.stored));
+                }
+            }
+            if found.len() as u64 != last_seq - first_seq + 1 {
+                anyhow::bail!(
+                    "the index of {path} names changes {origin}-{first_seq} to {origin}-{last_seq} at feed position \
+                     {position}, but that segment holds {} of them; {RECOVERY}",
+                    found.len()
+                );
+            }
+            found.sort_unstable_by_key(|(id, _)| id.seq);
+            for &(id, stored) in found.iter().filter(|(id, _)| id.seq >= first_wanted) {
+                if changes.len() >= limit || (bytes >= max_bytes && !changes.is_empty()) {
+                    break;
+                }
+                bytes += stored.len();
+                changes.push(decode_stored(stored, id, &self.path)?);
+            }
         }
         Ok(changes)
     }
 
-    /// Stores changes in one write transaction, with their feed positions, and returns once
+    /// Stores changes in one write transaction, at the next feed positions, and returns once
     /// it is committed to disk. Returns the feed position of the first change; the others
     /// follow it in order. Only the actor calls it, so appends never overlap.
     pub fn append(&self, changes: &[EncodedChange]) -> anyhow::Result<u64> {
@@ -259,16 +392,15 @@ impl Store {
         let first_position = self.next_position.load(Ordering::Acquire);
         let transaction = self.database.begin_write().with_context(|| format!("failed to write to {path}"))?;
         {
-            let mut table =
-                transaction.open_table(CHANGES).with_context(|| format!("failed to open the changes table in {path}"))?;
-            for change in changes {
-                table
-                    .insert((change.id.origin, change.id.seq), change.bytes.as_ref())
+            let mut tables = WriteTables::open(&transaction).with_context(|| format!("failed to write to {path}"))?;
+            let mut writer = SegmentWriter::new();
+            for (position, change) in (first_position..).zip(changes) {
+                writer
+                    .add(&mut tables, position, change.id, &change.bytes)
                     .with_context(|| format!("failed to store change {} in {path}", change.id))?;
             }
+            writer.flush(&mut tables).with_context(|| format!("failed to write to {path}"))?;
         }
-        let ids = changes.iter().map(|change| change.id);
-        feed::record(&transaction, first_position, ids).with_context(|| format!("failed to write the feed in {path}"))?;
         transaction.commit().with_context(|| format!("failed to commit {} changes to {path}", changes.len()))?;
         self.next_position.store(first_position + changes.len() as u64, Ordering::Release);
         Ok(first_position)
@@ -279,14 +411,40 @@ impl Store {
 mod tests {
     use super::*;
     use forum_protocol::ChangeKind;
+    use redb::TableHandle;
+
+    fn presence_of(origin: ServerId, seq: u64) -> Change {
+        let kind = ChangeKind::PresenceChanged { user: "ana".into(), webserver: "w1".into(), online: seq % 2 == 1 };
+        Change { id: ChangeId::new(origin, seq), lamport: seq, time: 0, kind, key: None }
+    }
 
     fn presence(seq: u64) -> Change {
-        let kind = ChangeKind::PresenceChanged { user: "ana".into(), webserver: "w1".into(), online: seq % 2 == 1 };
-        Change { id: ChangeId::new(3, seq), lamport: seq, time: 0, kind, key: None }
+        presence_of(3, seq)
     }
 
     fn encoded(changes: &[Change]) -> Vec<EncodedChange> {
         changes.iter().map(EncodedChange::new).collect()
+    }
+
+    fn seqs(changes: Vec<Change>) -> Vec<u64> {
+        changes.into_iter().map(|change| change.id.seq).collect()
+    }
+
+    /// Rebuilds the segment stored at feed position `first`, with `replace` choosing the
+    /// stored bytes of each entry.
+    fn rewrite_segment(store: &Store, first: u64, replace: impl Fn(ChangeId, &[u8]) -> Vec<u8>) {
+        let transaction = store.database.begin_write().unwrap();
+        {
+            let mut segments = transaction.open_table(SEGMENTS).unwrap();
+            let old = segments.get(first).unwrap().unwrap().value().to_vec();
+            let mut new = Vec::new();
+            for entry in Entries::new(&old, first, &store.path) {
+                let entry = entry.unwrap();
+                segment::push(&mut new, entry.id, &replace(entry.id, entry.stored));
+            }
+            segments.insert(first, new.as_slice()).unwrap();
+        }
+        transaction.commit().unwrap();
     }
 
     #[test]
@@ -298,38 +456,118 @@ mod tests {
         drop(store);
 
         let store = Store::open(directory.path(), 3).unwrap();
-        assert_eq!(store.load().unwrap(), vec![presence(1), presence(2)]);
+        assert_eq!(store.load().unwrap(), vec![presence(2), presence(1)], "a replay keeps the feed order");
     }
 
     #[test]
     fn changes_after_reads_one_origin_in_order() {
         let directory = tempfile::tempdir().unwrap();
         let store = Store::open(directory.path(), 3).unwrap();
-        let mut other = presence(1);
-        other.id = ChangeId::new(4, 1);
-        store.append(&encoded(&[presence(3), presence(1), presence(2), presence(4), other])).unwrap();
+        store.append(&encoded(&[presence(3), presence(1), presence(2), presence(4), presence_of(4, 1)])).unwrap();
 
-        let ids = |changes: Vec<Change>| changes.into_iter().map(|change| change.id.seq).collect::<Vec<_>>();
-        assert_eq!(ids(store.changes_after(3, 1, 2, usize::MAX).unwrap()), [2, 3]);
-        assert_eq!(ids(store.changes_after(3, 0, 100, 1).unwrap()), [1], "the byte limit still returns one change");
+        assert_eq!(seqs(store.changes_after(3, 1, 2, usize::MAX).unwrap()), [2, 3]);
+        assert_eq!(seqs(store.changes_after(3, 0, 100, 1).unwrap()), [1], "the byte limit still returns one change");
         assert!(store.changes_after(3, 4, 100, usize::MAX).unwrap().is_empty());
         assert!(store.changes_after(9, 0, 100, usize::MAX).unwrap().is_empty());
+        assert_eq!(seqs(store.changes_after(4, 0, 100, usize::MAX).unwrap()), [1]);
+        assert!(store.changes_after(3, u64::MAX, 100, usize::MAX).unwrap().is_empty());
+    }
+
+    #[test]
+    fn changes_after_spans_segments_out_of_order() {
+        let directory = tempfile::tempdir().unwrap();
+        let store = Store::open(directory.path(), 3).unwrap();
+        // Changes of one origin can arrive after a gap: 5 first, then 3 and 4 with another
+        // origin between them, then 1, 2 and 6.
+        store.append(&encoded(&[presence(5)])).unwrap();
+        store.append(&encoded(&[presence(4), presence_of(4, 1), presence(3)])).unwrap();
+        store.append(&encoded(&[presence(6), presence(1), presence(2), presence(8)])).unwrap();
+
+        assert_eq!(seqs(store.changes_after(3, 0, 100, usize::MAX).unwrap()), [1, 2, 3, 4, 5, 6, 8]);
+        assert_eq!(seqs(store.changes_after(3, 3, 100, usize::MAX).unwrap()), [4, 5, 6, 8]);
+        assert_eq!(seqs(store.changes_after(3, 2, 2, usize::MAX).unwrap()), [3, 4]);
+        assert_eq!(seqs(store.changes_after(3, 6, 100, usize::MAX).unwrap()), [8], "the missing 7 is skipped");
+        assert_eq!(seqs(store.changes_after(4, 0, 100, usize::MAX).unwrap()), [1]);
+
+        drop(store);
+        let store = Store::open(directory.path(), 3).unwrap();
+        assert_eq!(seqs(store.load().unwrap()), [5, 4, 1, 3, 6, 1, 2, 8], "a replay keeps the feed order");
+    }
+
+    #[test]
+    fn large_commit_splits_into_segments() {
+        let directory = tempfile::tempdir().unwrap();
+        let store = Store::open(directory.path(), 3).unwrap();
+        let first: Vec<Change> = (1..=2000).map(presence).collect();
+        let stored_bytes: usize = encoded(&first).iter().map(|change| segment::entry_len(change.bytes.len())).sum();
+        assert!(stored_bytes > 2 * MAX_SEGMENT_BYTES, "the test needs at least three segments");
+        assert_eq!(store.append(&encoded(&first)).unwrap(), 1);
+        assert_eq!(store.append(&encoded(&[presence(2001)])).unwrap(), 2001);
+        drop(store);
+
+        let store = Store::open(directory.path(), 3).unwrap();
+        assert_eq!(store.append(&encoded(&[presence(2002)])).unwrap(), 2002, "the next position survives a reopen");
+        let transaction = store.database.begin_read().unwrap();
+        let segment_count = transaction.open_table(SEGMENTS).unwrap().iter().unwrap().count();
+        assert!(segment_count >= 5, "{segment_count} segments");
+        drop(transaction);
+
+        assert_eq!(seqs(store.load().unwrap()), (1..=2002).collect::<Vec<_>>());
+        assert_eq!(seqs(store.changes_after(3, 1234, 1000, usize::MAX).unwrap()), (1235..=2002).collect::<Vec<_>>());
+        let (entries, last) = store.feed_after(1500, 600).unwrap();
+        assert_eq!(last, 2002);
+        let positions: Vec<u64> = entries.iter().map(|entry| entry.position).collect();
+        assert_eq!(positions, (1501..=2002).collect::<Vec<_>>());
+        let sizes: Vec<usize> = [0, 999, 1000, 2001, 2002].iter().map(|&after| store.feed_after(after, 1).unwrap().0.len()).collect();
+        assert_eq!(sizes, [1, 1, 1, 1, 0]);
     }
 
     #[test]
     fn damaged_record_fails_whole_load() {
         let directory = tempfile::tempdir().unwrap();
         let store = Store::open(directory.path(), 3).unwrap();
-        store.append(&encoded(&[presence(1), presence(3)])).unwrap();
-        let transaction = store.database.begin_write().unwrap();
-        transaction.open_table(CHANGES).unwrap().insert((3, 2), b"\xc1 not messagepack".as_slice()).unwrap();
-        transaction.commit().unwrap();
+        store.append(&encoded(&[presence(1), presence(2), presence(3)])).unwrap();
+        rewrite_segment(&store, 1, |id, stored| if id.seq == 2 { b"\xc1 not messagepack".to_vec() } else { stored.to_vec() });
         drop(store);
 
         let store = Store::open(directory.path(), 3).unwrap();
         let message = format!("{:#}", store.load().expect_err("a damaged record fails the load"));
         assert!(message.contains("3-2"), "{message}");
         assert!(message.contains(&directory.path().join(STORE_FILE).display().to_string()), "{message}");
+    }
+
+    #[test]
+    fn wrong_change_in_record_is_detected() {
+        let directory = tempfile::tempdir().unwrap();
+        let store = Store::open(directory.path(), 3).unwrap();
+        store.append(&encoded(&[presence(1), presence(2)])).unwrap();
+        let first = EncodedChange::new(&presence(1));
+        rewrite_segment(&store, 1, |_, _| first.bytes.to_vec());
+
+        let message = format!("{:#}", store.load().expect_err("a record holding another change fails the load"));
+        assert!(message.contains("3-2"), "{message}");
+        assert!(message.contains("holds change 3-1"), "{message}");
+    }
+
+    #[test]
+    fn cut_segment_is_detected() {
+        let directory = tempfile::tempdir().unwrap();
+        let store = Store::open(directory.path(), 3).unwrap();
+        store.append(&encoded(&[presence(1), presence(2)])).unwrap();
+        let transaction = store.database.begin_write().unwrap();
+        {
+            let mut segments = transaction.open_table(SEGMENTS).unwrap();
+            let mut value = segments.get(1).unwrap().unwrap().value().to_vec();
+            value.truncate(value.len() - 10);
+            segments.insert(1, value.as_slice()).unwrap();
+        }
+        transaction.commit().unwrap();
+
+        let message = format!("{:#}", store.load().expect_err("a cut segment fails the load"));
+        assert!(message.contains("feed position 2"), "{message}");
+        assert!(message.contains(&directory.path().join(STORE_FILE).display().to_string()), "{message}");
+        let message = format!("{:#}", store.changes_after(3, 0, 10, usize::MAX).expect_err("and a fetch"));
+        assert!(message.contains("feed position 2"), "{message}");
     }
 
     #[test]
@@ -346,6 +584,7 @@ mod tests {
         let read: Vec<(u64, u64)> = entries.iter().map(|entry| (entry.position, entry.change.id.seq)).collect();
         assert_eq!(read, [(2, 1), (3, 3)], "positions follow the order of storing, not of ids");
         assert_eq!(store.feed_after(0, 1).unwrap().0.len(), 1, "the limit is kept");
+        assert!(store.feed_after(3, 10).unwrap().0.is_empty());
     }
 
     #[test]
@@ -353,16 +592,15 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let store = Store::open(directory.path(), 3).unwrap();
         store.append(&encoded(&[presence(1), presence(2)])).unwrap();
-        let transaction = store.database.begin_write().unwrap();
-        {
-            let mut table = transaction.open_table(CHANGES).unwrap();
-            let mut value = table.get((3, 2)).unwrap().unwrap().value().to_vec();
-            // The user name "ana" becomes "anb": still a valid change, with the wrong content.
-            let at = value.windows(3).position(|window| window == b"ana").unwrap();
-            value[at + 2] = b'b';
-            table.insert((3, 2), value.as_slice()).unwrap();
-        }
-        transaction.commit().unwrap();
+        rewrite_segment(&store, 1, |id, stored| {
+            let mut stored = stored.to_vec();
+            if id.seq == 2 {
+                // The user name "ana" becomes "anb": still a valid change, with the wrong content.
+                let at = stored.windows(3).position(|window| window == b"ana").unwrap();
+                stored[at + 2] = b'b';
+            }
+            stored
+        });
         drop(store);
 
         let store = Store::open(directory.path(), 3).unwrap();
@@ -371,6 +609,8 @@ mod tests {
         assert!(message.contains("checksum"), "{message}");
         assert!(message.contains(&directory.path().join(STORE_FILE).display().to_string()), "{message}");
         let message = format!("{:#}", store.changes_after(3, 0, 10, usize::MAX).expect_err("and a fetch"));
+        assert!(message.contains("3-2"), "{message}");
+        let message = format!("{:#}", store.feed_after(0, 10).expect_err("and a feed read"));
         assert!(message.contains("3-2"), "{message}");
     }
 
@@ -384,16 +624,26 @@ mod tests {
         assert!(message.contains("belongs to server id 3, not 4"), "{message}");
     }
 
+    /// Reads the format recorded in the store at `path` and the names of its tables.
+    fn format_and_tables(path: &Path) -> (Option<u64>, Vec<String>) {
+        let database = Database::open(path).unwrap();
+        let transaction = database.begin_read().unwrap();
+        let format = transaction.open_table(META).unwrap().get(META_FORMAT).unwrap().map(|value| value.value());
+        let mut tables: Vec<String> = transaction.list_tables().unwrap().map(|table| table.name().to_owned()).collect();
+        tables.sort();
+        (format, tables)
+    }
+
     #[test]
-    fn format_1_store_gets_checksums() {
+    fn format_1_store_is_converted() {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join(STORE_FILE);
         {
             let database = Database::create(&path).unwrap();
             let transaction = database.begin_write().unwrap();
             {
-                let mut table = transaction.open_table(CHANGES).unwrap();
-                for change in [presence(1), presence(2)] {
+                let mut table = transaction.open_table(legacy::CHANGES).unwrap();
+                for change in [presence(2), presence(1)] {
                     let bytes = encode_change(&change);
                     table.insert((change.id.origin, change.id.seq), bytes.as_slice()).unwrap();
                 }
@@ -401,10 +651,92 @@ mod tests {
             transaction.commit().unwrap();
         }
         let store = Store::open(directory.path(), 3).unwrap();
-        assert_eq!(store.load().unwrap(), vec![presence(1), presence(2)]);
+        assert_eq!(store.load().unwrap(), vec![presence(1), presence(2)], "without a feed, positions follow the ids");
         drop(store);
+        assert_eq!(format_and_tables(&path), (Some(FORMAT), vec!["meta".into(), "runs".into(), "segments".into()]));
+
         let store = Store::open(directory.path(), 3).unwrap();
         assert_eq!(store.load().unwrap(), vec![presence(1), presence(2)], "converted once, read again");
+        assert_eq!(store.append(&encoded(&[presence(3)])).unwrap(), 3);
+    }
+
+    /// Writes a format 2 store, as the previous data server did: `changes` at feed positions
+    /// 1, 2, 3... in the given order, and optionally a segments table left by a conversion
+    /// that stopped midway.
+    fn write_format_2_store(path: &Path, changes: &[Change], unfinished_conversion: bool) {
+        let database = Database::create(path).unwrap();
+        let transaction = database.begin_write().unwrap();
+        {
+            let mut table = transaction.open_table(legacy::CHANGES).unwrap();
+            let mut feed = transaction.open_table(legacy::FEED).unwrap();
+            for (position, change) in (1..).zip(changes) {
+                let stored = EncodedChange::new(change);
+                table.insert((change.id.origin, change.id.seq), stored.bytes.as_ref()).unwrap();
+                feed.insert(position, (change.id.origin, change.id.seq)).unwrap();
+            }
+            let mut meta = transaction.open_table(META).unwrap();
+            meta.insert(META_FORMAT, 2).unwrap();
+            meta.insert(META_SERVER_ID, 3).unwrap();
+            if unfinished_conversion {
+                transaction.open_table(SEGMENTS).unwrap().insert(1, b"partial".as_slice()).unwrap();
+                transaction.open_table(RUNS).unwrap().insert((3, 1), (1, 1)).unwrap();
+            }
+        }
+        transaction.commit().unwrap();
+    }
+
+    #[test]
+    fn format_2_store_is_converted() {
+        for unfinished_conversion in [false, true] {
+            let directory = tempfile::tempdir().unwrap();
+            let path = directory.path().join(STORE_FILE);
+            let mut changes: Vec<Change> = (1..=1500).map(presence).collect();
+            changes.swap(0, 10);
+            changes.insert(5, presence_of(4, 1));
+            write_format_2_store(&path, &changes, unfinished_conversion);
+            assert_eq!(store_owner(directory.path()), Some(3));
+
+            let store = Store::open(directory.path(), 3).unwrap();
+            assert_eq!(store.load().unwrap(), changes, "the feed order is kept ({unfinished_conversion})");
+            let (entries, last) = store.feed_after(5, 2).unwrap();
+            assert_eq!(last, 1501);
+            let read: Vec<(u64, ChangeId)> = entries.iter().map(|entry| (entry.position, entry.change.id)).collect();
+            assert_eq!(read, [(6, ChangeId::new(4, 1)), (7, ChangeId::new(3, 6))]);
+            assert_eq!(seqs(store.changes_after(3, 0, 12, usize::MAX).unwrap()), (1..=12).collect::<Vec<_>>());
+            assert_eq!(seqs(store.changes_after(4, 0, 12, usize::MAX).unwrap()), [1]);
+            assert_eq!(store.append(&encoded(&[presence(1501)])).unwrap(), 1502);
+            drop(store);
+            assert_eq!(format_and_tables(&path), (Some(FORMAT), vec!["meta".into(), "runs".into(), "segments".into()]));
+
+            let store = Store::open(directory.path(), 3).unwrap();
+            assert_eq!(store.load().unwrap().len(), 1502, "converted once, read again");
+        }
+    }
+
+    #[test]
+    fn damaged_format_2_change_stops_conversion() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join(STORE_FILE);
+        write_format_2_store(&path, &[presence(1), presence(2)], false);
+        {
+            let database = Database::open(&path).unwrap();
+            let transaction = database.begin_write().unwrap();
+            transaction.open_table(legacy::CHANGES).unwrap().insert((3, 2), b"\xc1 not messagepack".as_slice()).unwrap();
+            transaction.commit().unwrap();
+        }
+
+        let message = format!("{:#}", Store::open(directory.path(), 3).err().expect("a damaged change stops the conversion"));
+        assert!(message.contains("3-2"), "{message}");
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert_eq!(format_and_tables(&path).0, Some(2), "the store keeps its old format");
+    }
+
+    #[test]
+    fn new_store_has_current_format() {
+        let directory = tempfile::tempdir().unwrap();
+        drop(Store::open(directory.path(), 3).unwrap());
+        let path = directory.path().join(STORE_FILE);
+        assert_eq!(format_and_tables(&path), (Some(FORMAT), vec!["meta".into(), "runs".into(), "segments".into()]));
     }
 
     #[test]
