@@ -73,6 +73,9 @@ struct Post {
 struct SubjectEntry {
     subject: Subject,
     key: OrderKey,
+    /// The title as [`fold`] makes it, the key of `titles`, kept so that looking up a
+    /// subject for each post allocates nothing.
+    folded_title: String,
 }
 
 /// Users, subjects, messages and presence, plus the bookkeeping that makes applying idempotent.
@@ -213,8 +216,9 @@ impl ForumState {
                 entries.insert(position, entry);
             }
             ChangeKind::SubjectCreated { subject } => {
-                self.subjects.insert(subject.id, SubjectEntry { subject: subject.clone(), key });
-                self.titles.entry(fold(&subject.title)).or_default().insert(key, subject.id);
+                let folded_title = fold(&subject.title);
+                self.titles.entry(folded_title.clone()).or_default().insert(key, subject.id);
+                self.subjects.insert(subject.id, SubjectEntry { subject: subject.clone(), key, folded_title });
             }
             ChangeKind::MessagePosted { message } => {
                 // NOTE: a message's id and Lamport time are those of its change (the origin
@@ -400,7 +404,7 @@ impl ForumState {
         let Some(entry) = self.subjects.get(&id) else {
             return Err(error(ErrorCode::UnknownSubject, format!("no subject has id {id}")));
         };
-        let winner = self.titles.get(&fold(&entry.subject.title)).and_then(|subjects| subjects.values().next());
+        let winner = self.titles.get(&entry.folded_title).and_then(|subjects| subjects.values().next());
         Ok(winner.map_or(&entry.subject, |winner| &self.subjects[winner].subject))
     }
 
