@@ -1,5 +1,10 @@
-//! A TCP front for ZeroMQ ports that cuts hostile ZMTP streams before the
-//! `zeromq` crate decodes them.
+//! ZMTP servers that check what their clients send, and a TCP front that does
+//! the same for a zeromq socket.
+//!
+//! [`ZmtpListener`] and [`Publisher`] serve ZMTP themselves: the data server's
+//! request port (a ROUTER) and its PUB port. [`Guard`] relays checked bytes to
+//! a zeromq socket bound on loopback. All three check client bytes with the
+//! same [`ZmtpChecker`] and [`Limits`].
 //!
 //! The `zeromq` crate (0.7) has no limits on what a peer sends. Its frame
 //! decoder reserves the size that a frame header declares, so 73 bytes (a
