@@ -281,7 +281,7 @@ impl Cluster {
     /// Returns the status report of server `index`.
     pub async fn status(&self, index: usize) -> ServerStatus {
         match self.client(index).expect("reading the status", Request::Status).await {
-            Reply::Status(status) => status,
+            Reply::Status(status) => *status,
             other => panic!("expected a status from server {}, got {other:?}", index + 1),
         }
     }

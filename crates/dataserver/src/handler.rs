@@ -130,7 +130,7 @@ impl Handler {
     async fn reply(&self, request_id: u64, key: Option<IdempotencyKey>, request: Request) -> Reply {
         match request {
             Request::Ping => Reply::Pong { server: self.server },
-            Request::Status => Reply::Status(self.status.snapshot()),
+            Request::Status => Reply::Status(Box::new(self.status.snapshot())),
             Request::FetchChanges { origin, after_seq, limit } => Box::pin(self.fetch_changes(request_id, origin, after_seq, limit)).await,
             Request::Register { name, password } => Box::pin(self.register(request_id, key, name, password)).await,
             Request::Login { name, password } => Box::pin(self.login(request_id, name, password)).await,

@@ -111,7 +111,9 @@ pub enum Reply {
     /// A batch of changes of one origin in sequence order. It is empty when the server has none
     /// above the requested sequence number.
     Changes(Vec<Change>),
-    Status(ServerStatus),
+    /// Boxed, because it is far larger than the other replies, and every reply in flight
+    /// would otherwise take its size.
+    Status(Box<ServerStatus>),
     Error(ErrorReply),
     Feed(FeedBatch),
     /// A valid session: its user's name and when it expires, in milliseconds since the Unix epoch.
@@ -154,5 +156,18 @@ impl Reply {
     /// Builds an error reply.
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Reply {
         Reply::Error(ErrorReply { code, message: message.into() })
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// Every request in flight in a data server holds a reply, so a large variant added
+    /// unboxed would make each of them larger. `Message`, the reply to a post, sets the size.
+    #[test]
+    fn replies_stay_small() {
+        let size = std::mem::size_of::<Reply>();
+        assert!(size <= std::mem::size_of::<Message>() + 8, "Reply is {size} bytes; box the large variant");
     }
 }
