@@ -463,3 +463,40 @@ async fn subscriber_round(address: &str, round: u32, server: &mut ServerProcess,
         drop(held);
     }
 }
+
+/// Clients that send a burst of 2-byte requests and never read must not make the request
+/// port buffer much more than its bound of unsent replies.
+///
+/// Each empty request gets a `Malformed` error reply of dozens of bytes. The port read no
+/// more once 256 KiB of replies waited, but it took every request of a read it had already
+/// made. After a request of almost 1 MiB, sent in two parts, the server's read buffer has
+/// room for about a megabyte, so one read holds about 500,000 requests. 8 such clients grew
+/// a data server by about 200 MiB before they were cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_tiny_requests_keep_memory_bounded() {
+    let mut server = ServerProcess::start().await;
+    let baseline = server.rss_kib();
+    let (_, address) = server.ports()[0].clone();
+    let mut large = vec![0x02];
+    large.extend_from_slice(&((1u64 << 20) - 16).to_be_bytes());
+    large.resize(9 + (1 << 20) - 16, b'x');
+    let burst = [0x00u8, 0x00].repeat(4 << 20);
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        // A small receive buffer makes the replies wait in the server rather than in the
+        // kernel.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).expect("shrinking the receive buffer");
+        let mut stream = socket.connect(address.parse().unwrap()).await.expect("connecting to the request port");
+        stream.write_all(&handshake()).await.unwrap();
+        let (first, last) = large.split_at(large.len() - 100);
+        stream.write_all(first).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stream.write_all(last).await.unwrap();
+        // The server stops reading once its replies pile up, so the write may not finish.
+        let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(&burst)).await;
+        held.push(stream);
+    }
+    server.assert_memory_bounded(baseline, "8 clients that never read their replies");
+    server.assert_serves("8 clients that never read their replies").await;
+}

@@ -156,12 +156,15 @@ async fn serve_connection(context: Arc<RequestContext>, connection: Connection) 
     let mut last_read = Instant::now();
     let mut last_written = Instant::now();
 
-    // Requests that arrived together with the handshake are already in the reader.
-    let started = take_events(&context, &client, &mut reader, &mut unsent, |pending| requests.push(answer(&context, pending)));
-    if let Err(end) = started {
-        return end;
-    }
     loop {
+        // The reader may hold requests that arrived with the handshake, or that were left
+        // there because the replies waiting to be written reached MAX_UNSENT_BYTES.
+        if drain_deadline.is_none() {
+            let taken = take_events(&context, &client, &mut reader, &mut unsent, |pending| requests.push(answer(&context, pending)));
+            if let Err(end) = taken {
+                return end;
+            }
+        }
         if drain_deadline.is_some() && requests.is_empty() && unsent.is_empty() {
             return ConnectionEnd::Closed(None);
         }
@@ -196,13 +199,7 @@ async fn serve_connection(context: Arc<RequestContext>, connection: Connection) 
             }
             Wake::Written(Err(error)) => return ConnectionEnd::Closed(Some(error)),
             Wake::Read(Ok(0)) => return ConnectionEnd::Closed(None),
-            Wake::Read(Ok(_)) => {
-                last_read = Instant::now();
-                let taken = take_events(&context, &client, &mut reader, &mut unsent, |pending| requests.push(answer(&context, pending)));
-                if let Err(end) = taken {
-                    return end;
-                }
-            }
+            Wake::Read(Ok(_)) => last_read = Instant::now(),
             Wake::Read(Err(error)) => return error.into(),
             Wake::WriteStalled => return ConnectionEnd::Cut(Rejection::ReadStalled(limits.stalled_read_timeout)),
             Wake::FrameStalled => return ConnectionEnd::Cut(Rejection::FrameStalled(limits.stalled_frame_timeout)),
@@ -215,8 +212,13 @@ async fn serve_connection(context: Arc<RequestContext>, connection: Connection) 
     }
 }
 
-/// Takes every complete message and command in the reader: it writes a PONG for each PING
-/// and the replies that need no handling, and passes the other requests to `push`.
+/// Takes the complete messages and commands in the reader until [`MAX_UNSENT_BYTES`] of
+/// replies wait: it writes a PONG for each PING and the replies that need no handling, and
+/// passes the other requests to `push`. The rest stays in the reader for a later call.
+///
+/// One read can hold a million bytes of 2-byte messages, and the error reply to each is
+/// dozens of bytes, so taking every event of a read would let a client that never reads
+/// make its connection buffer many times MAX_UNSENT_BYTES.
 fn take_events(
     context: &RequestContext,
     client: &Bytes,
@@ -224,7 +226,8 @@ fn take_events(
     unsent: &mut BytesMut,
     mut push: impl FnMut(Pending),
 ) -> Result<(), ConnectionEnd> {
-    while let Some(event) = reader.next_event().map_err(|error| ConnectionEnd::Cut(error.into()))? {
+    while unsent.len() < MAX_UNSENT_BYTES {
+        let Some(event) = reader.next_event().map_err(|error| ConnectionEnd::Cut(error.into()))? else { break };
         match event {
             Event::Message(frames) => {
                 if let Some(pending) = accept_request(context, client, frames, unsent) {

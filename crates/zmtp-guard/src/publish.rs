@@ -87,7 +87,9 @@ impl Shared {
         let mut subscribers = self.subscribers();
         let Some(subscriber) = subscribers.iter_mut().find(|subscriber| subscriber.id == id) else { return };
         if subscribe {
-            subscriber.prefixes.push(prefix);
+            // `prefix` is a slice of the connection's read buffer and would keep all of
+            // that buffer (16 KiB or more) alive, so the list keeps a copy of the prefix.
+            subscriber.prefixes.push(Bytes::copy_from_slice(&prefix));
         } else if let Some(index) = subscriber.prefixes.iter().position(|existing| *existing == prefix) {
             subscriber.prefixes.swap_remove(index);
         }
