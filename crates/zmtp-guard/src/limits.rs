@@ -1,4 +1,4 @@
-//! Limits that the guard enforces on each client connection.
+//! Limits on each client connection of a guard, a ZMTP listener or a publisher.
 
 use std::time::Duration;
 
@@ -11,10 +11,13 @@ use std::time::Duration;
 /// subscription topic is itself kilobytes long.
 pub const MAX_COMMAND_BYTES: u64 = 4096;
 
-/// Limits on each connection that a [`Guard`](crate::Guard) accepts.
+/// Limits on each connection that a [`Guard`](crate::Guard), a
+/// [`ZmtpListener`](crate::ZmtpListener) or a [`Publisher`](crate::Publisher)
+/// accepts.
 ///
-/// The zeromq crate (0.7) reserves the declared size of a frame before reading
-/// it, and keeps every frame of a multipart message until the last arrives.
+/// A zeromq 0.7 socket behind a guard reserves the declared size of a frame
+/// before reading it, and keeps every frame of a multipart message until the
+/// last arrives; the listener's reader keeps the frames of one message too.
 /// So the memory a client can make the server reserve is bounded by
 /// `max_connections` times about `max_message_bytes`, plus a per-frame
 /// overhead of a few dozen bytes times `max_frames_per_message`.
@@ -26,7 +29,7 @@ pub struct Limits {
     pub max_message_bytes: u64,
     /// Maximum number of frames in one message. Default: 1024.
     pub max_frames_per_message: u64,
-    /// Maximum number of client connections relayed at once. Further
+    /// Maximum number of client connections open at once. Further
     /// connections are accepted and closed at once. Default: 4096.
     pub max_connections: usize,
     /// Time from accepting a connection until the client's greeting and READY
@@ -36,13 +39,11 @@ pub struct Limits {
     /// multipart message is incomplete. Between messages a client may stay
     /// quiet for any time. Default: 10 s.
     pub stalled_frame_timeout: Duration,
-    /// Maximum time that relaying server bytes to the client may wait because
-    /// the client reads none of them. Such a wait starts only once the TCP
-    /// buffers towards the client are full. While it lasts, the guard reads
-    /// nothing more from the server for this client, so the zeromq socket
-    /// queues every further message for it. The zeromq crate (0.7) waits
-    /// without a bound when that queue is full, and a ROUTER socket's sender
-    /// then sends to no one else either. Default: 10 s.
+    /// Maximum time that writing to the client may wait because the client
+    /// reads none of our bytes. Such a wait starts only once the TCP buffers
+    /// towards the client are full; then the client is cut. Behind a guard,
+    /// the zeromq socket queues every message for the client meanwhile, and
+    /// zeromq 0.7 waits without a bound when that queue is full. Default: 10 s.
     pub stalled_read_timeout: Duration,
     /// Limits on subscriptions, for a port that fronts a PUB socket; `None`
     /// on other ports. Default: `None`.
@@ -51,10 +52,10 @@ pub struct Limits {
 
 /// Limits on what a subscriber may send to a PUB socket.
 ///
-/// The zeromq crate (0.7) keeps every subscription that a subscriber sends
-/// for as long as the connection lasts, so without these limits one
-/// connection could make the server keep any number of bytes. With them,
-/// one connection stores at most `max_count` times `max_bytes`.
+/// A PUB socket keeps every subscription that a subscriber sends for as
+/// long as the connection lasts, so without these limits one connection
+/// could make the server keep any number of bytes. With them, one connection
+/// stores at most `max_count` times `max_bytes`.
 ///
 /// On such a port the guard counts every message frame (ZMTP 3.0 sends a
 /// subscription as a message whose first byte is 1, a cancel as one whose
