@@ -470,7 +470,7 @@ async fn subscriber_round(address: &str, round: u32, server: &mut ServerProcess,
 /// Each empty request gets a `Malformed` error reply of dozens of bytes. The port read no
 /// more once 256 KiB of replies waited, but it took every request of a read it had already
 /// made. After a request of almost 1 MiB, sent in two parts, the server's read buffer has
-/// room for about a megabyte, so one read holds about 500,000 requests. 8 such clients grew
+/// room for about a megabyte, so one read contains about 500,000 requests. 8 such clients grew
 /// a data server by about 200 MiB before they were cut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unread_tiny_requests_keep_memory_bounded() {

@@ -322,8 +322,8 @@ impl Committer {
             }
         }
 
-        // The vector goes out before the replies, so a client that reads the status after its
-        // acknowledged write sees that write in the vector.
+        // The vector goes out before the replies, so the status that a client reads after its
+        // acknowledged write includes that write in the vector.
         if let Some(vector) = job.vector {
             self.vector.send_replace(vector);
         }

@@ -216,8 +216,8 @@ async fn serve_connection(context: Arc<RequestContext>, connection: Connection) 
 /// replies wait: it writes a PONG for each PING and the replies that need no handling, and
 /// passes the other requests to `push`. The rest stays in the reader for a later call.
 ///
-/// One read can hold a million bytes of 2-byte messages, and the error reply to each is
-/// dozens of bytes, so taking every event of a read would let a client that never reads
+/// One read can contain a million bytes of 2-byte messages, and the error reply to each is
+/// dozens of bytes. Taking every event of a read would so let a client that never reads
 /// make its connection buffer many times MAX_UNSENT_BYTES.
 fn take_events(
     context: &RequestContext,

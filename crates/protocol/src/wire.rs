@@ -163,7 +163,7 @@ impl Reply {
 mod size_tests {
     use super::*;
 
-    /// Every request in flight in a data server holds a reply, so a large variant added
+    /// Every request in flight in a data server contains a reply, so a large variant added
     /// unboxed would make each of them larger. `Message`, the reply to a post, sets the size.
     #[test]
     fn replies_stay_small() {

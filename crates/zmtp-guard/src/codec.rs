@@ -83,7 +83,7 @@ pub enum ReadError {
 
 /// Reads and checks a peer's ZMTP stream and cuts it into greetings, commands and messages.
 ///
-/// The buffer keeps only bytes that the checker accepted. It holds at most one unfinished
+/// The buffer keeps only bytes that the checker accepted. It contains at most one unfinished
 /// frame plus one read, and the frames of one unfinished message are kept as slices, so
 /// the memory per connection is bounded by the [`Limits`] on frames and messages plus
 /// [`READ_CHUNK`].

@@ -17,7 +17,7 @@ pub const MAX_COMMAND_BYTES: u64 = 4096;
 ///
 /// A zeromq 0.7 socket behind a guard reserves the declared size of a frame
 /// before reading it, and keeps every frame of a multipart message until the
-/// last arrives; the listener's reader keeps the frames of one message too.
+/// last arrives. The listener's reader also keeps the frames of one message.
 /// So the memory a client can make the server reserve is bounded by
 /// `max_connections` times about `max_message_bytes`, plus a per-frame
 /// overhead of a few dozen bytes times `max_frames_per_message`.

@@ -2,8 +2,8 @@
 //!
 //! [`Publisher`] serves SUB and XSUB clients on a [`ZmtpListener`], which checks every byte
 //! they send against the [`Limits`] and runs the handshake. The publisher then reads their
-//! subscriptions (ZMTP 3.0 messages and 3.1 SUBSCRIBE and CANCEL commands) and answers
-//! PING. A published message is encoded into ZMTP frames once, and each subscriber whose
+//! subscriptions (ZMTP 3.0 messages and 3.1 SUBSCRIBE and CANCEL commands) and replies
+//! to PING with PONG. A published message is encoded into ZMTP frames once, and each subscriber whose
 //! subscriptions match its first frame gets a shared copy of those bytes.
 //!
 //! Each subscriber has a writer with a queue of [`QUEUE_MESSAGES`] messages, and it writes
@@ -138,8 +138,8 @@ impl Publisher {
     }
 
     /// Queues a message of `frames` for every subscriber with a subscription that is a
-    /// prefix of the first frame, and returns how many got it. It never waits: a
-    /// subscriber whose queue is full misses this message.
+    /// prefix of the first frame, and returns how many got it. It never waits, because it
+    /// only tries to queue: a subscriber whose queue is full misses this message.
     pub fn publish(&self, frames: &[Bytes]) -> usize {
         let Some(topic) = frames.first() else { return 0 };
         let mut encoded = None;

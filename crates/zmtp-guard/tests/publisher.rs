@@ -82,18 +82,19 @@ async fn zeromq_sub_gets_only_its_topics() {
 }
 
 #[tokio::test]
-async fn dealer_is_refused() {
+async fn dealer_is_rejected() {
     let publisher = start().await;
     let mut dealer = DealerSocket::new();
-    // zeromq 0.7 itself may refuse the pair and fail the connect; either way no
-    // subscriber is registered, and when the handshake reaches us the connection is cut.
+    // zeromq 0.7 may reject the DEALER-PUB pair itself and fail the connect. Otherwise the
+    // handshake reaches the publisher, which cuts the connection, so no subscriber is added.
+    // Both ways end with no subscriber.
     let _ = tokio::time::timeout(DEADLINE, dealer.connect(&endpoint(publisher.local_addr()))).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(publisher.subscribers(), 0);
     publisher.shutdown().await;
 }
 
-/// The greeting of a ZMTP 3.0 client with the NULL mechanism.
+/// Returns the greeting of a ZMTP 3.0 client with the NULL mechanism.
 fn client_greeting() -> Vec<u8> {
     let mut greeting = vec![0xFF, 0, 0, 0, 0, 0, 0, 0, 0, 0x7F, 3, 0];
     let mut mechanism = [0u8; 20];
@@ -116,7 +117,7 @@ fn ready(socket_type: &[u8]) -> Vec<u8> {
     command(&body)
 }
 
-/// A raw client that completes the handshake as a SUB and subscribes to everything.
+/// Connects a raw client that completes the handshake as a SUB and subscribes to everything.
 async fn raw_subscriber(publisher: &Publisher) -> TcpStream {
     let mut stream = TcpStream::connect(publisher.local_addr()).await.unwrap();
     let mut bytes = client_greeting();
