@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::data_client::DataClient;
+use common::free_port;
 use forum_dataserver::{Config, DataServer};
 use forum_protocol::{decode, encode, ErrorCode, Reply, Request, WireReply, WireRequest, PROTOCOL_VERSION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -150,10 +151,6 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn address_of(endpoint: &str) -> String {

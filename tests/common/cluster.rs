@@ -18,30 +18,10 @@ use tokio::time::Instant;
 
 use super::data_client::DataClient;
 use super::proxy::Proxy;
-use super::workspace_binary;
+use super::{free_port, workspace_binary};
 
 /// How long a server process may take to answer its first request.
 const START_PATIENCE: Duration = Duration::from_secs(20);
-
-/// Returns a loopback port that was free a moment ago, for a server to bind later.
-///
-/// The ports come from 20000 to 32767, below Linux's default ephemeral range (32768 to
-/// 60999), so that no socket bound to port 0 and no outgoing connection, in this test or
-/// another, takes the port before the server binds it. Each test process starts at a random
-/// point and moves on, so parallel tests do not pick the same port.
-fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    const FIRST: u16 = 20000;
-    const COUNT: u16 = 12768;
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let _ = NEXT.compare_exchange(0, rand::random::<u16>() % COUNT + 1, Ordering::SeqCst, Ordering::SeqCst);
-    loop {
-        let port = FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % COUNT;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
 
 /// Returns the `dataserver` binary to run: the one in `FORUM_DATASERVER_BINARY` when set, such
 /// as a release build for measurements, or else the one built beside the tests.

@@ -458,10 +458,24 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
-/// Returns a TCP port on 127.0.0.1 that was free a moment ago, for servers that run as
-/// separate processes and cannot report an ephemeral port back.
+/// Returns a loopback port that was free a moment ago, for a server to bind later.
+///
+/// The ports come from 20000 to 32767, below Linux's default ephemeral range (32768 to
+/// 60999), so that no socket bound to port 0 and no outgoing connection, in this test or
+/// another, takes the port before the server binds it. Each test process starts at a random
+/// point and moves on, so parallel tests do not pick the same port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port").local_addr().expect("local address").port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 20000;
+    const COUNT: u16 = 12768;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(0, rand::random::<u16>() % COUNT + 1, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let port = FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % COUNT;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A server binary running as a child process; it is killed when dropped.
