@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use forum_protocol::{
-    fold, now_millis, Change, ChangeId, ChangeKind, FeedNote, ErrorCode, ErrorReply, IdempotencyKey, Message, PrivateMessage, Reply,
+    fold, folded, now_millis, Change, ChangeId, ChangeKind, FeedNote, ErrorCode, ErrorReply, IdempotencyKey, Message, PrivateMessage, Reply,
     ServerId, Subject, User, UserStatus, VersionVector,
 };
 
@@ -305,7 +305,7 @@ impl ForumState {
     pub fn prepare(&self, write: Write, id: ChangeId, lamport: u64, time: u64) -> Result<Option<ChangeKind>, ErrorReply> {
         let kind = match write {
             Write::Register { name, password_hash } => {
-                if self.users.get(&fold(&name)).is_some_and(|entries| !entries.is_empty()) {
+                if self.users.get(folded(&name).as_ref()).is_some_and(|entries| !entries.is_empty()) {
                     return Err(error(ErrorCode::NameTaken, format!("the user name {name:?} is taken")));
                 }
                 ChangeKind::UserRegistered { user: User { id, name, time }, password_hash }
@@ -313,7 +313,7 @@ impl ForumState {
             Write::CreateSubject { title, created_by } => {
                 let creator = self.user(&created_by)?;
                 let title = title.trim().to_owned();
-                if let Some(existing) = self.titles.get(&fold(&title)).and_then(|subjects| subjects.values().next()) {
+                if let Some(existing) = self.titles.get(folded(&title).as_ref()).and_then(|subjects| subjects.values().next()) {
                     let message = format!("a subject titled {title:?} already exists with id {existing}");
                     return Err(error(ErrorCode::TitleTaken, message));
                 }
@@ -323,12 +323,12 @@ impl ForumState {
             Write::PostMessage { subject, author, text } => {
                 // A post to a subject that lost its title goes to the winner it merged into.
                 let subject = self.subject(subject)?.id;
-                let author = self.user(&author)?.name.clone();
+                let author = self.stored_name(author)?;
                 ChangeKind::MessagePosted { message: Message { id, subject, author, text, time, lamport } }
             }
             Write::SendPrivate { from, to, text } => {
-                let from = self.user(&from)?.name.clone();
-                let to = self.user(&to)?.name.clone();
+                let from = self.stored_name(from)?;
+                let to = self.stored_name(to)?;
                 ChangeKind::PrivateSent { message: PrivateMessage { id, from, to, text, time, lamport } }
             }
             Write::SetPresence { user, webserver, online } => {
@@ -384,7 +384,7 @@ impl ForumState {
     /// Returns the user who won a name, with their password hash and the hashes of the
     /// accounts that lost the name, looked up by name ignoring case.
     pub fn credentials(&self, name: &str) -> Option<Credentials> {
-        let (winner, losers) = self.users.get(&fold(name))?.split_first()?;
+        let (winner, losers) = self.users.get(folded(name).as_ref())?.split_first()?;
         Some(Credentials {
             user: winner.user.clone(),
             password_hash: winner.password_hash.clone(),
@@ -393,10 +393,17 @@ impl ForumState {
     }
 
     fn user(&self, name: &str) -> Result<&User, ErrorReply> {
-        match self.users.get(&fold(name)).and_then(|entries| entries.first()) {
+        match self.users.get(folded(name).as_ref()).and_then(|entries| entries.first()) {
             Some(entry) => Ok(&entry.user),
             None => Err(error(ErrorCode::UnknownUser, format!("no user is named {name:?}"))),
         }
+    }
+
+    /// Returns the name of the user named `name` ignoring case, as it was registered. Reuses
+    /// `name` when it is spelled the same, as it is in most requests.
+    fn stored_name(&self, name: String) -> Result<String, ErrorReply> {
+        let user = self.user(&name)?;
+        Ok(if user.name == name { name } else { user.name.clone() })
     }
 
     /// Returns the subject with this id, or the subject it merged into when it lost its title.
@@ -411,7 +418,7 @@ impl ForumState {
     /// Returns the messages of a winning subject and of every subject merged into it, in
     /// history order, each showing the winner's id as its subject.
     fn history(&self, winner: &Subject) -> Vec<Message> {
-        let merged = self.titles.get(&fold(&winner.title)).map(|subjects| subjects.values().copied().collect::<Vec<_>>());
+        let merged = self.titles.get(folded(&winner.title).as_ref()).map(|subjects| subjects.values().copied().collect::<Vec<_>>());
         let ids = merged.unwrap_or_else(|| vec![winner.id]);
         let mut history: BTreeMap<OrderKey, Message> = BTreeMap::new();
         for id in ids {

@@ -1,6 +1,8 @@
 //! Checks of user input that both servers apply: the web server to answer with a clear HTTP
 //! error, the data server because it is the authority on what gets stored.
 
+use std::borrow::Cow;
+
 use crate::model::{MAX_NAME_CHARS, MAX_PASSWORD_BYTES, MAX_TEXT_BYTES, MAX_TITLE_CHARS, MIN_PASSWORD_CHARS};
 
 /// The reason a piece of user input was rejected. [`Invalid::code`] is a stable machine-readable name;
@@ -53,7 +55,19 @@ impl Invalid {
 /// Folds a user name or a subject title to the form in which the data servers compare them,
 /// ignoring case and surrounding white space: trimmed, then lowercased.
 pub fn fold(text: &str) -> String {
-    text.trim().to_lowercase()
+    folded(text).into_owned()
+}
+
+/// Like [`fold`], but borrows `text` when folding would not change it: ASCII, already trimmed
+/// and without capitals, as most names and titles are. A lookup by name then allocates
+/// nothing.
+pub fn folded(text: &str) -> Cow<'_, str> {
+    let trimmed = text.trim();
+    if trimmed.bytes().all(|byte| byte.is_ascii() && !byte.is_ascii_uppercase()) {
+        Cow::Borrowed(trimmed)
+    } else {
+        Cow::Owned(trimmed.to_lowercase())
+    }
 }
 
 /// Checks a user name: 1 to [`MAX_NAME_CHARS`] letters, digits, `.`, `_` or `-`.
@@ -167,6 +181,18 @@ fn is_invisible_format(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn folding_borrows_only_what_it_would_not_change() {
+        for text in ["bench", "ana_m.2-x", " Ana ", "ANA", "José", "ÁLVARO", "\u{a0}maría\u{a0}", "İstanbul", ""] {
+            assert_eq!(folded(text), text.trim().to_lowercase(), "{text:?}");
+            assert_eq!(fold(text), text.trim().to_lowercase(), "{text:?}");
+        }
+        assert!(matches!(folded("bench"), Cow::Borrowed("bench")));
+        assert!(matches!(folded("  bench\t"), Cow::Borrowed("bench")));
+        assert!(matches!(folded("Bench"), Cow::Owned(_)));
+        assert!(matches!(folded("josé"), Cow::Owned(_)));
+    }
 
     #[test]
     fn names() {
