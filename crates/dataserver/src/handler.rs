@@ -1,6 +1,8 @@
 //! Turns one request payload into one reply. It decodes and validates the request, hashes or
 //! verifies passwords outside the actor, and sends the rest to the actor as commands.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use forum_protocol::{
@@ -78,6 +80,34 @@ impl Decoded {
     }
 }
 
+/// How the reply to a request that [`Handler::start`] started will come.
+pub(crate) enum Started {
+    /// The reply, known at once.
+    Ready(Reply),
+    /// The actor took the request and will send the reply.
+    Actor(oneshot::Receiver<Reply>),
+    /// A future that produces the reply.
+    Later(Pin<Box<dyn Future<Output = Reply> + Send>>),
+}
+
+impl Started {
+    /// Waits for the reply.
+    pub async fn reply(self) -> Reply {
+        match self {
+            Started::Ready(reply) => reply,
+            Started::Actor(receiver) => receiver.await.unwrap_or_else(|_| internal()),
+            Started::Later(future) => future.await,
+        }
+    }
+}
+
+/// What [`Handler::immediate`] made of a request.
+enum Immediate {
+    Reply(Reply),
+    Command(Command, oneshot::Receiver<Reply>),
+    Other(Request),
+}
+
 fn invalid(reason: Invalid) -> Reply {
     Reply::error(ErrorCode::InvalidInput, reason.to_string())
 }
@@ -124,55 +154,106 @@ impl Handler {
         WireReply { v: PROTOCOL_VERSION, id: decoded.id, reply }
     }
 
-    // The rarer requests that hold much state while they wait, for password hashing or a
-    // read of the store, run boxed. That keeps this future small, and the request socket
-    // moves it into a fresh allocation for each request.
+    /// Starts a request whose reply is small, without awaiting anything. A write or read that
+    /// the actor's queue has room for is sent to it here, so that what the request socket
+    /// keeps for the request is only the receiver of its reply: a small future that fits
+    /// the allocator's per-thread cache.
+    pub fn start(&self, decoded: Decoded) -> Started {
+        let Decoded { id, key, request } = decoded;
+        match self.immediate(key, request) {
+            Immediate::Reply(reply) => Started::Ready(reply),
+            Immediate::Command(command, receiver) => match self.actor.try_reserve() {
+                Ok(permit) => {
+                    permit.send(command);
+                    Started::Actor(receiver)
+                }
+                Err(mpsc::error::TrySendError::Full(())) => {
+                    let handler = self.clone();
+                    Started::Later(Box::pin(async move { handler.ask(command, receiver).await }))
+                }
+                Err(mpsc::error::TrySendError::Closed(())) => Started::Ready(internal()),
+            },
+            Immediate::Other(request) => {
+                let handler = self.clone();
+                Started::Later(Box::pin(async move { handler.other(id, key, request).await }))
+            }
+        }
+    }
+
     async fn reply(&self, request_id: u64, key: Option<IdempotencyKey>, request: Request) -> Reply {
+        match self.immediate(key, request) {
+            Immediate::Reply(reply) => reply,
+            Immediate::Command(command, receiver) => self.ask(command, receiver).await,
+            Immediate::Other(request) => self.other(request_id, key, request).await,
+        }
+    }
+
+    /// Turns a request that needs nothing but the actor into its command, or answers it at
+    /// once when it is invalid or needs neither. Returns the other requests unchanged.
+    fn immediate(&self, key: Option<IdempotencyKey>, request: Request) -> Immediate {
+        let write = |write| {
+            let (reply, receiver) = oneshot::channel();
+            Immediate::Command(Command::Write { write, key, reply }, receiver)
+        };
+        let read = |read| {
+            let (reply, receiver) = oneshot::channel();
+            Immediate::Command(Command::Read { read, reply }, receiver)
+        };
+        let invalid = |reason| Immediate::Reply(invalid(reason));
         match request {
-            Request::Ping => Reply::Pong { server: self.server },
-            Request::Status => Reply::Status(Box::new(self.status.snapshot())),
-            Request::FetchChanges { origin, after_seq, limit } => Box::pin(self.fetch_changes(request_id, origin, after_seq, limit)).await,
-            Request::Register { name, password } => Box::pin(self.register(request_id, key, name, password)).await,
-            Request::Login { name, password } => Box::pin(self.login(request_id, name, password)).await,
-            Request::ListSubjects => self.read(Read::ListSubjects).await,
+            Request::Ping => Immediate::Reply(Reply::Pong { server: self.server }),
+            Request::Status => Immediate::Reply(Reply::Status(Box::new(self.status.snapshot()))),
+            Request::ListSubjects => read(Read::ListSubjects),
             Request::CreateSubject { title, created_by } => match validate_title(&title) {
-                Ok(()) => self.write(Write::CreateSubject { title, created_by }, key).await,
+                Ok(()) => write(Write::CreateSubject { title, created_by }),
                 Err(reason) => invalid(reason),
             },
             Request::PostMessage { subject, author, text } => match validate_text(&text) {
-                Ok(()) => self.write(Write::PostMessage { subject, author, text }, key).await,
+                Ok(()) => write(Write::PostMessage { subject, author, text }),
                 Err(reason) => invalid(reason),
             },
-            Request::History { subject } => self.read(Read::History { subject }).await,
+            Request::History { subject } => read(Read::History { subject }),
             Request::SendPrivate { from, to, text } => match validate_text(&text) {
-                Ok(()) => self.write(Write::SendPrivate { from, to, text }, key).await,
+                Ok(()) => write(Write::SendPrivate { from, to, text }),
                 Err(reason) => invalid(reason),
             },
-            Request::PrivateHistory { user, other } => self.read(Read::PrivateHistory { user, other }).await,
-            Request::ListUsers => self.read(Read::ListUsers).await,
+            Request::PrivateHistory { user, other } => read(Read::PrivateHistory { user, other }),
+            Request::ListUsers => read(Read::ListUsers),
             Request::SetPresence { user, webserver, online } => {
                 if webserver.trim().is_empty() {
-                    return Reply::error(ErrorCode::InvalidInput, "the web server name is empty");
+                    return Immediate::Reply(Reply::error(ErrorCode::InvalidInput, "the web server name is empty"));
                 }
-                self.write(Write::SetPresence { user, webserver, online }, key).await
+                write(Write::SetPresence { user, webserver, online })
             }
-            Request::FeedSince { after, limit } => Box::pin(self.feed_since(request_id, after, limit)).await,
-            Request::CreateSession { token_hash, user, expires_at } => {
-                self.write(Write::CreateSession { token_hash, user, expires_at }, key).await
-            }
-            Request::CheckSession { token_hash } => self.read(Read::Session { token_hash }).await,
-            Request::RevokeSession { token_hash } => self.write(Write::RevokeSession { token_hash }, key).await,
+            Request::CreateSession { token_hash, user, expires_at } => write(Write::CreateSession { token_hash, user, expires_at }),
+            Request::CheckSession { token_hash } => read(Read::Session { token_hash }),
+            Request::RevokeSession { token_hash } => write(Write::RevokeSession { token_hash }),
             Request::RenewPresence { webserver, instance, users, lease_ms } => {
                 if webserver.trim().is_empty() {
-                    return Reply::error(ErrorCode::InvalidInput, "the web server name is empty");
+                    return Immediate::Reply(Reply::error(ErrorCode::InvalidInput, "the web server name is empty"));
                 }
                 if lease_ms > MAX_LEASE_MS {
                     let message = format!("the lease of {lease_ms} ms is longer than the maximum of {MAX_LEASE_MS} ms");
-                    return Reply::error(ErrorCode::InvalidInput, message);
+                    return Immediate::Reply(Reply::error(ErrorCode::InvalidInput, message));
                 }
                 let expires_at = now_millis() + lease_ms;
-                self.write(Write::RenewPresence { webserver, instance, users, expires_at }, key).await
+                write(Write::RenewPresence { webserver, instance, users, expires_at })
             }
+            request @ (Request::FetchChanges { .. } | Request::Register { .. } | Request::Login { .. } | Request::FeedSince { .. }) => {
+                Immediate::Other(request)
+            }
+        }
+    }
+
+    /// Handles the requests that hash or verify a password or read the store. They hold much
+    /// state while they wait, so each runs boxed.
+    async fn other(&self, request_id: u64, key: Option<IdempotencyKey>, request: Request) -> Reply {
+        match request {
+            Request::FetchChanges { origin, after_seq, limit } => Box::pin(self.fetch_changes(request_id, origin, after_seq, limit)).await,
+            Request::Register { name, password } => Box::pin(self.register(request_id, key, name, password)).await,
+            Request::Login { name, password } => Box::pin(self.login(request_id, name, password)).await,
+            Request::FeedSince { after, limit } => Box::pin(self.feed_since(request_id, after, limit)).await,
+            _ => unreachable!("Handler::immediate handles every other request"),
         }
     }
 
@@ -308,11 +389,6 @@ impl Handler {
     async fn write(&self, write: Write, key: Option<IdempotencyKey>) -> Reply {
         let (sender, receiver) = oneshot::channel();
         self.ask(Command::Write { write, key, reply: sender }, receiver).await
-    }
-
-    async fn read(&self, read: Read) -> Reply {
-        let (sender, receiver) = oneshot::channel();
-        self.ask(Command::Read { read, reply: sender }, receiver).await
     }
 
     async fn ask(&self, command: Command, receiver: oneshot::Receiver<Reply>) -> Reply {

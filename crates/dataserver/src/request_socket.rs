@@ -324,7 +324,9 @@ async fn answer(context: &RequestContext, pending: Pending) -> Answer {
             }
         }
     } else {
-        AnswerPayload::Reply(context.handler.handle(request).await)
+        let id = request.id;
+        let reply = context.handler.start(request).reply().await;
+        AnswerPayload::Reply(WireReply { v: PROTOCOL_VERSION, id, reply })
     };
     drop(permit);
     Answer { delimiter, payload }
