@@ -80,7 +80,7 @@ impl Decoded {
     }
 }
 
-/// How the reply to a request that [`Handler::start`] started will come.
+/// The source of the reply to a request that [`Handler::start`] started.
 pub(crate) enum Started {
     /// The reply, known at once.
     Ready(Reply),
@@ -101,7 +101,7 @@ impl Started {
     }
 }
 
-/// What [`Handler::immediate`] made of a request.
+/// A request as [`Handler::immediate`] sorted it.
 enum Immediate {
     Reply(Reply),
     Command(Command, oneshot::Receiver<Reply>),
@@ -154,10 +154,9 @@ impl Handler {
         WireReply { v: PROTOCOL_VERSION, id: decoded.id, reply }
     }
 
-    /// Starts a request whose reply is small, without awaiting anything. A write or read that
-    /// the actor's queue has room for is sent to it here, so that what the request socket
-    /// keeps for the request is only the receiver of its reply: a small future that fits
-    /// the allocator's per-thread cache.
+    /// Starts a request whose reply is small, without awaiting anything. A write or read goes
+    /// to the actor here when its queue has room. The request socket then keeps only the
+    /// receiver of the reply, a future small enough for the allocator's per-thread cache.
     pub fn start(&self, decoded: Decoded) -> Started {
         let Decoded { id, key, request } = decoded;
         match self.immediate(key, request) {
@@ -188,8 +187,8 @@ impl Handler {
         }
     }
 
-    /// Turns a request that needs nothing but the actor into its command, or answers it at
-    /// once when it is invalid or needs neither. Returns the other requests unchanged.
+    /// Turns a request that needs nothing but the actor into its command, or builds its reply
+    /// at once when it is invalid or needs neither. Returns the other requests unchanged.
     fn immediate(&self, key: Option<IdempotencyKey>, request: Request) -> Immediate {
         let write = |write| {
             let (reply, receiver) = oneshot::channel();
