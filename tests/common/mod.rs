@@ -400,12 +400,15 @@ impl PubCounter {
         let shared = counts.clone();
         let reader = tokio::spawn(async move {
             while let Ok(message) = socket.recv().await {
+                // A change is the last frame: `[checkpoint, change]` or `[webserver, header,
+                // change]`. Heartbeats do not decode as changes and are skipped.
                 let frames = message.into_vec();
-                if frames.len() != 2 {
+                let (Some(topic), Some(change)) = (frames.first(), frames.last()) else { continue };
+                if frames.len() < 2 {
                     continue;
                 }
-                let topic = String::from_utf8_lossy(&frames[0]).into_owned();
-                let Ok(wire) = forum_protocol::decode::<forum_protocol::WireChange>(&frames[1]) else {
+                let topic = String::from_utf8_lossy(topic).into_owned();
+                let Ok(wire) = forum_protocol::decode::<forum_protocol::WireChange>(change) else {
                     continue;
                 };
                 *shared.lock().unwrap().entry((topic, wire.change.id.to_string())).or_insert(0) += 1;

@@ -3,7 +3,8 @@
 Usage: FORUM_CLUSTER_KEY=KEY libzmq_client.py REQUEST_ENDPOINT PUB_ENDPOINT
 
 It sends a Register request on a REQ socket and checks the reply, then subscribes to the
-`webserver` topic with a SUB socket, makes a change, and checks that the change arrives.
+`webserver` topic with a SUB socket, makes a change, and checks that the change arrives with
+its header.
 When FORUM_CLUSTER_KEY is set, the client seals every request payload with XChaCha20-Poly1305
 as docs/replication.md describes, and every reply and publication must open under the same
 key. It prints one line per check and exits with status 1 on the first failure.
@@ -25,6 +26,7 @@ MESSAGE_KEY = xchacha.hkdf_sha256(
     CLUSTER_KEY, b"forum cluster key: XChaCha20-Poly1305 message key, version 1", 32
 )
 NONCE_LEN = 24
+TAG_LEN = 16
 
 
 def associated_data(label, clear_frames):
@@ -42,17 +44,31 @@ def seal(label, frames):
     return clear + [nonce + sealed]
 
 
-def unseal(label, frames):
-    """Decrypt the last frame when a key is set; exit when it fails authentication."""
+def unseal(label, frames, encrypted=1):
+    """Decrypt the last `encrypted` frames when a key is set; exit when they fail authentication.
+
+    Several payload frames are sealed as one payload under one nonce and tag: the nonce starts
+    the first of them, the tag ends the last, and the associated data also binds the length of
+    each payload frame but the last.
+    """
     if not CLUSTER_KEY:
         return frames
-    *clear, sealed = frames
-    payload = xchacha.xchacha20_poly1305_decrypt(
-        MESSAGE_KEY, sealed[:NONCE_LEN], associated_data(label, clear), sealed[NONCE_LEN:]
-    )
+    clear, sealed = frames[:-encrypted], frames[-encrypted:]
+    lengths = [len(frame) for frame in sealed]
+    lengths[0] -= NONCE_LEN
+    lengths[-1] -= TAG_LEN
+    if min(lengths) < 0:
+        sys.exit(f"a {label.decode()} message is too short to be sealed")
+    data = associated_data(label, clear) + b"".join(struct.pack(">I", length) for length in lengths[:-1])
+    joined = b"".join(sealed)
+    payload = xchacha.xchacha20_poly1305_decrypt(MESSAGE_KEY, joined[:NONCE_LEN], data, joined[NONCE_LEN:])
     if payload is None:
         sys.exit(f"a {label.decode()} message failed authentication")
-    return clear + [payload]
+    opened, offset = [], 0
+    for length in lengths:
+        opened.append(payload[offset:offset + length])
+        offset += length
+    return clear + opened
 
 
 def request(socket, request_id, body):
@@ -94,11 +110,17 @@ def main():
         if "Subject" not in reply:
             sys.exit(f"CreateSubject failed: {reply!r}")
         if sub.poll(500):
-            topic, payload = unseal(b"forum-publication", sub.recv_multipart())
-            change = msgpack.unpackb(payload)
-            if topic != b"webserver" or change.get("v") != PROTOCOL_VERSION:
-                sys.exit(f"unexpected publication: {topic!r} {change!r}")
-            print("SUB received on", topic.decode(), ":", change["change"]["kind"])
+            # A webserver message is [topic, header, change], with the header and the change
+            # sealed together.
+            frames = sub.recv_multipart()
+            if len(frames) != 3:
+                sys.exit(f"a webserver message has {len(frames)} frames, expected 3")
+            topic, header, change = unseal(b"forum-publication", frames, encrypted=2)
+            header = msgpack.unpackb(header)
+            change = msgpack.unpackb(change)
+            if topic != b"webserver" or header.get("v") != PROTOCOL_VERSION or change.get("v") != PROTOCOL_VERSION:
+                sys.exit(f"unexpected publication: {topic!r} {header!r} {change!r}")
+            print("SUB received on", topic.decode(), "at position", header["position"], ":", change["change"]["kind"])
             return
     sys.exit("no change arrived on the webserver topic within 10 s")
 

@@ -47,12 +47,15 @@ pub enum Role {
     /// Binds a ROUTER socket and sends every message back to its sender.
     #[command(hide = true)]
     Echo,
-    /// Binds a PUB socket and publishes `count` messages of `bytes` bytes for each line read
-    /// from standard input.
+    /// Binds a PUB socket and publishes `count` messages for each line read from standard
+    /// input, each laid out as a `webserver` message: the topic, a header frame of
+    /// `header_bytes` bytes and a change frame of `bytes` bytes.
     #[command(hide = true)]
     Publish {
         #[arg(long)]
         count: u64,
+        #[arg(long)]
+        header_bytes: usize,
         #[arg(long)]
         bytes: usize,
     },
@@ -71,7 +74,7 @@ pub fn run(role: Role) -> anyhow::Result<()> {
             Role::ServeData { id, request, publish, data_dir, peers } => serve_data(id, request, publish, data_dir, peers).await,
             Role::ServeWeb { data_request, data_pub, name } => serve_web(data_request, data_pub, name).await,
             Role::Echo => echo().await,
-            Role::Publish { count, bytes } => publish(count, bytes).await,
+            Role::Publish { count, header_bytes, bytes } => publish(count, header_bytes, bytes).await,
         }
     })
 }
@@ -133,10 +136,11 @@ async fn echo() -> anyhow::Result<()> {
     }
 }
 
-async fn publish(count: u64, bytes: usize) -> anyhow::Result<()> {
+async fn publish(count: u64, header_bytes: usize, bytes: usize) -> anyhow::Result<()> {
     let mut socket = PubSocket::new();
     let bound = socket.bind("tcp://127.0.0.1:0").await?;
     announce(&[&bound.to_string()])?;
+    let header = Bytes::from(vec![b'h'; header_bytes]);
     let payload = Bytes::from(vec![b'x'; bytes]);
     let (lines, mut starts) = tokio::sync::mpsc::channel::<()>(1);
     std::thread::spawn(move || {
@@ -154,8 +158,8 @@ async fn publish(count: u64, bytes: usize) -> anyhow::Result<()> {
             start = starts.recv() => if start.is_none() { return Ok(()) },
         }
         for _ in 0..count {
-            let frames = vec![Bytes::from_static(forum_protocol::TOPIC_WEBSERVER.as_bytes()), payload.clone()];
-            socket.send(ZmqMessage::try_from(frames).expect("two frames")).await?;
+            let frames = vec![Bytes::from_static(forum_protocol::TOPIC_WEBSERVER.as_bytes()), header.clone(), payload.clone()];
+            socket.send(ZmqMessage::try_from(frames).expect("three frames")).await?;
         }
         // Lets the socket's writer tasks flush before the next command.
         tokio::time::sleep(Duration::from_millis(10)).await;

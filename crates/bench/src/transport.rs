@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use forum_protocol::{encode, Change, ChangeId, ChangeKind, Message, WireChange, PROTOCOL_VERSION, TOPIC_WEBSERVER};
+use forum_protocol::{encode, encode_feed_header, Change, ChangeId, ChangeKind, FeedNote, Message, WireChange, PROTOCOL_VERSION, TOPIC_WEBSERVER};
 use zeromq::{Socket, SocketRecv, SubSocket};
 
 use crate::children::ChildProcess;
@@ -25,8 +25,9 @@ pub fn post_request_size(text_bytes: usize) -> usize {
     data_client::post_request(u64::MAX / 2, ChangeId::new(1, 2), crate::forum::USER, post_text(u64::MAX / 2, text_bytes)).len()
 }
 
-/// Returns the size of the published change of a post of `text_bytes` bytes.
-pub fn published_post_size(text_bytes: usize) -> usize {
+/// Returns the sizes of the header and change frames of the `webserver` message that
+/// publishes a post of `text_bytes` bytes.
+pub fn published_post_sizes(text_bytes: usize) -> (usize, usize) {
     let id = ChangeId::new(1, 1_000_000);
     let message = Message {
         id,
@@ -37,15 +38,17 @@ pub fn published_post_size(text_bytes: usize) -> usize {
         lamport: 1_000_000,
     };
     let change = Change { id, lamport: message.lamport, time: message.time, kind: ChangeKind::MessagePosted { message }, key: None };
-    encode(&WireChange { v: PROTOCOL_VERSION, change }).len()
+    let header = encode_feed_header(1, 1_000_000, FeedNote::default());
+    (header.len(), encode(&WireChange { v: PROTOCOL_VERSION, change }).len())
 }
 
 pub async fn measure(plan: &Plan, scratch: &Path, report: &mut Report) -> anyhow::Result<()> {
     Report::section("(a) transport ceiling: raw zeromq between two processes");
     let request_bytes = post_request_size(plan.text_bytes);
-    let change_bytes = published_post_size(plan.text_bytes);
+    let (header_bytes, change_bytes) = published_post_sizes(plan.text_bytes);
     report.add("transport.request_bytes", "size of a post request (DEALER/ROUTER payload)", "bytes", vec![request_bytes as f64]);
-    report.add("transport.change_bytes", "size of a published post (PUB/SUB payload)", "bytes", vec![change_bytes as f64]);
+    report.add("transport.header_bytes", "size of a published post's header frame (PUB/SUB)", "bytes", vec![header_bytes as f64]);
+    report.add("transport.change_bytes", "size of a published post's change frame (PUB/SUB)", "bytes", vec![change_bytes as f64]);
 
     let echo = ChildProcess::start("echo peer", &["echo".to_owned()], &scratch.join("echo.log")).await?;
     let endpoint = echo.addresses[0].clone();
@@ -72,7 +75,8 @@ pub async fn measure(plan: &Plan, scratch: &Path, report: &mut Report) -> anyhow
     );
 
     let count = (if plan.quick { 20_000 } else { 200_000 }) as u64;
-    let arguments = vec!["publish".to_owned(), format!("--count={count}"), format!("--bytes={change_bytes}")];
+    let arguments =
+        vec!["publish".to_owned(), format!("--count={count}"), format!("--header-bytes={header_bytes}"), format!("--bytes={change_bytes}")];
     let mut publisher = ChildProcess::start("publisher peer", &arguments, &scratch.join("publish.log")).await?;
     let mut subscriber = SubSocket::new();
     subscriber.connect(&publisher.addresses[0]).await.context("failed to connect to the publisher peer")?;

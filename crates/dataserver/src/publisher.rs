@@ -5,10 +5,15 @@
 //! servers. A change received from a peer goes out on the webserver topic only, so changes
 //! are never relayed between peers. Between changes, a timer publishes this server's heartbeat
 //! for its peers.
+//!
+//! The change frame of both messages, `[checkpoint, change]` and `[webserver, header,
+//! change]`, is the buffer that the committer stored, so publishing serializes no change.
+//! Only a change with a secret gets a second encoding, the redacted one, for web servers.
 
 use bytes::Bytes;
 use forum_protocol::{
-    encode_feed_change, seal, Change, ClusterKey, FeedNote, MacContext, ServerId, VersionVector, TOPIC_CHECKPOINT, TOPIC_WEBSERVER,
+    encode_change, encode_feed_header, seal_frames, Change, ClusterKey, FeedNote, MacContext, ServerId, VersionVector,
+    TOPIC_CHECKPOINT, TOPIC_WEBSERVER,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::info;
@@ -24,7 +29,9 @@ pub(crate) struct Publication {
     pub local: bool,
     /// The change's position in this server's feed.
     pub position: u64,
-    /// The change encoded as it is stored, which is also its checkpoint message.
+    /// The change encoded as it is stored, a [`forum_protocol::WireChange`], which is the
+    /// change frame of both its checkpoint and its webserver message. The committer sets it
+    /// for local and replicated changes alike.
     pub encoded: Bytes,
     /// The note for web servers when the change is a second copy of a write.
     pub note: FeedNote,
@@ -72,22 +79,23 @@ pub(crate) async fn run(
             }
         };
         let Some(Publication { change, local, position, encoded, note }) = publication else { break };
+        debug_assert!(!encoded.is_empty(), "the committer sets the encoding of every publication");
         if local {
-            port.publish(&sealed(two_frames(TOPIC_CHECKPOINT, encoded), cluster_key.as_ref()));
+            let frames = vec![Bytes::from_static(TOPIC_CHECKPOINT.as_bytes()), encoded.clone()];
+            port.publish(&sealed(frames, cluster_key.as_ref()));
         }
-        let feed_change = Bytes::from(encode_feed_change(server, position, &change, note));
-        port.publish(&sealed(two_frames(TOPIC_WEBSERVER, feed_change), cluster_key.as_ref()));
+        let change_frame = if change.has_secret() { Bytes::from(encode_change(&change.redacted())) } else { encoded };
+        let header = Bytes::from(encode_feed_header(server, position, note));
+        let frames = vec![Bytes::from_static(TOPIC_WEBSERVER.as_bytes()), header, change_frame];
+        port.publish(&sealed(frames, cluster_key.as_ref()));
     }
     info!(server, dropped = port.dropped_messages(), "publisher stopped");
     port
 }
 
-/// Encrypts the payload when a key is set, binding the clear topic to it.
+/// Encrypts every frame after the topic when a key is set, binding the clear topic to them.
 fn sealed(mut frames: Vec<Bytes>, cluster_key: Option<&ClusterKey>) -> Vec<Bytes> {
-    seal(cluster_key, MacContext::Publication, &mut frames, 2);
+    let covered = frames.len();
+    seal_frames(cluster_key, MacContext::Publication, &mut frames, covered, covered - 1);
     frames
-}
-
-fn two_frames(topic: &'static str, payload: Bytes) -> Vec<Bytes> {
-    vec![Bytes::from_static(topic.as_bytes()), payload]
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use forum_protocol::{
     Change, ChangeId, ChangeKind, Reply, Request, User, TOPIC_CHECKPOINT, TOPIC_WEBSERVER,
 };
-use support::{change_message, start, wait_for_reply, Client, Subscriber, SUBSCRIPTION_SETTLE};
+use support::{change_message, start, wait_for_reply, Client, Published, Subscriber, SUBSCRIPTION_SETTLE};
 use zeromq::{PubSocket, Socket, SocketSend};
 
 /// How long a subscriber waits for more messages before it decides that none are coming.
@@ -42,12 +42,20 @@ async fn wait_for_link(from: &mut Client, to: &mut Client, label: &str) {
 }
 
 /// Counts messages per (topic, change id).
-fn count(messages: &[(String, Change)]) -> HashMap<(String, ChangeId), usize> {
+fn count(messages: &[Published]) -> HashMap<(String, ChangeId), usize> {
     let mut counts = HashMap::new();
-    for (topic, change) in messages {
-        *counts.entry((topic.clone(), change.id)).or_default() += 1;
+    for published in messages {
+        *counts.entry((published.topic.clone(), published.change.id)).or_default() += 1;
     }
     counts
+}
+
+/// Returns the published message of change `id` on `topic`.
+fn find<'a>(messages: &'a [Published], topic: &str, id: ChangeId) -> &'a Published {
+    messages
+        .iter()
+        .find(|published| published.topic == topic && published.change.id == id)
+        .unwrap_or_else(|| panic!("no {topic} message for {id} in {messages:?}"))
 }
 
 #[tokio::test]
@@ -85,8 +93,8 @@ async fn two_servers_replicate_and_publish_once() {
     let login = Request::Login { name: "ana".into(), password: "secret12".into() };
     assert_eq!(client_b.request(login).await, Reply::User(ana.clone()), "the password hash replicates");
 
-    let published_a = subscriber_a.collect(QUIET).await;
-    let published_b = subscriber_b.collect(QUIET).await;
+    let published_a = subscriber_a.collect_published(QUIET).await;
+    let published_b = subscriber_b.collect_published(QUIET).await;
     let counts_a = count(&published_a);
     let counts_b = count(&published_b);
     let changes = [(ana.id, 1), (exams.id, 2), (message_a.id, 1), (message_b.id, 2)];
@@ -102,9 +110,9 @@ async fn two_servers_replicate_and_publish_once() {
     assert_eq!(published_a.len(), 6, "A published only these changes: {published_a:?}");
     assert_eq!(published_b.len(), 6, "B published only these changes: {published_b:?}");
 
-    for (topic, change) in published_a.iter().chain(&published_b) {
-        if let ChangeKind::UserRegistered { password_hash, .. } = &change.kind {
-            if topic == TOPIC_WEBSERVER {
+    for published in published_a.iter().chain(&published_b) {
+        if let ChangeKind::UserRegistered { password_hash, .. } = &published.change.kind {
+            if published.topic == TOPIC_WEBSERVER {
                 assert!(password_hash.is_empty(), "the webserver topic carries no password hash");
             } else {
                 assert!(password_hash.starts_with("$argon2id$"), "the checkpoint topic carries the hash");
@@ -112,8 +120,55 @@ async fn two_servers_replicate_and_publish_once() {
         }
     }
 
+    // A replicated change is published to web servers with its stored encoding, which is the
+    // same bytes as its origin's checkpoint message, under the receiving server's header.
+    let checkpoint_on_a = find(&published_a, TOPIC_CHECKPOINT, message_a.id);
+    let webserver_on_b = find(&published_b, TOPIC_WEBSERVER, message_a.id);
+    assert_eq!(webserver_on_b.change_frame(), checkpoint_on_a.change_frame(), "the change frame of a replicated post on B");
+    assert_eq!(webserver_on_b.header.as_ref().map(|header| header.server), Some(2), "B's webserver header names B");
+    let webserver_on_a = find(&published_a, TOPIC_WEBSERVER, message_a.id);
+    assert_eq!(webserver_on_a.header.as_ref().map(|header| header.server), Some(1), "A's webserver header names A");
+
     server_a.shutdown().await;
     server_b.shutdown().await;
+}
+
+/// The point of the `webserver` layout: a local post's change frame there is the same bytes
+/// as its `checkpoint` message, and only a change with a secret gets its own, redacted frame.
+#[tokio::test]
+async fn webserver_frame_is_checkpoint_frame() {
+    let directory = tempfile::tempdir().unwrap();
+    let server = start(1, directory.path()).await;
+    let mut client = Client::connect(&server).await;
+    let mut subscriber = Subscriber::connect(&server).await;
+    tokio::time::sleep(SUBSCRIPTION_SETTLE).await;
+
+    let Reply::User(ana) = client.register("ana", "secret12").await else { panic!("ana registers") };
+    let create = Request::CreateSubject { title: "Frames".into(), created_by: "ana".into() };
+    let Reply::Subject(subject) = client.request(create).await else { panic!("the subject is created") };
+    let post = Request::PostMessage { subject: subject.id, author: "ana".into(), text: "shared bytes".into() };
+    let Reply::Message(message) = client.request(post).await else { panic!("the post is stored") };
+    let published = subscriber.collect_published(QUIET).await;
+
+    let checkpoint = find(&published, TOPIC_CHECKPOINT, message.id);
+    let webserver = find(&published, TOPIC_WEBSERVER, message.id);
+    assert_eq!(webserver.frames.len(), 3, "topic, header and change");
+    assert_eq!(webserver.change_frame(), checkpoint.change_frame(), "the post's change frame on webserver and checkpoint");
+    let header = webserver.header.clone().expect("a webserver message has a header");
+    assert_eq!(header.server, 1);
+    assert!(header.note.is_plain(), "a post written once has no note");
+
+    // The header's position is the post's position in the feed that web servers fetch.
+    let Reply::Feed(batch) = client.request(Request::FeedSince { after: 0, limit: 100 }).await else { panic!("a feed batch") };
+    let entry = batch.entries.iter().find(|entry| entry.change.id == message.id).expect("the post is in the feed");
+    assert_eq!(header.position, entry.position);
+
+    let registration_checkpoint = find(&published, TOPIC_CHECKPOINT, ana.id);
+    let registration_webserver = find(&published, TOPIC_WEBSERVER, ana.id);
+    assert_ne!(registration_webserver.change_frame(), registration_checkpoint.change_frame(), "a registration is redacted");
+    let ChangeKind::UserRegistered { password_hash, .. } = &registration_webserver.change.kind else { panic!("a registration") };
+    assert!(password_hash.is_empty(), "the webserver frame carries no password hash");
+    server.shutdown().await;
 }
 
 fn registration(seq: u64, name: &str) -> Change {

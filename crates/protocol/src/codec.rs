@@ -1,7 +1,5 @@
 //! MessagePack encoding of envelopes, with a protocol-version check on decoding.
 
-use std::borrow::Cow;
-
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -48,21 +46,18 @@ pub fn encode_change(change: &Change) -> Vec<u8> {
     encode(&WireChangeRef { v: PROTOCOL_VERSION, change })
 }
 
-/// Encodes a change as a [`WireFeedChange`](crate::WireFeedChange) at `position` in `server`'s
-/// feed, redacted, copying it only when it contains a secret.
-pub fn encode_feed_change(server: ServerId, position: u64, change: &Change, note: FeedNote) -> Vec<u8> {
-    #[derive(Serialize)]
-    struct WireFeedChangeRef<'a> {
-        v: u16,
-        server: ServerId,
-        position: u64,
-        change: Cow<'a, Change>,
-        #[serde(skip_serializing_if = "FeedNote::is_plain")]
-        note: FeedNote,
-    }
-    let change = if change.has_secret() { Cow::Owned(change.redacted()) } else { Cow::Borrowed(change) };
-    encode(&WireFeedChangeRef { v: PROTOCOL_VERSION, server, position, change, note })
+/// Encodes the [`WireFeedHeader`](crate::WireFeedHeader) of the change at `position` in
+/// `server`'s feed, the header frame of its `webserver` message.
+pub fn encode_feed_header(server: ServerId, position: u64, note: FeedNote) -> Vec<u8> {
+    let header = crate::WireFeedHeader { v: PROTOCOL_VERSION, server, position, note };
+    let mut bytes = Vec::with_capacity(FEED_HEADER_CAPACITY);
+    encode_into(&mut bytes, &header);
+    bytes
 }
+
+/// The starting capacity of an encoded feed header. The largest header, with both note fields
+/// and the largest ids and position, takes 89 bytes.
+const FEED_HEADER_CAPACITY: usize = 96;
 
 /// Decodes an envelope, first checking that its `v` field is [`PROTOCOL_VERSION`].
 ///
@@ -231,10 +226,8 @@ mod tests {
 
         let mut change = sample_change();
         change.key = Some(IdempotencyKey { client: 99, request: 7 });
-        let feed_change = WireFeedChange { v: PROTOCOL_VERSION, server: 2, position: 12, change, note: FeedNote::default() };
-        assert_eq!(decode::<WireFeedChange>(&encode(&feed_change)).unwrap(), feed_change);
-        let as_plain_change: WireChange = decode(&encode(&feed_change)).unwrap();
-        assert_eq!(as_plain_change.change.key, feed_change.change.key, "a feed change also decodes as a plain change");
+        let wire = WireChange { v: PROTOCOL_VERSION, change };
+        assert_eq!(decode::<WireChange>(&encode(&wire)).unwrap(), wire);
     }
 
     #[test]
@@ -311,21 +304,35 @@ mod tests {
     fn borrowed_encodings_match_owned_ones() {
         let change = sample_change();
         assert_eq!(encode_change(&change), encode(&WireChange { v: PROTOCOL_VERSION, change: change.clone() }));
-        let feed = WireFeedChange { v: PROTOCOL_VERSION, server: 4, position: 9, change: change.redacted(), note: FeedNote::default() };
-        assert_eq!(encode_feed_change(4, 9, &change, FeedNote::default()), encode(&feed));
+        let header = WireFeedHeader { v: PROTOCOL_VERSION, server: 4, position: 9, note: FeedNote::default() };
+        assert_eq!(encode_feed_header(4, 9, FeedNote::default()), encode(&header));
         let note = FeedNote { hidden: false, replaces: Some(ChangeId::new(3, 7)) };
-        let feed = WireFeedChange { note, ..feed };
-        assert_eq!(encode_feed_change(4, 9, &change, note), encode(&feed));
-        let decoded: WireFeedChange = decode(&encode(&feed)).unwrap();
-        assert_eq!(decoded.note, note);
+        let header = WireFeedHeader { note, ..header };
+        assert_eq!(encode_feed_header(4, 9, note), encode(&header));
+        let decoded: WireFeedHeader = decode(&encode_feed_header(4, 9, note)).unwrap();
+        assert_eq!(decoded, header);
+    }
 
-        let user = User { id: ChangeId::new(1, 1), name: "ana".into(), time: 0 };
-        let kind = ChangeKind::UserRegistered { user, password_hash: "$argon2id$secret".into() };
-        let registration = Change { id: ChangeId::new(1, 1), lamport: 1, time: 0, kind, key: None };
-        let feed = WireFeedChange { v: PROTOCOL_VERSION, server: 4, position: 9, change: registration.redacted(), note: FeedNote::default() };
-        let encoded = encode_feed_change(4, 9, &registration, FeedNote::default());
-        assert_eq!(encoded, encode(&feed));
-        assert!(!String::from_utf8_lossy(&encoded).contains("argon2"));
+    /// A plain note is left out, so the header of most changes has three fields.
+    #[test]
+    fn feed_header_golden_bytes() {
+        assert_eq!(hex(&encode_feed_header(2, 300, FeedNote::default())), "83a17601a673657276657202a8706f736974696f6ecd012c");
+        let note = FeedNote { hidden: true, replaces: Some(ChangeId::new(3, 7)) };
+        assert_eq!(
+            hex(&encode_feed_header(2, 300, note)),
+            concat!(
+                "84a17601a673657276657202a8706f736974696f6ecd012c",
+                "a46e6f746582a668696464656ec3a87265706c61636573a3332d37"
+            )
+        );
+    }
+
+    #[test]
+    fn largest_feed_header_fits_capacity() {
+        let note = FeedNote { hidden: true, replaces: Some(ChangeId::new(ServerId::MAX, u64::MAX)) };
+        let header = encode_feed_header(ServerId::MAX, u64::MAX, note);
+        assert_eq!(header.len(), 89, "the largest header");
+        assert!(header.len() <= FEED_HEADER_CAPACITY);
     }
 
     #[test]

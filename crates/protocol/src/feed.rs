@@ -3,9 +3,14 @@
 //!
 //! Every data server numbers the changes it applies, its own and its peers', in the order it
 //! stores them: positions 1, 2, 3 and so on, kept in its store so they survive a restart. A web
-//! server reads the feed live on the `webserver` topic as [`WireFeedChange`]s and fetches the
-//! positions it missed with [`crate::Request::FeedSince`]. Event streams use
-//! `"{server}:{position}"` as the event id, so a browser can resume after a reconnection.
+//! server reads the feed live on the `webserver` topic and fetches the positions it missed with
+//! [`crate::Request::FeedSince`]. Event streams use `"{server}:{position}"` as the event id, so
+//! a browser can resume after a reconnection.
+//!
+//! A `webserver` message has three frames: the topic, a [`WireFeedHeader`] and the change as a
+//! [`crate::WireChange`]. The change frame is the same buffer as the change's `checkpoint`
+//! message and its stored encoding, so publishing a change serializes it once. Only a change
+//! with a secret (see [`Change::redacted`]) gets its own, redacted, change frame.
 
 use serde::{Deserialize, Serialize};
 
@@ -21,15 +26,14 @@ pub struct IdempotencyKey {
     pub request: u64,
 }
 
-/// A change as a data server publishes it on the `webserver` topic: with the data server's id and
-/// the change's position in that server's feed. The secrets are removed (see
-/// [`Change::redacted`]).
+/// The header frame of a change that a data server publishes on the `webserver` topic: the data
+/// server's id and the change's position in that server's feed. The change follows in its own
+/// frame (see the module documentation).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WireFeedChange {
+pub struct WireFeedHeader {
     pub v: u16,
     pub server: ServerId,
     pub position: u64,
-    pub change: Change,
     /// The data server's note on a message that was stored twice. It is absent for every other change.
     #[serde(default, skip_serializing_if = "FeedNote::is_plain")]
     pub note: FeedNote,

@@ -18,11 +18,11 @@ mod replication;
 mod validate;
 mod wire;
 
-pub use codec::{decode, encode, encode_change, encode_into, encode_feed_change, peek_request_id, CodecError};
+pub use codec::{decode, encode, encode_change, encode_feed_header, encode_into, peek_request_id, CodecError};
 pub use endpoint::{parse_endpoint, parse_peer_list, EndpointError};
-pub use feed::{FeedBatch, FeedEntry, FeedNote, IdempotencyKey, WireFeedChange};
+pub use feed::{FeedBatch, FeedEntry, FeedNote, IdempotencyKey, WireFeedHeader};
 pub use ids::{ChangeId, ServerId};
-pub use mac::{seal, unseal, ClusterKey, KeyError, MacContext, MacError, MIN_KEY_LEN, NONCE_LEN, SEAL_OVERHEAD, TAG_LEN};
+pub use mac::{seal, seal_frames, unseal, unseal_frames, ClusterKey, KeyError, MacContext, MacError, MIN_KEY_LEN, NONCE_LEN, SEAL_OVERHEAD, TAG_LEN};
 pub use model::{
     Change, ChangeKind, Message, PrivateMessage, Subject, User, UserStatus, MAX_NAME_CHARS,
     MAX_PASSWORD_BYTES, MAX_TEXT_BYTES, MAX_TITLE_CHARS, MIN_PASSWORD_CHARS,
@@ -34,7 +34,9 @@ pub use replication::{
 pub use validate::{fold, folded, validate_name, validate_password, validate_text, validate_title, Invalid};
 pub use wire::{ErrorCode, ErrorReply, Reply, Request, WireChange, WireReply, WireRequest};
 
-/// The version every envelope carries in its `v` field. Bump it on any incompatible change.
+/// The version every envelope carries in its `v` field. Bump it on any incompatible change
+/// to an envelope. A data server's store keeps changes as encoded [`WireChange`]s, which carry
+/// it too, so a bump also needs a conversion of existing stores.
 pub const PROTOCOL_VERSION: u16 = 1;
 
 /// Topic of the changes a data server publishes for the other data servers of its group.
@@ -47,6 +49,14 @@ pub const TOPIC_HEARTBEAT: &str = "checkpoint.heartbeat";
 
 /// Topic of the changes a data server publishes for its own web servers.
 pub const TOPIC_WEBSERVER: &str = "webserver";
+
+/// The number of frames of a message on [`TOPIC_WEBSERVER`]: the topic, a [`WireFeedHeader`]
+/// and a [`WireChange`].
+pub const WEBSERVER_FRAMES: usize = 3;
+
+/// The number of frames at the end of a [`TOPIC_WEBSERVER`] message that a cluster key
+/// encrypts, with [`seal_frames`]: the header and the change. The topic stays in clear.
+pub const WEBSERVER_ENCRYPTED_FRAMES: usize = 2;
 
 /// Returns the current wall-clock time in milliseconds since the Unix epoch.
 pub fn now_millis() -> u64 {

@@ -1,7 +1,7 @@
 //! The change feed: the data server's changes, in its feed order, fanned out to event streams.
 //!
 //! Every data server numbers the changes it stores (its feed positions, see
-//! `forum_protocol::WireFeedChange`). The feed task follows the data server that the data
+//! `forum_protocol::WireFeedHeader`). The feed task follows the data server that the data
 //! client uses. A SUB socket on its `webserver` topic brings each change live, and a
 //! `FeedSince` request fetches the positions that the SUB socket lost, because zeromq's PUB
 //! drops messages for a slow subscriber without telling anyone. The task notices a loss when a change arrives with a position beyond the
@@ -14,7 +14,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use forum_protocol::{decode, unseal, MacContext, Change, FeedBatch, Reply, Request, ServerId, WireFeedChange, TOPIC_WEBSERVER};
+use bytes::Bytes;
+use forum_protocol::{
+    decode, unseal_frames, Change, ClusterKey, FeedBatch, FeedNote, MacContext, MacError, Reply, Request, ServerId, WireChange,
+    WireFeedHeader, TOPIC_WEBSERVER, WEBSERVER_ENCRYPTED_FRAMES, WEBSERVER_FRAMES,
+};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use zeromq::{Socket, SocketOptions, SocketRecv, SubSocket};
@@ -150,6 +154,7 @@ impl Follower<'_> {
         }
         let mut socket = subscribe(pub_endpoint).await;
         let mut unauthenticated: u64 = 0;
+        let mut malformed: u64 = 0;
         let mut poll = tokio::time::interval(POLL_INTERVAL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -170,19 +175,23 @@ impl Follower<'_> {
                     }
                     self.catch_up().await
                 }
-                Some(Ok(message)) => {
-                    let mut frames = message.into_vec();
-                    match unseal(self.data.cluster_key(), MacContext::Publication, &mut frames, 2) {
-                        Ok(()) => self.receive(frames.get(1).map(|frame| frame.as_ref())).await,
-                        Err(error) => {
-                            unauthenticated += 1;
-                            if unauthenticated.is_power_of_two() {
-                                tracing::warn!(%error, pub_endpoint, count = unauthenticated, "dropped changes from the data server that failed authentication; check that both use the same cluster key");
-                            }
-                            true
+                Some(Ok(message)) => match open_live_change(self.data.cluster_key(), message.into_vec()) {
+                    Ok(live) => self.receive(live).await,
+                    Err(Rejected::Unauthenticated(error)) => {
+                        unauthenticated += 1;
+                        if unauthenticated.is_power_of_two() {
+                            tracing::warn!(%error, pub_endpoint, count = unauthenticated, "dropped changes from the data server that failed authentication; check that both use the same cluster key");
                         }
+                        true
                     }
-                }
+                    Err(Rejected::Malformed(reason)) => {
+                        malformed += 1;
+                        if malformed.is_power_of_two() {
+                            tracing::warn!(%reason, pub_endpoint, count = malformed, "ignored undecodable changes from the data server; the feed request fetches them");
+                        }
+                        true
+                    }
+                },
                 Some(Err(error)) => {
                     // The SUB socket reconnects by itself, and the poll fills the gap meanwhile.
                     tracing::warn!(%error, "failed to receive from the change feed");
@@ -216,30 +225,22 @@ impl Follower<'_> {
         }
     }
 
-    /// Handles one live message. Returns false when the data client moved to another server.
-    async fn receive(&mut self, payload: Option<&[u8]>) -> bool {
-        let wire = match payload.map(decode::<WireFeedChange>) {
-            Some(Ok(wire)) => wire,
-            Some(Err(error)) => {
-                tracing::warn!(%error, "ignored an undecodable change from the data server");
-                return true;
-            }
-            None => return true,
-        };
-        if wire.server != self.active.server {
+    /// Handles one live change. Returns false when the data client moved to another server.
+    async fn receive(&mut self, live: LiveChange) -> bool {
+        if live.server != self.active.server {
             return true;
         }
         let head = self.head();
-        if wire.position <= head {
+        if live.position <= head {
             return true;
         }
-        if wire.position == head + 1 {
-            let at = FeedPosition { server: wire.server, position: wire.position };
-            let verdict = Verdict::of(wire.note);
-            self.feed.broadcast(FeedItem::judged(at, wire.change, verdict));
+        if live.position == head + 1 {
+            let at = FeedPosition { server: live.server, position: live.position };
+            let verdict = Verdict::of(live.note);
+            self.feed.broadcast(FeedItem::judged(at, live.change, verdict));
             return true;
         }
-        tracing::debug!(expected = head + 1, received = wire.position, "the change feed lost changes; fetching them");
+        tracing::debug!(expected = head + 1, received = live.position, "the change feed lost changes; fetching them");
         self.catch_up().await
     }
 
@@ -290,6 +291,40 @@ impl Follower<'_> {
     }
 }
 
+/// A change received live on the `webserver` topic.
+#[derive(Debug, PartialEq, Eq)]
+struct LiveChange {
+    server: ServerId,
+    position: u64,
+    note: FeedNote,
+    change: Change,
+}
+
+/// The reason a live message was dropped.
+#[derive(Debug)]
+enum Rejected {
+    Unauthenticated(MacError),
+    Malformed(String),
+}
+
+/// Checks, unseals and decodes a `webserver` message: `[topic, WireFeedHeader, WireChange]`.
+fn open_live_change(cluster_key: Option<&ClusterKey>, mut frames: Vec<Bytes>) -> Result<LiveChange, Rejected> {
+    // The frame count is checked first, so a message of another layout is reported as such
+    // and not as one that failed authentication.
+    if frames.len() != WEBSERVER_FRAMES {
+        return Err(Rejected::Malformed(format!(
+            "expected {WEBSERVER_FRAMES} frames (topic, header and change), got {}",
+            frames.len()
+        )));
+    }
+    unseal_frames(cluster_key, MacContext::Publication, &mut frames, WEBSERVER_FRAMES, WEBSERVER_ENCRYPTED_FRAMES)
+        .map_err(Rejected::Unauthenticated)?;
+    let header: WireFeedHeader =
+        decode(&frames[1]).map_err(|error| Rejected::Malformed(format!("invalid header frame: {error}")))?;
+    let wire: WireChange = decode(&frames[2]).map_err(|error| Rejected::Malformed(format!("invalid change frame: {error}")))?;
+    Ok(LiveChange { server: header.server, position: header.position, note: header.note, change: wire.change })
+}
+
 /// Connects a SUB socket to the `webserver` topic of `endpoint`, or returns `None` when that
 /// fails; the caller tries again later.
 async fn subscribe(endpoint: &str) -> Option<SubSocket> {
@@ -319,7 +354,98 @@ async fn subscribe(endpoint: &str) -> Option<SubSocket> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use forum_protocol::{ChangeId, ChangeKind};
+    use forum_protocol::{encode, encode_change, encode_feed_header, seal_frames, ChangeId, ChangeKind};
+
+    fn post(seq: u64) -> Change {
+        let message = forum_protocol::Message {
+            id: ChangeId::new(1, seq),
+            subject: ChangeId::new(1, 1),
+            author: "ana".into(),
+            text: "hola".into(),
+            time: 0,
+            lamport: seq,
+        };
+        Change { id: message.id, lamport: seq, time: 0, kind: ChangeKind::MessagePosted { message }, key: None }
+    }
+
+    /// Builds a `webserver` message as a data server publishes it, before sealing.
+    fn live_message(position: u64, change: &Change) -> Vec<Bytes> {
+        vec![
+            Bytes::from_static(TOPIC_WEBSERVER.as_bytes()),
+            Bytes::from(encode_feed_header(1, position, FeedNote::default())),
+            Bytes::from(encode_change(change)),
+        ]
+    }
+
+    fn key(byte: u8) -> ClusterKey {
+        ClusterKey::new(&[byte; 32], "test").unwrap()
+    }
+
+    #[test]
+    fn live_change_opens() {
+        let change = post(5);
+        let expected = LiveChange { server: 1, position: 9, note: FeedNote::default(), change: change.clone() };
+        assert_eq!(open_live_change(None, live_message(9, &change)).unwrap(), expected);
+
+        let mut sealed = live_message(9, &change);
+        seal_frames(Some(&key(7)), MacContext::Publication, &mut sealed, WEBSERVER_FRAMES, WEBSERVER_ENCRYPTED_FRAMES);
+        assert_eq!(open_live_change(Some(&key(7)), sealed).unwrap(), expected);
+    }
+
+    #[test]
+    fn malformed_live_messages_rejected() {
+        let change = post(5);
+        let valid = live_message(9, &change);
+        let topic = valid[0].clone();
+        let header = valid[1].clone();
+        let change_frame = valid[2].clone();
+        let nested = Bytes::from(vec![0x91u8; 100_000]);
+        let other_version = Bytes::from(encode(&WireFeedHeaderV { v: 99, server: 1, position: 9 }));
+        let cases: Vec<(&str, Vec<Bytes>)> = vec![
+            ("no frames", vec![]),
+            ("the two-frame layout", vec![topic.clone(), change_frame.clone()]),
+            ("four frames", vec![topic.clone(), header.clone(), change_frame.clone(), change_frame.clone()]),
+            ("an empty header", vec![topic.clone(), Bytes::new(), change_frame.clone()]),
+            ("a change as the header", vec![topic.clone(), change_frame.clone(), change_frame.clone()]),
+            ("a header of another version", vec![topic.clone(), other_version, change_frame.clone()]),
+            ("a header as the change", vec![topic.clone(), header.clone(), header.clone()]),
+            ("a garbage change", vec![topic.clone(), header.clone(), Bytes::from_static(b"\xc1\xff garbage")]),
+            ("a deeply nested change", vec![topic.clone(), header.clone(), nested]),
+        ];
+        for (case, frames) in cases {
+            match open_live_change(None, frames) {
+                Err(Rejected::Malformed(reason)) => assert!(!reason.is_empty(), "{case}"),
+                other => panic!("{case}: expected a malformed message, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unauthenticated_live_messages_rejected() {
+        let change = post(5);
+        let clear = live_message(9, &change);
+        assert!(matches!(open_live_change(Some(&key(7)), clear), Err(Rejected::Unauthenticated(MacError::Missing))));
+
+        let mut other_key = live_message(9, &change);
+        seal_frames(Some(&key(8)), MacContext::Publication, &mut other_key, WEBSERVER_FRAMES, WEBSERVER_ENCRYPTED_FRAMES);
+        assert!(matches!(open_live_change(Some(&key(7)), other_key), Err(Rejected::Unauthenticated(MacError::Invalid))));
+
+        // A header and a change frame from two sealed messages do not open together.
+        let mut first = live_message(9, &change);
+        let mut second = live_message(10, &post(6));
+        seal_frames(Some(&key(7)), MacContext::Publication, &mut first, WEBSERVER_FRAMES, WEBSERVER_ENCRYPTED_FRAMES);
+        seal_frames(Some(&key(7)), MacContext::Publication, &mut second, WEBSERVER_FRAMES, WEBSERVER_ENCRYPTED_FRAMES);
+        let spliced = vec![first[0].clone(), first[1].clone(), second[2].clone()];
+        assert!(matches!(open_live_change(Some(&key(7)), spliced), Err(Rejected::Unauthenticated(MacError::Invalid))));
+    }
+
+    /// A header of a future protocol version, with the fields of today's.
+    #[derive(serde::Serialize)]
+    struct WireFeedHeaderV {
+        v: u16,
+        server: ServerId,
+        position: u64,
+    }
 
     #[test]
     fn event_id_round_trips() {

@@ -9,7 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use forum_dataserver::{Config, DataServer};
 use forum_protocol::{
-    decode, encode, Change, Reply, Request, ServerId, WireChange, WireReply, WireRequest, PROTOCOL_VERSION, TOPIC_HEARTBEAT,
+    decode, encode, Change, Reply, Request, ServerId, WireChange, WireFeedHeader, WireReply, WireRequest, PROTOCOL_VERSION,
+    TOPIC_HEARTBEAT, TOPIC_WEBSERVER, WEBSERVER_FRAMES,
 };
 use zeromq::{ReqSocket, Socket, SocketRecv, SocketSend, SubSocket, ZmqMessage};
 
@@ -85,20 +86,51 @@ impl Subscriber {
 
     /// Collects (topic, change) pairs until no change arrives for `quiet`, skipping heartbeats.
     pub async fn collect(&mut self, quiet: Duration) -> Vec<(String, Change)> {
+        self.collect_published(quiet).await.into_iter().map(|published| (published.topic, published.change)).collect()
+    }
+
+    /// Collects the published changes with their frames until no change arrives for `quiet`,
+    /// skipping heartbeats. Checks the layout of each message: `[checkpoint, change]` or
+    /// `[webserver, header, change]`.
+    pub async fn collect_published(&mut self, quiet: Duration) -> Vec<Published> {
         let mut received = Vec::new();
         let mut deadline = tokio::time::Instant::now() + quiet;
         while let Ok(message) = tokio::time::timeout_at(deadline, self.socket.recv()).await {
-            let message = message.expect("the SUB client receives");
-            assert_eq!(message.len(), 2, "a published message has a topic frame and a payload frame");
-            let topic = String::from_utf8(message.get(0).unwrap().to_vec()).expect("the topic is text");
+            let frames = message.expect("the SUB client receives").into_vec();
+            let topic = String::from_utf8(frames[0].to_vec()).expect("the topic is text");
             if topic == TOPIC_HEARTBEAT {
                 continue;
             }
             deadline = tokio::time::Instant::now() + quiet;
-            let wire: WireChange = decode(message.get(1).unwrap()).expect("the change decodes");
-            received.push((topic, wire.change));
+            let header = if topic == TOPIC_WEBSERVER {
+                assert_eq!(frames.len(), WEBSERVER_FRAMES, "a webserver message has a topic, a header and a change frame");
+                Some(decode::<WireFeedHeader>(&frames[1]).expect("the header decodes"))
+            } else {
+                assert_eq!(frames.len(), 2, "a {topic} message has a topic frame and a change frame");
+                None
+            };
+            let wire: WireChange = decode(frames.last().unwrap()).expect("the change decodes");
+            received.push(Published { topic, change: wire.change, header, frames });
         }
         received
+    }
+}
+
+/// One published change as a subscriber received it.
+#[derive(Debug)]
+pub struct Published {
+    pub topic: String,
+    pub change: Change,
+    /// The header frame, decoded, of a webserver message.
+    pub header: Option<WireFeedHeader>,
+    /// Every frame of the message, the topic first and the change frame last.
+    pub frames: Vec<Bytes>,
+}
+
+impl Published {
+    /// Returns the frame that contains the encoded change.
+    pub fn change_frame(&self) -> &Bytes {
+        self.frames.last().expect("a published message has frames")
     }
 }
 
