@@ -399,3 +399,101 @@ impl Handler {
         receiver.await.unwrap_or_else(|_| internal())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Read;
+    use crate::metrics::Metrics;
+    use forum_protocol::VersionVector;
+    use tokio::sync::watch;
+
+    fn handler(capacity: usize) -> (Handler, mpsc::Receiver<Command>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), 1).unwrap());
+        let (actor, queue) = mpsc::channel(capacity);
+        let (_v, vector) = watch::channel(VersionVector::new());
+        let (_p, peers) = watch::channel(Vec::new());
+        let (publisher, _) = mpsc::channel(1);
+        let status = StatusSource {
+            server: 1,
+            fetch_endpoint: "tcp://127.0.0.1:1".into(),
+            vector,
+            peers,
+            metrics: Arc::new(Metrics::default()),
+            actor: actor.downgrade(),
+            publisher: publisher.downgrade(),
+            guards: Vec::new(),
+        };
+        (Handler::new(1, actor, Passwords::new(), store, status), queue, dir)
+    }
+
+    fn decoded(key: Option<IdempotencyKey>, request: Request) -> Decoded {
+        Decoded { id: 5, key, request }
+    }
+
+    #[tokio::test]
+    async fn start_full_queue_waits_then_sends_with_key() {
+        let (handler, mut queue, _dir) = handler(1);
+        let (filler, _r) = oneshot::channel();
+        handler.actor.try_send(Command::Read { read: Read::ListUsers, reply: filler }).unwrap();
+        let key = Some(IdempotencyKey { client: 9, request: 5 });
+        let started = handler.start(decoded(key, Request::CreateSubject { title: " T ".into(), created_by: "ana".into() }));
+        assert!(matches!(started, Started::Later(_)));
+        let waiter = tokio::spawn(started.reply());
+        let _ = queue.recv().await.unwrap();
+        match queue.recv().await.unwrap() {
+            Command::Write { write: Write::CreateSubject { title, created_by }, key: got, reply } => {
+                assert_eq!(title, " T ");
+                assert_eq!(created_by, "ana");
+                assert_eq!(got, key);
+                reply.send(Reply::Pong { server: 3 }).unwrap();
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(waiter.await.unwrap(), Reply::Pong { server: 3 });
+    }
+
+    #[tokio::test]
+    async fn start_closed_queue_internal() {
+        let (handler, queue, _dir) = handler(1);
+        drop(queue);
+        let reply = handler.start(decoded(None, Request::CheckSession { token_hash: "h".into() })).reply().await;
+        assert!(matches!(reply, Reply::Error(ref e) if e.code == ErrorCode::Internal), "{reply:?}");
+        let old = handler.handle(decoded(None, Request::CheckSession { token_hash: "h".into() })).await.reply;
+        assert_eq!(reply, old);
+    }
+
+    #[tokio::test]
+    async fn start_dropped_reply_internal() {
+        let (handler, mut queue, _dir) = handler(4);
+        let started = handler.start(decoded(None, Request::RevokeSession { token_hash: "h".into() }));
+        assert!(matches!(started, Started::Actor(_)));
+        drop(queue.recv().await.unwrap());
+        let reply = started.reply().await;
+        assert!(matches!(reply, Reply::Error(ref e) if e.code == ErrorCode::Internal), "{reply:?}");
+    }
+
+    #[tokio::test]
+    async fn start_validation_same_as_handle() {
+        let (handler, _queue, _dir) = handler(64);
+        let long = "x".repeat(100_000);
+        let cases = vec![
+            Request::CreateSubject { title: "".into(), created_by: "a".into() },
+            Request::CreateSubject { title: "   ".into(), created_by: "a".into() },
+            Request::PostMessage { subject: forum_protocol::ChangeId::new(1, 1), author: "a".into(), text: "".into() },
+            Request::PostMessage { subject: forum_protocol::ChangeId::new(1, 1), author: "a".into(), text: long.clone() },
+            Request::SendPrivate { from: "a".into(), to: "b".into(), text: "".into() },
+            Request::SetPresence { user: "a".into(), webserver: " ".into(), online: true },
+            Request::RenewPresence { webserver: "".into(), instance: 1, users: vec![], lease_ms: 1 },
+            Request::RenewPresence { webserver: "w".into(), instance: 1, users: vec![], lease_ms: MAX_LEASE_MS + 1 },
+            Request::Ping,
+        ];
+        for request in cases {
+            let a = handler.start(decoded(None, request.clone())).reply().await;
+            let b = handler.handle(decoded(None, request.clone())).await.reply;
+            assert_eq!(a, b, "{request:?}");
+            assert!(!matches!(a, Reply::Error(ref e) if e.code == ErrorCode::Internal), "{request:?} {a:?}");
+        }
+    }
+}

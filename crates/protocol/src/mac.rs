@@ -210,8 +210,12 @@ pub fn seal(key: Option<&ClusterKey>, context: MacContext, frames: &mut [Bytes],
 /// It encrypts those payload frames as one payload under one nonce and one tag. The covered
 /// frames before them stay in clear and are bound as associated data. Each frame keeps its
 /// place: the first payload frame gets the nonce in front and the last the tag at its end.
-/// With `encrypted` = 1 this is [`seal`]. Without a key, or with `encrypted` = 0 or more than
-/// `frames.len()`, the frames are left as they are.
+/// With `encrypted` = 1 this is [`seal`]. Without a key, the frames are left as they are.
+///
+/// # Panics
+///
+/// When a key is set and `encrypted` is 0 or more than `frames.len()`: sending such a message
+/// would put its payload on the wire in clear.
 pub fn seal_frames(key: Option<&ClusterKey>, context: MacContext, frames: &mut [Bytes], covered: usize, encrypted: usize) {
     let Some(key) = key else { return };
     let mut nonce = [0u8; NONCE_LEN];
@@ -227,9 +231,11 @@ fn seal_with_nonce(
     encrypted: usize,
     nonce: &[u8; NONCE_LEN],
 ) {
-    if encrypted == 0 || encrypted > frames.len() {
-        return;
-    }
+    assert!(
+        (1..=frames.len()).contains(&encrypted),
+        "sealing {encrypted} payload frames of a {}-frame message",
+        frames.len()
+    );
     let (before, payload) = frames.split_at_mut(frames.len() - encrypted);
     let start = before.len().saturating_sub(covered.saturating_sub(encrypted));
     let payload_lengths: Vec<usize> = payload.iter().map(Bytes::len).collect();
@@ -456,11 +462,22 @@ mod tests {
         let mut keyless = vec![Bytes::from_static(b"ping")];
         seal_frames(None, MacContext::Publication, &mut keyless, 2, 2);
         assert_eq!(keyless, vec![Bytes::from_static(b"ping")]);
-        let mut nothing_encrypted = vec![Bytes::from_static(b"webserver"), Bytes::from_static(b"ping")];
-        seal_frames(Some(&key()), MacContext::Publication, &mut nothing_encrypted, 2, 0);
-        assert_eq!(nothing_encrypted[1], Bytes::from_static(b"ping"));
         assert_eq!(unseal_frames(Some(&key()), MacContext::Publication, &mut frames, 2, 1), Ok(()));
         assert_eq!(frames[1], Bytes::from_static(b"ping"));
+    }
+
+    #[test]
+    #[should_panic(expected = "sealing 0 payload frames")]
+    fn seal_frames_rejects_no_payload() {
+        let mut frames = vec![Bytes::from_static(b"webserver"), Bytes::from_static(b"ping")];
+        seal_frames(Some(&key()), MacContext::Publication, &mut frames, 2, 0);
+    }
+
+    #[test]
+    #[should_panic(expected = "sealing 3 payload frames of a 2-frame message")]
+    fn seal_frames_rejects_missing_frames() {
+        let mut frames = vec![Bytes::from_static(b"webserver"), Bytes::from_static(b"ping")];
+        seal_frames(Some(&key()), MacContext::Publication, &mut frames, 3, 3);
     }
 
     #[test]
