@@ -47,6 +47,7 @@
 //! host, which the guard does not protect against.
 
 mod checker;
+mod client;
 pub mod codec;
 mod guard;
 mod limits;
@@ -57,6 +58,7 @@ mod relay;
 mod server;
 mod stats;
 
+pub use client::{ClientError, Dealer, DealerReceiver, DealerSender, Subscriber};
 pub use checker::{Phase, Violation, ZmtpChecker, GREETING_LEN};
 pub use guard::{Guard, RoutingId};
 pub use publish::{Publisher, QUEUE_MESSAGES};
