@@ -17,7 +17,7 @@ use std::time::Duration;
 use forum_protocol::{decode, unseal, MacContext, Change, FeedBatch, Reply, Request, ServerId, WireFeedChange, TOPIC_WEBSERVER};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
-use zeromq::{Socket, SocketOptions, SocketRecv, SubSocket};
+use zmtp_guard::{Limits, Subscriber};
 
 use crate::data_client::{ActiveServer, DataClient};
 use crate::duplicates::Verdict;
@@ -35,7 +35,7 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// The maximum number of changes one `FeedSince` request fetches.
 pub const FETCH_LIMIT: u32 = 500;
 
-/// How long one SUB connection attempt may take.
+/// How long the TCP connection of the SUB socket may take, and then its ZMTP handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A position in a data server's feed: the server's id and the position there.
@@ -170,8 +170,7 @@ impl Follower<'_> {
                     }
                     self.catch_up().await
                 }
-                Some(Ok(message)) => {
-                    let mut frames = message.into_vec();
+                Some(Ok(mut frames)) => {
                     match unseal(self.data.cluster_key(), MacContext::Publication, &mut frames, 2) {
                         Ok(()) => self.receive(frames.get(1).map(|frame| frame.as_ref())).await,
                         Err(error) => {
@@ -184,9 +183,13 @@ impl Follower<'_> {
                     }
                 }
                 Some(Err(error)) => {
-                    // The SUB socket reconnects by itself, and the poll fills the gap meanwhile.
-                    tracing::warn!(%error, "failed to receive from the change feed");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    // The next poll tick, at most POLL_INTERVAL later, connects a new socket,
+                    // and the poll fills the gap meanwhile. A cut is already logged by the
+                    // socket, rate-limited.
+                    if !error.is_cut() {
+                        tracing::warn!(%error, pub_endpoint, "failed to receive from the change feed; reconnecting");
+                    }
+                    socket = None;
                     true
                 }
             };
@@ -291,26 +294,18 @@ impl Follower<'_> {
 }
 
 /// Connects a SUB socket to the `webserver` topic of `endpoint`, or returns `None` when that
-/// fails; the caller tries again later.
-async fn subscribe(endpoint: &str) -> Option<SubSocket> {
-    let mut options = SocketOptions::default();
-    options.connect_timeout(CONNECT_TIMEOUT);
-    let mut socket = SubSocket::with_options(options);
-    if let Err(error) = socket.subscribe(TOPIC_WEBSERVER).await {
-        tracing::error!(%error, "failed to subscribe to the change feed");
-        return None;
-    }
-    match tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(endpoint)).await {
-        Ok(Ok(())) => {
+/// fails; the caller tries again at the next poll tick.
+async fn subscribe(endpoint: &str) -> Option<Subscriber> {
+    let limits = Limits { greeting_timeout: CONNECT_TIMEOUT, ..Limits::default() };
+    match Subscriber::connect(endpoint, &[TOPIC_WEBSERVER.as_bytes()], &limits, CONNECT_TIMEOUT).await {
+        Ok(socket) => {
             tracing::info!(%endpoint, "subscribed to the data server's change feed");
             Some(socket)
         }
-        Ok(Err(error)) => {
+        // The socket has already logged a cut, rate-limited.
+        Err(error) if error.is_cut() => None,
+        Err(error) => {
             tracing::warn!(%endpoint, %error, "failed to connect to the change feed; polling until it is up");
-            None
-        }
-        Err(_elapsed) => {
-            tracing::warn!(%endpoint, "timed out connecting to the change feed; polling until it is up");
             None
         }
     }
