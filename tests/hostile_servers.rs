@@ -183,3 +183,49 @@ async fn webserver_survives_hostile_change_feed() {
     }
     data.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dataserver_survives_hostile_peers() {
+    init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let in_greeting = HostileServer::start(Attack::InGreeting).await;
+    let after_handshake = HostileServer::start(Attack::AfterHandshake { socket_type: "PUB" }).await;
+    let request = format!("tcp://127.0.0.1:{}", free_port());
+    let publish = format!("tcp://127.0.0.1:{}", free_port());
+    let peers = format!("{},{}", in_greeting.endpoint, after_handshake.endpoint);
+    let data_dir = dir.path().to_str().expect("UTF-8 path");
+    let mut data = ServerProcess::spawn("dataserver", &["--id", "1", "--request", &request, "--pub", &publish, "--data-dir", data_dir, &peers]);
+
+    in_greeting.assert_reconnects_with_backoff("a peer subscriber").await;
+    after_handshake.assert_reconnects_with_backoff("a peer subscriber").await;
+    assert_running(&mut data, "dataserver");
+    assert_answers_ping(&request, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dataserver_survives_hostile_fetch_endpoint() {
+    init_logging();
+    let dir = tempfile::tempdir().unwrap();
+    for attack in [Attack::InGreeting, Attack::AfterHandshake { socket_type: "ROUTER" }] {
+        let hostile = HostileServer::start(attack).await;
+        // A real peer that is ahead and advertises the hostile server as its fetch endpoint.
+        let peer_dir = tempfile::tempdir_in(dir.path()).unwrap();
+        let peer = start_data_server(peer_dir.path(), Some(hostile.endpoint.clone())).await;
+        let register = Request::Register { name: "ana".into(), password: "password-of-ana".into() };
+        DataClient::new(peer.request_endpoint()).expect("registering on the peer", register).await;
+
+        let request = format!("tcp://127.0.0.1:{}", free_port());
+        let publish = format!("tcp://127.0.0.1:{}", free_port());
+        let data_dir = tempfile::tempdir_in(dir.path()).unwrap();
+        let data_dir_text = data_dir.path().to_str().expect("UTF-8 path");
+        let mut data = ServerProcess::spawn(
+            "dataserver",
+            &["--id", "1", "--request", &request, "--pub", &publish, "--data-dir", data_dir_text, peer.pub_endpoint()],
+        );
+
+        hostile.assert_reconnects_with_backoff(&format!("catch-up ({attack:?})")).await;
+        assert_running(&mut data, "dataserver");
+        assert_answers_ping(&request, 1).await;
+        peer.shutdown().await;
+    }
+}
