@@ -3,10 +3,10 @@
 //!
 //! Each peer has its own SUB socket so that a peer's liveness can be tracked on its own. The
 //! socket is `zmtp_guard`'s, which checks every message against the default [`Limits`] and
-//! cuts a peer that breaks them. It never reconnects by itself: when connecting fails, the
-//! connection breaks or the peer is cut, the task connects a new socket after a backoff that
-//! doubles from [`FIRST_RETRY_DELAY`] up to [`MAX_RETRY_DELAY`] and starts over once a
-//! message from the peer is accepted. When nothing at all arrives for [`DOWN_AFTER`], the
+//! cuts a peer that breaks them. It never reconnects by itself. So when connecting fails, the
+//! connection breaks or the peer is cut, the task connects a new socket after a backoff. The
+//! backoff doubles from [`FIRST_RETRY_DELAY`] up to [`MAX_RETRY_DELAY`], and starts over once
+//! a message from the peer is accepted. When nothing at all arrives for [`DOWN_AFTER`], the
 //! task also rebuilds the socket, so a connection that failed unnoticed cannot stop
 //! replication for good.
 
