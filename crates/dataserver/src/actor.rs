@@ -344,7 +344,7 @@ impl Committer {
             }
         }
         for publication in job.changes {
-            // The publisher only queues messages in zeromq's PUB socket, so this waits only
+            // The publisher only queues messages for the PUB port's subscribers, so this waits only
             // when publishing falls behind, and then it throttles writes.
             if self.publications.blocking_send(publication).is_err() {
                 warn!(server = self.id, "the publisher has stopped; a change was stored but not published");

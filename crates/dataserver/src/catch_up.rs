@@ -1,8 +1,10 @@
 //! Catch-up: fetching the changes that a peer has and this server lacks, in bounded batches,
 //! over a DEALER socket to the peer's request endpoint.
 //!
-//! zeromq 0.7's DEALER never reconnects, so a [`Fetcher`] whose request times out is dropped,
-//! and the next catch-up connects a new one.
+//! The DEALER socket is `zmtp_guard`'s, which checks every reply against the limits of
+//! [`reply_limits`] and cuts a peer that breaks them. It never reconnects, so a [`Fetcher`]
+//! whose request fails or times out is dropped, and the next catch-up, one replicator tick
+//! later at the earliest, connects a new one.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use bytes::Bytes;
 use forum_protocol::{seal, unseal, ClusterKey, MacContext, decode, encode, Change, Reply, Request, ServerId, WireReply, WireRequest, PROTOCOL_VERSION};
 use tokio::sync::{mpsc, oneshot};
 use tracing::info;
-use zeromq::{DealerSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
+use zmtp_guard::{Dealer, Limits};
 
 use crate::command::Command;
 use crate::metrics::{add, Metrics};
@@ -28,8 +30,18 @@ pub(crate) const FETCH_MAX_BYTES: usize = 1024 * 1024;
 /// How long a fetch waits for its reply before it drops the socket.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long connecting a fetcher may take.
+/// How long the TCP connection of a fetcher may take, and then its ZMTP handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The largest reply accepted from a peer, in bytes. A batch stops once it reaches
+/// [`FETCH_MAX_BYTES`], so its last change may take it over by at most the size of one change,
+/// a few KiB; twice the batch size leaves ample room.
+const MAX_REPLY_BYTES: u64 = 2 * FETCH_MAX_BYTES as u64;
+
+/// Returns the limits on what a peer's request port sends to a fetcher.
+fn reply_limits() -> Limits {
+    Limits { max_frame_bytes: MAX_REPLY_BYTES, max_message_bytes: MAX_REPLY_BYTES, greeting_timeout: CONNECT_TIMEOUT, ..Limits::default() }
+}
 
 /// How many fetched batches may wait for the actor's commit while the next one is fetched.
 const BATCHES_IN_FLIGHT: usize = 2;
@@ -37,18 +49,14 @@ const BATCHES_IN_FLIGHT: usize = 2;
 /// A DEALER socket connected to one peer's request endpoint.
 pub(crate) struct Fetcher {
     pub endpoint: String,
-    socket: DealerSocket,
+    socket: Dealer,
     next_request_id: u64,
     cluster_key: Option<ClusterKey>,
 }
 
 impl Fetcher {
     pub async fn connect(endpoint: &str, cluster_key: Option<ClusterKey>) -> anyhow::Result<Fetcher> {
-        let mut options = SocketOptions::default();
-        options.connect_timeout(CONNECT_TIMEOUT);
-        let mut socket = DealerSocket::with_options(options);
-        socket
-            .connect(endpoint)
+        let socket = Dealer::connect(endpoint, &reply_limits(), CONNECT_TIMEOUT)
             .await
             .map_err(|error| anyhow::anyhow!("failed to connect to the fetch endpoint {endpoint}: {error}"))?;
         Ok(Fetcher { endpoint: endpoint.to_owned(), socket, next_request_id: 1, cluster_key })
@@ -62,18 +70,16 @@ impl Fetcher {
         let request = WireRequest { v: PROTOCOL_VERSION, id, request: Request::FetchChanges { origin, after_seq, limit: FETCH_BATCH }, client: None };
         let mut frames = vec![Bytes::from(encode(&request))];
         seal(self.cluster_key.as_ref(), MacContext::Request, &mut frames, 1);
-        let message = ZmqMessage::try_from(frames).expect("a request has a payload frame");
         self.socket
-            .send(message)
+            .send(&frames)
             .await
             .map_err(|error| anyhow::anyhow!("failed to send a fetch request to {}: {error}", self.endpoint))?;
         let deadline = tokio::time::Instant::now() + FETCH_TIMEOUT;
         loop {
-            let message = tokio::time::timeout_at(deadline, self.socket.recv())
+            let mut frames = tokio::time::timeout_at(deadline, self.socket.recv())
                 .await
                 .map_err(|_| anyhow::anyhow!("no reply from {} within {FETCH_TIMEOUT:?}", self.endpoint))?
                 .map_err(|error| anyhow::anyhow!("failed to receive from {}: {error}", self.endpoint))?;
-            let mut frames = message.into_vec();
             unseal(self.cluster_key.as_ref(), MacContext::Reply, &mut frames, 1)
                 .map_err(|error| anyhow::anyhow!("dropped a reply from {}: {error}", self.endpoint))?;
             let payload = frames.pop().unwrap_or_default();

@@ -1,24 +1,28 @@
 //! One subscriber task per peer: it receives the peer's own changes on the checkpoint topic,
 //! which it hands to the actor, and the peer's heartbeats, which it hands to the replicator.
 //!
-//! Each peer has its own SUB socket so that a peer's liveness can be tracked on its own.
-//! zeromq 0.7's `connect` fails when the peer is not up within the connect timeout, so the
-//! task retries it with backoff. Once connected, the SUB socket reconnects by itself, but
-//! when nothing at all arrives for [`DOWN_AFTER`] the task still rebuilds the socket, so a
-//! connection that zeromq failed to notice as broken cannot stop replication for good.
+//! Each peer has its own SUB socket so that a peer's liveness can be tracked on its own. The
+//! socket is `zmtp_guard`'s, which checks every message against the default [`Limits`] and
+//! cuts a peer that breaks them. It never reconnects by itself. So when connecting fails, the
+//! connection breaks or the peer is cut, the task connects a new socket after a backoff. The
+//! backoff doubles from [`FIRST_RETRY_DELAY`] up to [`MAX_RETRY_DELAY`], and starts over once
+//! a message from the peer is accepted. When nothing at all arrives for [`DOWN_AFTER`], the
+//! task also rebuilds the socket, so a connection that failed unnoticed cannot stop
+//! replication for good.
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use forum_protocol::{unseal, ClusterKey, MacContext, decode, Change, Heartbeat, ServerId, WireChange, WireHeartbeat, TOPIC_CHECKPOINT, TOPIC_HEARTBEAT};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
-use zeromq::{Socket, SocketOptions, SocketRecv, SubSocket, ZmqMessage};
+use zmtp_guard::{Limits, Subscriber};
 
 use crate::command::Command;
 use crate::heartbeat::DOWN_AFTER;
 use crate::rate_limit::LogRateLimit;
 
-/// How long one connection attempt may take before it is retried.
+/// How long the TCP connection may take, and then the ZMTP handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The first and the longest wait between failed connection attempts.
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
@@ -71,16 +75,21 @@ async fn subscribe(server: ServerId, peer: &str, outputs: PeerOutputs, cluster_k
     let mut mac_failure_logged = false;
     let mut decode_failures = LogRateLimit::new();
     let mut dropped_heartbeats = LogRateLimit::new();
+    let mut retry_delay = FIRST_RETRY_DELAY;
     'connection: loop {
-        let mut socket = connect(server, peer).await;
+        let mut socket = connect(server, peer, &mut retry_delay).await;
         debug!(server, peer, "subscribed to peer");
         loop {
-            let message = match tokio::time::timeout(DOWN_AFTER, socket.recv()).await {
-                Ok(Ok(message)) => message,
+            let mut frames = match tokio::time::timeout(DOWN_AFTER, socket.recv()).await {
+                Ok(Ok(frames)) => frames,
                 Ok(Err(error)) => {
-                    if let Some(suppressed) = receive_failures.check() {
-                        warn!(server, peer, %error, suppressed, "failed to receive from peer; rebuilding the socket");
+                    // The socket has already logged a cut, rate-limited.
+                    if !error.is_cut() {
+                        if let Some(suppressed) = receive_failures.check() {
+                            warn!(server, peer, %error, suppressed, retry_in = ?retry_delay, "failed to receive from peer; rebuilding the socket");
+                        }
                     }
+                    back_off(&mut retry_delay).await;
                     continue 'connection;
                 }
                 Err(_) => {
@@ -88,7 +97,6 @@ async fn subscribe(server: ServerId, peer: &str, outputs: PeerOutputs, cluster_k
                     continue 'connection;
                 }
             };
-            let mut frames = message.into_vec();
             if let Err(error) = unseal(cluster_key.as_ref(), MacContext::Publication, &mut frames, 2) {
                 if !mac_failure_logged {
                     warn!(server, peer, %error, "dropped a message from peer that failed authentication; check that it uses this group's cluster key");
@@ -96,9 +104,9 @@ async fn subscribe(server: ServerId, peer: &str, outputs: PeerOutputs, cluster_k
                 }
                 continue;
             }
-            let Ok(message) = ZmqMessage::try_from(frames) else { continue };
-            match parse(&message) {
+            match parse(&frames) {
                 Ok(Received::Change(change)) => {
+                    retry_delay = FIRST_RETRY_DELAY;
                     // Waiting on a full actor channel leaves messages queued in the SUB socket.
                     // Beyond its queue the peer's PUB socket drops them, and catch-up fetches
                     // them later.
@@ -107,6 +115,7 @@ async fn subscribe(server: ServerId, peer: &str, outputs: PeerOutputs, cluster_k
                     }
                 }
                 Ok(Received::Heartbeat(heartbeat)) => {
+                    retry_delay = FIRST_RETRY_DELAY;
                     let received = ReceivedHeartbeat { peer: peer.to_owned(), heartbeat };
                     match outputs.heartbeats.try_send(received) {
                         Ok(()) => {}
@@ -128,39 +137,37 @@ async fn subscribe(server: ServerId, peer: &str, outputs: PeerOutputs, cluster_k
     }
 }
 
-/// Connects and subscribes, retrying with backoff until it succeeds.
-async fn connect(server: ServerId, peer: &str) -> SubSocket {
-    let mut delay = FIRST_RETRY_DELAY;
+/// Connects and subscribes, retrying with the backoff in `delay` until it succeeds.
+async fn connect(server: ServerId, peer: &str, delay: &mut Duration) -> Subscriber {
+    let limits = Limits { greeting_timeout: CONNECT_TIMEOUT, ..Limits::default() };
     let mut failures = LogRateLimit::new();
     loop {
-        let mut options = SocketOptions::default();
-        options.connect_timeout(CONNECT_TIMEOUT);
-        let mut socket = SubSocket::with_options(options);
-        let result = match socket.connect(peer).await {
-            // The prefix `checkpoint` also matches `checkpoint.heartbeat`.
-            Ok(()) => socket.subscribe(TOPIC_CHECKPOINT).await,
-            Err(error) => Err(error),
-        };
-        match result {
-            Ok(()) => return socket,
+        // The prefix `checkpoint` also matches `checkpoint.heartbeat`.
+        match Subscriber::connect(peer, &[TOPIC_CHECKPOINT.as_bytes()], &limits, CONNECT_TIMEOUT).await {
+            Ok(socket) => return socket,
+            // The socket has already logged a cut, rate-limited.
+            Err(error) if error.is_cut() => {}
             Err(error) => {
                 if let Some(suppressed) = failures.check() {
-                    warn!(server, peer, %error, suppressed, retry_in = ?delay, "failed to connect to peer; retrying");
+                    warn!(server, peer, %error, suppressed, retry_in = ?*delay, "failed to connect to peer; retrying");
                 }
             }
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(MAX_RETRY_DELAY);
+        back_off(delay).await;
     }
 }
 
+/// Waits `delay`, then doubles it up to [`MAX_RETRY_DELAY`].
+async fn back_off(delay: &mut Duration) {
+    tokio::time::sleep(*delay).await;
+    *delay = (*delay * 2).min(MAX_RETRY_DELAY);
+}
+
 /// Reads a `[topic, WireChange]` or a `[topic, WireHeartbeat]` message.
-fn parse(message: &ZmqMessage) -> Result<Received, String> {
-    if message.len() != 2 {
-        return Err(format!("expected 2 frames, got {}", message.len()));
-    }
-    let topic = message.get(0).expect("the message has 2 frames");
-    let payload = message.get(1).expect("the message has 2 frames");
+fn parse(frames: &[Bytes]) -> Result<Received, String> {
+    let [topic, payload] = frames else {
+        return Err(format!("expected 2 frames, got {}", frames.len()));
+    };
     if topic.as_ref() == TOPIC_CHECKPOINT.as_bytes() {
         let wire: WireChange = decode(payload).map_err(|error| error.to_string())?;
         Ok(Received::Change(wire.change))

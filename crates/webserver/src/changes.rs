@@ -3,10 +3,12 @@
 //! Every data server numbers the changes it stores (its feed positions, see
 //! `forum_protocol::WireFeedHeader`). The feed task follows the data server that the data
 //! client uses. A SUB socket on its `webserver` topic brings each change live, and a
-//! `FeedSince` request fetches the positions that the SUB socket lost, because zeromq's PUB
-//! drops messages for a slow subscriber without telling anyone. The task notices a loss when a change arrives with a position beyond the
-//! next one, and once per [`POLL_INTERVAL`] it asks for anything newer, which catches a loss at
-//! the end. So the broadcast carries every position of the feed, in order.
+//! `FeedSince` request fetches the positions that the SUB socket lost: the data server's PUB
+//! port drops messages for a subscriber whose queue is full, as zeromq's PUB does, and a
+//! reconnect loses what was published meanwhile. The task notices a loss when a change arrives
+//! with a position beyond the next one, and once per [`POLL_INTERVAL`] it asks for anything
+//! newer, which catches a loss at the end. So the broadcast carries every position of the
+//! feed, in order.
 //!
 //! When the data client moves to another data server, positions start over in that server's
 //! feed, so the task broadcasts [`FeedItem::Resync`] and every stream tells its page to refetch.
@@ -21,7 +23,7 @@ use forum_protocol::{
 };
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
-use zeromq::{Socket, SocketOptions, SocketRecv, SubSocket};
+use zmtp_guard::{Limits, Subscriber};
 
 use crate::data_client::{ActiveServer, DataClient};
 use crate::duplicates::Verdict;
@@ -39,7 +41,7 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// The maximum number of changes one `FeedSince` request fetches.
 pub const FETCH_LIMIT: u32 = 500;
 
-/// How long one SUB connection attempt may take.
+/// How long the TCP connection of the SUB socket may take, and then its ZMTP handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A position in a data server's feed: the server's id and the position there.
@@ -175,7 +177,7 @@ impl Follower<'_> {
                     }
                     self.catch_up().await
                 }
-                Some(Ok(message)) => match open_live_change(self.data.cluster_key(), message.into_vec()) {
+                Some(Ok(frames)) => match open_live_change(self.data.cluster_key(), frames) {
                     Ok(live) => self.receive(live).await,
                     Err(Rejected::Unauthenticated(error)) => {
                         unauthenticated += 1;
@@ -193,9 +195,13 @@ impl Follower<'_> {
                     }
                 },
                 Some(Err(error)) => {
-                    // The SUB socket reconnects by itself, and the poll fills the gap meanwhile.
-                    tracing::warn!(%error, "failed to receive from the change feed");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    // The next poll tick, at most POLL_INTERVAL later, connects a new socket,
+                    // and the poll fills the gap meanwhile. A cut is already logged by the
+                    // socket, rate-limited.
+                    if !error.is_cut() {
+                        tracing::warn!(%error, pub_endpoint, "failed to receive from the change feed; reconnecting");
+                    }
+                    socket = None;
                     true
                 }
             };
@@ -326,26 +332,18 @@ fn open_live_change(cluster_key: Option<&ClusterKey>, mut frames: Vec<Bytes>) ->
 }
 
 /// Connects a SUB socket to the `webserver` topic of `endpoint`, or returns `None` when that
-/// fails; the caller tries again later.
-async fn subscribe(endpoint: &str) -> Option<SubSocket> {
-    let mut options = SocketOptions::default();
-    options.connect_timeout(CONNECT_TIMEOUT);
-    let mut socket = SubSocket::with_options(options);
-    if let Err(error) = socket.subscribe(TOPIC_WEBSERVER).await {
-        tracing::error!(%error, "failed to subscribe to the change feed");
-        return None;
-    }
-    match tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(endpoint)).await {
-        Ok(Ok(())) => {
+/// fails; the caller tries again at the next poll tick.
+async fn subscribe(endpoint: &str) -> Option<Subscriber> {
+    let limits = Limits { greeting_timeout: CONNECT_TIMEOUT, ..Limits::default() };
+    match Subscriber::connect(endpoint, &[TOPIC_WEBSERVER.as_bytes()], &limits, CONNECT_TIMEOUT).await {
+        Ok(socket) => {
             tracing::info!(%endpoint, "subscribed to the data server's change feed");
             Some(socket)
         }
-        Ok(Err(error)) => {
+        // The socket has already logged a cut, rate-limited.
+        Err(error) if error.is_cut() => None,
+        Err(error) => {
             tracing::warn!(%endpoint, %error, "failed to connect to the change feed; polling until it is up");
-            None
-        }
-        Err(_elapsed) => {
-            tracing::warn!(%endpoint, "timed out connecting to the change feed; polling until it is up");
             None
         }
     }

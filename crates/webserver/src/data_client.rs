@@ -8,12 +8,15 @@
 //! `[empty delimiter, WireRequest]` each way, so the data server's ROUTER sees the same shape
 //! as from a REQ socket.
 //!
-//! zeromq 0.7's DEALER never reconnects by itself, so a supervisor task pings the data
-//! server every [`HEARTBEAT_INTERVAL`]. After [`MAX_MISSED_HEARTBEATS`] consecutive failed
-//! pings it drops the socket and connects to the next data server of the list (or the same
-//! one when there is only one). The requests still pending are sent again, with the same id,
-//! on the new socket: a data server that already stored a write with that key replies with
-//! the original result instead of storing it twice.
+//! The DEALER socket is `zmtp_guard`'s, which checks every reply against [`reply_limits`]
+//! and never reconnects by itself, so a supervisor task pings the data server every
+//! [`HEARTBEAT_INTERVAL`]. It drops the socket after [`MAX_MISSED_HEARTBEATS`] consecutive
+//! failed pings, or when the socket fails or cuts a data server that broke a limit. Then it
+//! connects to the next data server of the list (or the same one when there is only one).
+//! Once every data server of the list has failed in a row, it waits [`RECONNECT_DELAY`] before
+//! each attempt. The requests still pending are sent again, with the same id, on the new
+//! socket: a data server that already stored a write with that key replies with the original
+//! result instead of storing it twice.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -25,7 +28,7 @@ use forum_protocol::{decode, seal, unseal, ClusterKey, MacContext, encode, Reply
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use zeromq::{DealerRecvHalf, DealerSendHalf, DealerSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
+use zmtp_guard::{Dealer, DealerReceiver, DealerSender, Limits};
 
 /// How often the supervisor pings the data server.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
@@ -35,13 +38,19 @@ pub const PING_TIMEOUT: Duration = Duration::from_millis(750);
 /// interval and the ping timeout above, the client leaves a silent data server at most
 /// about 2 s after its last reply.
 pub const MAX_MISSED_HEARTBEATS: u32 = 2;
-/// How long one connection attempt may take.
+/// How long the TCP connection may take, and then the ZMTP handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The largest reply accepted from a data server, in bytes.
+///
+/// NOTE: the protocol does not bound a reply that lists every message of a subject. A larger
+/// reply gets the connection cut, and the request is sent again on each new connection until
+/// its timeout expires.
+pub const MAX_REPLY_BYTES: u64 = 64 << 20;
 /// Requests waiting for the writer task. When it is full, new requests fail at once with
 /// [`DataError::QueueFull`] (HTTP 503) instead of waiting.
 const OUTGOING_QUEUE_CAPACITY: usize = 1024;
-/// Pause after every data server of the list failed to connect.
-const RECONNECT_DELAY: Duration = Duration::from_millis(200);
+/// Pause before each connection attempt once every data server of the list failed in a row.
+pub const RECONNECT_DELAY: Duration = Duration::from_millis(200);
 
 /// The failure of a request that got no reply from the data server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -239,16 +248,15 @@ impl Drop for PendingEntry<'_> {
     }
 }
 
-/// Opens a DEALER socket to `endpoint`, giving up after [`CONNECT_TIMEOUT`].
-async fn connect(endpoint: &str) -> Result<DealerSocket, String> {
-    let mut options = SocketOptions::default();
-    options.connect_timeout(CONNECT_TIMEOUT);
-    let mut socket = DealerSocket::with_options(options);
-    match tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(endpoint)).await {
-        Ok(Ok(())) => Ok(socket),
-        Ok(Err(error)) => Err(error.to_string()),
-        Err(_elapsed) => Err(format!("no connection within {CONNECT_TIMEOUT:?}")),
-    }
+/// Returns the limits on what a data server sends to the data client: replies of up to
+/// [`MAX_REPLY_BYTES`], and a handshake within [`CONNECT_TIMEOUT`].
+pub fn reply_limits() -> Limits {
+    Limits { max_frame_bytes: MAX_REPLY_BYTES, max_message_bytes: MAX_REPLY_BYTES, greeting_timeout: CONNECT_TIMEOUT, ..Limits::default() }
+}
+
+/// Opens a DEALER socket to `endpoint` and runs the handshake, each within [`CONNECT_TIMEOUT`].
+async fn connect(endpoint: &str) -> Result<Dealer, String> {
+    Dealer::connect(endpoint, &reply_limits(), CONNECT_TIMEOUT).await.map_err(|error| error.to_string())
 }
 
 /// Connects, watches the connection with heartbeats and moves to the next data server when the
@@ -283,16 +291,12 @@ async fn supervise(
                     client.set_link(Link::Lost);
                 }
                 index = (index + 1) % endpoints.len();
-                if index == 0 || endpoints.len() == 1 {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(RECONNECT_DELAY) => {}
-                    }
+                if !pause_after_failures(failures_in_a_row, endpoints.len(), &shutdown).await {
+                    return;
                 }
                 continue;
             }
         };
-        logged_unreachable[index] = false;
         connections += 1;
         let connection = connections;
 
@@ -305,12 +309,14 @@ async fn supervise(
         // once that reply arrived.
         let first_pong = tokio::select! {
             _ = shutdown.cancelled() => None,
+            _ = stop.cancelled() => None,
             pong = client.request_within(Request::Ping, PING_TIMEOUT) => match pong {
                 Ok(Reply::Pong { server }) => Some(server),
                 _ => None,
             },
         };
         if let Some(server) = first_pong {
+            logged_unreachable[index] = false;
             failures_in_a_row = 0;
             client.set_link(Link::Connected);
             client.shared.active.send_replace(Some(ActiveServer { index, server, connection }));
@@ -328,13 +334,37 @@ async fn supervise(
         failures_in_a_row += 1;
         client.set_link(if failures_in_a_row >= endpoints.len() { Link::Lost } else { Link::Connecting });
         let pending = client.shared.pending.lock().expect("pending map lock").len();
-        index = (index + 1) % endpoints.len();
-        tracing::warn!(
-            left = %endpoint,
-            next = %endpoints[index],
-            pending_requests = pending,
-            "data server stopped replying; moving to the next data server and sending the pending requests again"
-        );
+        let next = (index + 1) % endpoints.len();
+        if first_pong.is_some() {
+            tracing::warn!(
+                left = %endpoint,
+                next = %endpoints[next],
+                pending_requests = pending,
+                "data server stopped replying; moving to the next data server and sending the pending requests again"
+            );
+        } else if !logged_unreachable[index] {
+            // Logged once until the data server replies, so a server that fails every
+            // connection does not fill the log.
+            tracing::warn!(%endpoint, next = %endpoints[next], "the data server did not reply to the first ping; retrying until it does");
+            logged_unreachable[index] = true;
+        }
+        index = next;
+        if !pause_after_failures(failures_in_a_row, endpoints.len(), &shutdown).await {
+            return;
+        }
+    }
+}
+
+/// Waits [`RECONNECT_DELAY`] once every data server of the list has failed in a row, so a
+/// data server that fails every connection at once cannot make the supervisor spin. Returns
+/// false on `shutdown`.
+async fn pause_after_failures(failures_in_a_row: usize, endpoints: usize, shutdown: &CancellationToken) -> bool {
+    if failures_in_a_row < endpoints {
+        return true;
+    }
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(RECONNECT_DELAY) => true,
     }
 }
 
@@ -372,7 +402,7 @@ async fn watch_heartbeats(client: &DataClient, shutdown: &CancellationToken, con
 /// `stop`; then hands the queue back for the next socket.
 async fn write_requests(
     client: DataClient,
-    mut socket: DealerSendHalf,
+    mut socket: DealerSender,
     mut outgoing: mpsc::Receiver<u64>,
     connection: u64,
     stop: CancellationToken,
@@ -398,14 +428,16 @@ async fn write_requests(
         let Some(payload) = client.take_for_sending(id, connection) else { continue };
         let mut frames = vec![Bytes::new(), payload];
         seal(client.shared.cluster_key.as_ref(), MacContext::Request, &mut frames, 1);
-        let message = ZmqMessage::try_from(frames).expect("a request has its payload frame");
         let sent = tokio::select! {
             _ = stop.cancelled() => break,
-            sent = socket.send(message) => sent,
+            sent = socket.send(&frames) => sent,
         };
         if let Err(error) = sent {
-            // The request stays pending and is sent again on the next connection.
-            tracing::warn!(id, %error, "failed to send a request to the data server");
+            // The request stays pending and is sent again on the next connection. A failed
+            // send may leave part of a message on the socket, so the connection ends.
+            tracing::warn!(id, %error, "failed to send a request to the data server; moving on");
+            stop.cancel();
+            break;
         }
     }
     outgoing
@@ -413,7 +445,7 @@ async fn write_requests(
 
 /// Completes pending requests with the replies that arrive, until `stop` or a socket error,
 /// which also ends the connection.
-async fn read_replies(client: DataClient, mut socket: DealerRecvHalf, stop: CancellationToken) {
+async fn read_replies(client: DataClient, mut socket: DealerReceiver, stop: CancellationToken) {
     let mut undecodable: u64 = 0;
     let mut unauthenticated: u64 = 0;
     loop {
@@ -421,15 +453,17 @@ async fn read_replies(client: DataClient, mut socket: DealerRecvHalf, stop: Canc
             _ = stop.cancelled() => return,
             received = socket.recv() => received,
         };
-        let message = match received {
-            Ok(message) => message,
+        let mut frames = match received {
+            Ok(frames) => frames,
             Err(error) => {
-                tracing::warn!(%error, "failed to receive from the data server; moving on");
+                // The socket has already logged a cut, rate-limited.
+                if !error.is_cut() {
+                    tracing::warn!(%error, "failed to receive from the data server; moving on");
+                }
                 stop.cancel();
                 return;
             }
         };
-        let mut frames = message.into_vec();
         if let Err(error) = unseal(client.shared.cluster_key.as_ref(), MacContext::Reply, &mut frames, 1) {
             unauthenticated += 1;
             if unauthenticated.is_power_of_two() {

@@ -1,9 +1,12 @@
-//! ZMTP servers that check what their clients send, and a TCP front that does
-//! the same for a zeromq socket.
+//! ZMTP servers that check what their clients send, ZMTP client sockets that
+//! check what their servers send, and a TCP front that does the same for a
+//! zeromq socket.
 //!
 //! [`ZmtpListener`] and [`Publisher`] serve ZMTP themselves: the data server's
-//! request port (a ROUTER) and its PUB port. [`Guard`] relays checked bytes to
-//! a zeromq socket bound on loopback. All three check client bytes with the
+//! request port (a ROUTER) and its PUB port. [`Dealer`] and [`Subscriber`]
+//! connect out: the web server's sockets to its data server, and a data
+//! server's sockets to its peers. [`Guard`] relays checked bytes to a zeromq
+//! socket bound on loopback. All of them check the bytes they receive with the
 //! same [`ZmtpChecker`] and [`Limits`].
 //!
 //! The `zeromq` crate (0.7) has no limits on what a peer sends. Its frame
@@ -43,10 +46,30 @@
 //! a service that reads frames with [`codec::FrameReader`] and writes its
 //! own. The data server's request port is such a ROUTER.
 //!
+//! [`Dealer`] and [`Subscriber`] connect to one `tcp://HOST:PORT` endpoint and
+//! read the server's stream through a [`codec::FrameReader`] as well. They cut
+//! a server that breaks the limits, log it as a warning (rate-limited) with
+//! the server's address and the reason, and return a [`ClientError`]. They
+//! never reconnect by themselves, so the caller connects a new socket, after
+//! a pause of its choosing.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), zmtp_guard::ClientError> {
+//! use std::time::Duration;
+//! use zmtp_guard::{Limits, Subscriber};
+//!
+//! let limits = Limits::default();
+//! let mut subscriber = Subscriber::connect("tcp://127.0.0.1:5556", &[b"news"], &limits, Duration::from_secs(1)).await?;
+//! let frames = subscriber.recv().await?;
+//! # let _ = frames;
+//! # Ok(()) }
+//! ```
+//!
 //! NOTE: the internal address is still reachable by any local process on the
 //! host, which the guard does not protect against.
 
 mod checker;
+mod client;
 pub mod codec;
 mod guard;
 mod limits;
@@ -57,6 +80,7 @@ mod relay;
 mod server;
 mod stats;
 
+pub use client::{ClientError, Dealer, DealerReceiver, DealerSender, Subscriber};
 pub use checker::{Phase, Violation, ZmtpChecker, GREETING_LEN};
 pub use guard::{Guard, RoutingId};
 pub use publish::{Publisher, QUEUE_MESSAGES};
