@@ -229,3 +229,104 @@ async fn dataserver_survives_hostile_fetch_endpoint() {
         peer.shutdown().await;
     }
 }
+
+/// A fake data server that completes the handshake as a ROUTER, replies to each Ping with a
+/// Pong, and closes the connection 10 ms after its first Pong. It counts the connections.
+async fn start_flapping_data_server() -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind(("127.0.0.1", free_port())).await.expect("binding the flapping server");
+    let endpoint = format!("tcp://{}", listener.local_addr().unwrap());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&connections);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let mut handshake = greeting();
+                handshake.extend(ready("ROUTER"));
+                let mut client_greeting = [0u8; 64];
+                if stream.write_all(&handshake).await.is_err() || stream.read_exact(&mut client_greeting).await.is_err() {
+                    return;
+                }
+                let mut closes_at = None;
+                loop {
+                    let next = match closes_at {
+                        Some(deadline) => match tokio::time::timeout_at(deadline, answer_pings(&mut stream)).await {
+                            Ok(next) => next,
+                            Err(_elapsed) => return,
+                        },
+                        None => answer_pings(&mut stream).await,
+                    };
+                    match next {
+                        Some(true) if closes_at.is_none() => closes_at = Some(tokio::time::Instant::now() + Duration::from_millis(10)),
+                        Some(_) => {}
+                        None => return,
+                    }
+                }
+            });
+        }
+    });
+    (endpoint, connections)
+}
+
+/// Reads one message from the client and replies with a Pong when it is a Ping. Returns whether it replied, or `None` when the
+/// connection ended or sent something unexpected.
+async fn answer_pings(stream: &mut tokio::net::TcpStream) -> Option<bool> {
+    // Frames until the end of one message; commands (the client's READY) are skipped.
+    let mut message: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let flags = stream.read_u8().await.ok()?;
+        let size = if flags & 0x02 != 0 { stream.read_u64().await.ok()? } else { u64::from(stream.read_u8().await.ok()?) };
+        if size > 65536 {
+            return None;
+        }
+        let mut body = vec![0u8; size as usize];
+        stream.read_exact(&mut body).await.ok()?;
+        if flags & 0x04 != 0 {
+            continue;
+        }
+        message.push(body);
+        if flags & 0x01 == 0 {
+            break;
+        }
+    }
+    let payload = message.pop()?;
+    let request = forum_protocol::decode::<forum_protocol::WireRequest>(&payload).ok()?;
+    if !matches!(request.request, Request::Ping) {
+        return Some(false);
+    }
+    let reply = forum_protocol::WireReply { v: forum_protocol::PROTOCOL_VERSION, id: request.id, reply: Reply::Pong { server: 7 } };
+    message.push(forum_protocol::encode(&reply));
+    let mut bytes = Vec::new();
+    for (index, frame) in message.iter().enumerate() {
+        let more = if index + 1 < message.len() { 0x01 } else { 0x00 };
+        bytes.push(0x02 | more);
+        bytes.extend_from_slice(&(frame.len() as u64).to_be_bytes());
+        bytes.extend_from_slice(frame);
+    }
+    stream.write_all(&bytes).await.ok()?;
+    Some(true)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webserver_backs_off_from_flapping_data_servers() {
+    init_logging();
+    let (first, first_connections) = start_flapping_data_server().await;
+    let (second, second_connections) = start_flapping_data_server().await;
+    let connections = || first_connections.load(Ordering::SeqCst) + second_connections.load(Ordering::SeqCst);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut web = spawn_web_server(&listen, &format!("{first},{second}"), &format!("{first},{second}"));
+
+    eventually("the web server connects to both flapping data servers", || async {
+        first_connections.load(Ordering::SeqCst) >= 1 && second_connections.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    let before = connections();
+    tokio::time::sleep(WATCH).await;
+    let new_connections = connections() - before;
+    eprintln!("the web server connected {new_connections} times to the flapping data servers in {WATCH:?}");
+    assert!(new_connections >= 1, "the web server stopped reconnecting");
+    assert!(new_connections <= MAX_CONNECTIONS_IN_WATCH, "{new_connections} connections in {WATCH:?}: no backoff");
+    assert_running(&mut web, "webserver");
+    assert_serves_page(&listen).await;
+}

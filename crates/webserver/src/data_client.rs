@@ -14,7 +14,8 @@
 //! failed pings, or when the socket fails or cuts a data server that broke a limit. Then it
 //! connects to the next data server of the list (or the same one when there is only one).
 //! Once every data server of the list has failed in a row, it waits [`RECONNECT_DELAY`] before
-//! each attempt. The requests still pending are sent again, with the same id, on the new
+//! each attempt, doubling with each round up to [`MAX_RECONNECT_DELAY`]. A connection that
+//! drops within [`STABLE_AFTER`] of its first ping counts as a failure too. The requests still pending are sent again, with the same id, on the new
 //! socket: a data server that already stored a write with that key replies with the original
 //! result instead of storing it twice.
 
@@ -51,6 +52,15 @@ pub const MAX_REPLY_BYTES: u64 = 64 << 20;
 const OUTGOING_QUEUE_CAPACITY: usize = 1024;
 /// Pause before each connection attempt once every data server of the list failed in a row.
 pub const RECONNECT_DELAY: Duration = Duration::from_millis(200);
+
+/// The maximum pause between rounds of failed connections: [`RECONNECT_DELAY`] doubles with
+/// each round up to this.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+
+/// How long a connection must stay up after its first ping before it counts as a success
+/// and clears the count of failures in a row. A data server that replies to the first ping
+/// and then drops each connection still makes the supervisor pause.
+const STABLE_AFTER: Duration = Duration::from_secs(2);
 
 /// The failure of a request that got no reply from the data server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -317,11 +327,14 @@ async fn supervise(
         };
         if let Some(server) = first_pong {
             logged_unreachable[index] = false;
-            failures_in_a_row = 0;
             client.set_link(Link::Connected);
             client.shared.active.send_replace(Some(ActiveServer { index, server, connection }));
             tracing::info!(%endpoint, server, "connected to the data server");
+            let connected_at = tokio::time::Instant::now();
             watch_heartbeats(&client, &shutdown, &stop).await;
+            if connected_at.elapsed() >= STABLE_AFTER {
+                failures_in_a_row = 0;
+            }
         }
 
         stop.cancel();
@@ -355,16 +368,19 @@ async fn supervise(
     }
 }
 
-/// Waits [`RECONNECT_DELAY`] once every data server of the list has failed in a row, so a
-/// data server that fails every connection at once cannot make the supervisor spin. Returns
-/// false on `shutdown`.
+/// Waits once every data server of the list has failed in a row, so a data server that fails
+/// every connection at once cannot make the supervisor spin. The pause is
+/// [`RECONNECT_DELAY`] after the first round of failures and doubles with each further
+/// round, up to [`MAX_RECONNECT_DELAY`]. Returns false on `shutdown`.
 async fn pause_after_failures(failures_in_a_row: usize, endpoints: usize, shutdown: &CancellationToken) -> bool {
     if failures_in_a_row < endpoints {
         return true;
     }
+    let rounds = (failures_in_a_row / endpoints - 1).min(8) as u32;
+    let pause = (RECONNECT_DELAY * 2u32.pow(rounds)).min(MAX_RECONNECT_DELAY);
     tokio::select! {
         _ = shutdown.cancelled() => false,
-        _ = tokio::time::sleep(RECONNECT_DELAY) => true,
+        _ = tokio::time::sleep(pause) => true,
     }
 }
 
