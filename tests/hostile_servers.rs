@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::data_client::DataClient;
-use common::{eventually, free_port, init_logging, ServerProcess};
+use common::{eventually, free_port, init_logging, zmtp_greeting, zmtp_ready, ServerProcess};
 use forum_dataserver::{Config, DataServer, Options};
 use forum_protocol::{Reply, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -40,32 +40,11 @@ enum Attack {
     AfterHandshake { socket_type: &'static str },
 }
 
-fn greeting() -> Vec<u8> {
-    let mut bytes = vec![0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0x7f, 3, 0];
-    bytes.extend_from_slice(b"NULL");
-    bytes.resize(32, 0);
-    bytes.push(0); // as-server
-    bytes.resize(64, 0);
-    bytes
-}
-
-fn ready(socket_type: &str) -> Vec<u8> {
-    let mut body = vec![5];
-    body.extend_from_slice(b"READY");
-    body.push(11);
-    body.extend_from_slice(b"Socket-Type");
-    body.extend_from_slice(&(socket_type.len() as u32).to_be_bytes());
-    body.extend_from_slice(socket_type.as_bytes());
-    let mut bytes = vec![0x04, body.len() as u8];
-    bytes.extend_from_slice(&body);
-    bytes
-}
-
 impl Attack {
     fn bytes(self) -> Vec<u8> {
-        let mut bytes = greeting();
+        let mut bytes = zmtp_greeting();
         if let Attack::AfterHandshake { socket_type } = self {
-            bytes.extend(ready(socket_type));
+            bytes.extend(zmtp_ready(socket_type));
         }
         bytes.push(0x02);
         bytes.extend_from_slice(&ATTACK_FRAME_SIZE.to_be_bytes());
@@ -230,8 +209,9 @@ async fn dataserver_survives_hostile_fetch_endpoint() {
     }
 }
 
-/// A fake data server that completes the handshake as a ROUTER, replies to each Ping with a
-/// Pong, and closes the connection 10 ms after its first Pong. It counts the connections.
+/// Starts a fake data server that completes the handshake as a ROUTER, replies to each Ping
+/// with a Pong, and closes the connection 10 ms after its first Pong. Returns its endpoint and
+/// its count of connections.
 async fn start_flapping_data_server() -> (String, Arc<AtomicUsize>) {
     let listener = TcpListener::bind(("127.0.0.1", free_port())).await.expect("binding the flapping server");
     let endpoint = format!("tcp://{}", listener.local_addr().unwrap());
@@ -242,8 +222,8 @@ async fn start_flapping_data_server() -> (String, Arc<AtomicUsize>) {
             counted.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut stream = stream;
-                let mut handshake = greeting();
-                handshake.extend(ready("ROUTER"));
+                let mut handshake = zmtp_greeting();
+                handshake.extend(zmtp_ready("ROUTER"));
                 let mut client_greeting = [0u8; 64];
                 if stream.write_all(&handshake).await.is_err() || stream.read_exact(&mut client_greeting).await.is_err() {
                     return;
@@ -290,6 +270,7 @@ async fn answer_pings(stream: &mut tokio::net::TcpStream) -> Option<bool> {
             break;
         }
     }
+
     let payload = message.pop()?;
     let request = forum_protocol::decode::<forum_protocol::WireRequest>(&payload).ok()?;
     if !matches!(request.request, Request::Ping) {
@@ -297,6 +278,7 @@ async fn answer_pings(stream: &mut tokio::net::TcpStream) -> Option<bool> {
     }
     let reply = forum_protocol::WireReply { v: forum_protocol::PROTOCOL_VERSION, id: request.id, reply: Reply::Pong { server: 7 } };
     message.push(forum_protocol::encode(&reply));
+
     let mut bytes = Vec::new();
     for (index, frame) in message.iter().enumerate() {
         let more = if index + 1 < message.len() { 0x01 } else { 0x00 };

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::data_client::DataClient;
-use common::free_port;
+use common::{free_port, zmtp_greeting as greeting, zmtp_ready};
 use forum_dataserver::{Config, DataServer};
 use forum_protocol::{decode, encode, ErrorCode, Reply, Request, WireReply, WireRequest, PROTOCOL_VERSION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -157,16 +157,6 @@ fn address_of(endpoint: &str) -> String {
     endpoint.trim_start_matches("tcp://").to_owned()
 }
 
-/// A ZMTP 3.0 greeting for the NULL mechanism, as a client sends it (64 bytes).
-fn greeting() -> Vec<u8> {
-    let mut bytes = vec![0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0x7f, 3, 0];
-    bytes.extend_from_slice(b"NULL");
-    bytes.resize(32, 0);
-    bytes.push(0); // as-server: false
-    bytes.resize(64, 0);
-    bytes
-}
-
 /// A greeting followed by the READY command of a DEALER socket: a valid, idle client.
 fn handshake() -> Vec<u8> {
     handshake_as("DEALER")
@@ -174,15 +164,8 @@ fn handshake() -> Vec<u8> {
 
 /// Returns a greeting followed by the READY command of a socket of type `socket_type`.
 fn handshake_as(socket_type: &str) -> Vec<u8> {
-    let mut body = vec![5];
-    body.extend_from_slice(b"READY");
-    body.push(11);
-    body.extend_from_slice(b"Socket-Type");
-    body.extend_from_slice(&(socket_type.len() as u32).to_be_bytes());
-    body.extend_from_slice(socket_type.as_bytes());
     let mut bytes = greeting();
-    bytes.extend_from_slice(&[0x04, body.len() as u8]);
-    bytes.extend_from_slice(&body);
+    bytes.extend(zmtp_ready(socket_type));
     bytes
 }
 

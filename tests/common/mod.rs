@@ -516,3 +516,27 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Returns a ZMTP 3.0 greeting for the NULL mechanism with as-server false (64 bytes), as a
+/// client or one of our fake servers sends it.
+pub fn zmtp_greeting() -> Vec<u8> {
+    let mut bytes = vec![0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0x7f, 3, 0];
+    bytes.extend_from_slice(b"NULL");
+    bytes.resize(32, 0);
+    bytes.push(0); // as-server: false
+    bytes.resize(64, 0);
+    bytes
+}
+
+/// Returns the READY command of a socket of type `socket_type`, with no other property.
+pub fn zmtp_ready(socket_type: &str) -> Vec<u8> {
+    let mut body = vec![5];
+    body.extend_from_slice(b"READY");
+    body.push(11);
+    body.extend_from_slice(b"Socket-Type");
+    body.extend_from_slice(&(socket_type.len() as u32).to_be_bytes());
+    body.extend_from_slice(socket_type.as_bytes());
+    let mut bytes = vec![0x04, body.len() as u8];
+    bytes.extend_from_slice(&body);
+    bytes
+}

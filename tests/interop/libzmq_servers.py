@@ -6,7 +6,7 @@ It binds a ROUTER and a PUB on 127.0.0.1 ports of the system's choosing and prin
 "ROUTER_PORT PUB_PORT". The ROUTER replies to one request [routing id, frames...] with
 [routing id, frames..., b"reply"]. Then the PUB sends a b"skipped" and a b"news" message
 every 20 ms for 10 s, with a ZMTP heartbeat (PING every 100 ms, 300 ms timeout), so that a
-subscriber that does not answer PING is disconnected.
+subscriber that does not reply to PING with PONG is disconnected.
 """
 
 import sys

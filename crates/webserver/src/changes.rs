@@ -6,7 +6,7 @@
 //! `FeedSince` request fetches the positions that the SUB socket lost: the data server's PUB
 //! port drops messages for a subscriber whose queue is full, as zeromq's PUB does, and a
 //! reconnect loses what was published meanwhile. The task notices a loss when a change arrives
-//! with a position beyond the next one, and once per [`POLL_INTERVAL`] it asks for anything
+//! with a position beyond the next one, and once per [`POLL_INTERVAL`] it requests anything
 //! newer, which catches a loss at the end. So the broadcast carries every position of the
 //! feed, in order.
 //!

@@ -274,9 +274,9 @@ async fn stalled_frame_is_cut() {
     let address = start_hostile_server_in_parts(vec![server_handshake("ROUTER"), partial_frame]).await;
     let mut dealer = Dealer::connect(&endpoint(address), &test_limits(), CONNECT_TIMEOUT).await.unwrap();
 
-    // Each call is cancelled after 50 ms, far below the 300 ms stall timeout. Only when the
-    // time of cancelled calls adds up does one of them end with the cut; a timeout that
-    // restarted at each call would let every call run out instead.
+    // Each call is cancelled after 50 ms, far below the 300 ms stall timeout. One of them ends
+    // with the cut only because the time of cancelled calls adds up. A timeout that restarted
+    // at each call would let every call run out instead.
     let mut cut = None;
     for _ in 0..40 {
         if let Ok(result) = tokio::time::timeout(Duration::from_millis(50), dealer.recv()).await {
