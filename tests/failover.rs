@@ -178,6 +178,15 @@ async fn failover_after_kill_within_bound() {
     sign_up_when_up(&ana, "ana").await;
     wait_until_linked(&ana, &witnesses[0]).await;
     wait_until_linked(&ana, &witnesses[1]).await;
+    // ana's registration may have been published before the other data server subscribed, and
+    // then it arrives by catch-up, later than the probes. The survivor must know ana.
+    for (index, witness) in witnesses.iter().enumerate() {
+        let server = index + 1;
+        eventually(&format!("data server {server} knows ana"), || async {
+            witness.users().await.iter().any(|user| user["name"] == "ana")
+        })
+        .await;
+    }
     // On a busy machine a first ping can time out, and then the web server starts with the
     // second data server, or moves between the sign-up and this request. Both are allowed
     // here: the test kills whichever data server the web server uses.
