@@ -11,6 +11,7 @@ use forum_protocol::{
     fold, folded, now_millis, Change, ChangeId, ChangeKind, FeedNote, ErrorCode, ErrorReply, IdempotencyKey, Message, PrivateMessage, Reply,
     ServerId, Subject, User, UserStatus, VersionVector,
 };
+use rustc_hash::FxHashMap;
 
 use crate::command::{Credentials, Read, Write};
 use crate::idempotency::{Admission, Kept, PostRef, Writes};
@@ -86,19 +87,19 @@ pub(crate) struct ForumState {
     /// The greatest Lamport timestamp of any applied change.
     max_lamport: u64,
     /// The greatest sequence number applied, per origin server.
-    max_seq: HashMap<ServerId, u64>,
+    max_seq: FxHashMap<ServerId, u64>,
     /// The applied changes of each origin, as a contiguous prefix and a set beyond a gap.
     versions: VersionTracker,
     /// Every registration of each folded name, sorted by order key: the first one won the
     /// name, the others lost it to a concurrent registration on another server.
     users: HashMap<String, Vec<UserEntry>>,
     /// Every subject ever created, by id, including those that lost a title conflict.
-    subjects: HashMap<ChangeId, SubjectEntry>,
+    subjects: FxHashMap<ChangeId, SubjectEntry>,
     /// The subjects of each folded title by order key. The first one won the title, and the
     /// others are merged into it: their ids resolve to it and their messages show in its history.
     titles: HashMap<String, BTreeMap<OrderKey, ChangeId>>,
     /// Public messages per subject id. A subject's messages may arrive before the subject.
-    messages: HashMap<ChangeId, BTreeMap<OrderKey, Post>>,
+    messages: FxHashMap<ChangeId, BTreeMap<OrderKey, Post>>,
     /// The author names of posts, each stored once; a post stores its author's index here.
     authors: Vec<Arc<str>>,
     /// The index of each name in `authors`.

@@ -1,18 +1,19 @@
 //! The version tracker: the changes of each origin that a server has, as a contiguous prefix
 //! and a set beyond a gap.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use forum_protocol::{ChangeId, ServerId, VersionVector};
+use rustc_hash::FxHashMap;
 
 /// Tracks, per origin, the highest sequence number up to which every change is held, and the
 /// sequence numbers held above it. A change that arrives after a gap is applied and stored at
 /// once, but it counts in the vector only when the gap below it is filled.
 #[derive(Default)]
 pub(crate) struct VersionTracker {
-    contiguous: HashMap<ServerId, u64>,
+    contiguous: FxHashMap<ServerId, u64>,
     /// Sequence numbers above the contiguous prefix, per origin. Empty sets are removed.
-    beyond_gap: HashMap<ServerId, BTreeSet<u64>>,
+    beyond_gap: FxHashMap<ServerId, BTreeSet<u64>>,
 }
 
 impl VersionTracker {
