@@ -254,6 +254,16 @@ pub fn is_stored_message(frame: &[u8]) -> bool {
     matches!(decode::<WireReply>(frame), Ok(WireReply { reply: Reply::Message(_), .. }))
 }
 
+/// Returns true when `frame` is a [`WireReply`] carrying `Pong`.
+pub fn is_pong(frame: &[u8]) -> bool {
+    matches!(decode::<WireReply>(frame), Ok(WireReply { reply: Reply::Pong { .. }, .. }))
+}
+
+/// Encodes a `Ping` request, which a data server answers on the connection without a write.
+pub fn ping_request(id: u64) -> Bytes {
+    Bytes::from(encode(&WireRequest { v: PROTOCOL_VERSION, id, request: Request::Ping, client: None }))
+}
+
 /// Encodes a `PostMessage` request.
 pub fn post_request(id: u64, subject: forum_protocol::ChangeId, author: &str, text: String) -> Bytes {
     let request = Request::PostMessage { subject, author: author.to_owned(), text };

@@ -2,6 +2,11 @@
 //! two and three data servers. A data server replies only after the group commit, so every
 //! counted reply is a write stored on disk. Each run also measures the machine's busy
 //! fraction and the CPU time per write of the data servers and the bench process.
+//!
+//! To show how much of a write's cost is the request path itself, the same clients also send
+//! `Ping` requests to the single data server. It replies to a `Ping` on the connection's own
+//! task, without the state, the store or another thread, so the figure covers decoding,
+//! replying and encoding only.
 
 use std::path::Path;
 
@@ -25,10 +30,7 @@ pub async fn measure(plan: &Plan, scratch: &Path, report: &mut Report) -> anyhow
         // A short warm-up fills the caches and the store's first pages.
         run(plan, &endpoints, subject, Bound::Time(plan.run_length / 4)).await?;
         let mut rates = Vec::new();
-        let mut cpu = CpuMeter::new(vec![
-            ProcessGroup { key: "data", label: "data servers", pids: servers.iter().map(|server| server.process.pid()).collect() },
-            ProcessGroup { key: "bench", label: "bench process", pids: vec![std::process::id()] },
-        ]);
+        let mut cpu = cpu_meter(servers.iter().map(|server| server.process.pid()).collect());
         // NOTE: the CPU time also covers the replies that arrive after the run's time bound,
         // which `accepted` leaves out, so CPU per write is high by up to one window per
         // connection out of all the run's writes.
@@ -39,7 +41,6 @@ pub async fn measure(plan: &Plan, scratch: &Path, report: &mut Report) -> anyhow
             rates.push(result.per_second());
         }
         let counters = replication_counters(&endpoints).await?;
-        forum::stop_all(servers.into_iter().map(|server| server.process).collect()).await?;
 
         let key = format!("writes.servers_{size}");
         let label = format!("{size} data server{}, writes spread over all", if size == 1 { "" } else { "s" });
@@ -54,7 +55,43 @@ pub async fn measure(plan: &Plan, scratch: &Path, report: &mut Report) -> anyhow
             report.add(&format!("{key}.fetched"), "  changes received by catch-up fetches", "changes", vec![fetched]);
             report.add(&format!("{key}.duplicates"), "  changes received twice and ignored", "changes", vec![duplicates]);
         }
+        if size == 1 {
+            measure_pings(plan, &endpoints, ceiling, servers[0].process.pid(), report).await?;
+        }
+        forum::stop_all(servers.into_iter().map(|server| server.process).collect()).await?;
     }
+    Ok(())
+}
+
+/// Returns a meter of the CPU time of the data server processes `pids` and of this process.
+fn cpu_meter(pids: Vec<u32>) -> CpuMeter {
+    CpuMeter::new(vec![
+        ProcessGroup { key: "data", label: "data servers", pids },
+        ProcessGroup { key: "bench", label: "bench process", pids: vec![std::process::id()] },
+    ])
+}
+
+/// Measures `Ping` round trips through the data server at `endpoints`, whose process is `pid`.
+async fn measure_pings(plan: &Plan, endpoints: &[String], ceiling: Option<f64>, pid: u32, report: &mut Report) -> anyhow::Result<()> {
+    let mut cpu = cpu_meter(vec![pid]);
+    let mut rates = Vec::new();
+    for _ in 0..plan.runs {
+        let cpu_start = cpu.read();
+        let connections = plan.write_connections.max(endpoints.len());
+        let bound = Bound::Time(plan.run_length);
+        let result = data_client::load(endpoints, connections, plan.write_window, bound, data_client::ping_request, data_client::is_pong).await?;
+        if result.rejected > 0 {
+            bail!("{} of the pings got a reply other than Pong; the data server logs say why", result.rejected);
+        }
+        cpu.record_run(cpu_start, result.accepted);
+        rates.push(result.per_second());
+    }
+    let label = "1 data server answering Ping instead (no write, no store)";
+    let rate = report.add("writes.ping.per_second", label, "replies/s", rates);
+    if let Some(ceiling) = ceiling {
+        report.add("writes.ping.ratio_to_dealer_router", "  ratio to the DEALER→ROUTER ceiling", "", vec![rate / ceiling]);
+    }
+    cpu.add_figures(report, "writes.ping", "reply");
     Ok(())
 }
 
