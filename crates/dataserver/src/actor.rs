@@ -23,7 +23,7 @@
 
 use std::sync::Arc;
 
-use forum_protocol::{now_millis, Change, ChangeId, ErrorCode, Reply, ServerId, VersionVector};
+use forum_protocol::{now_millis, Change, ChangeId, ErrorCode, FeedNote, Reply, ServerId, VersionVector};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, warn};
 
@@ -180,6 +180,7 @@ impl Actor {
     fn apply_batch(&mut self, batch: &mut Vec<Command>) -> Job {
         let mut replies = Vec::with_capacity(batch.len());
         let mut changes: Vec<Publication> = Vec::new();
+        let mut encoded = Vec::new();
         for command in batch.drain(..) {
             match command {
                 Command::Write { write, key, reply } => {
@@ -196,10 +197,10 @@ impl Actor {
                         Ok(Some(kind)) => {
                             let change = Change { id, lamport, time, kind, key };
                             self.state.apply(&change);
-                            let answer = reply_for(&change);
                             add(&self.metrics.local_changes, 1);
-                            changes.push(Publication::new(change, true));
-                            answer
+                            changes.push(Publication::new(&change, true, FeedNote::default()));
+                            encoded.push(EncodedChange::new(&change));
+                            reply_for(change)
                         }
                         Ok(None) => Reply::Done,
                         Err(rejection) => Reply::Error(rejection),
@@ -217,7 +218,8 @@ impl Actor {
                     self.check_origin(&change);
                     if let Some(note) = self.state.apply_noted(&change) {
                         add(&self.metrics.replicated_changes, 1);
-                        changes.push(Publication { note, ..Publication::new(change, false) });
+                        changes.push(Publication::new(&change, false, note));
+                        encoded.push(EncodedChange::new(&change));
                     } else {
                         add(&self.metrics.duplicate_changes, 1);
                         debug!(server = self.id, change = %change.id, "ignored a change that is already applied");
@@ -229,7 +231,8 @@ impl Actor {
                         self.check_origin(&change);
                         if let Some(note) = self.state.apply_noted(&change) {
                             add(&self.metrics.fetched_changes, 1);
-                            changes.push(Publication { note, ..Publication::new(change, false) });
+                            changes.push(Publication::new(&change, false, note));
+                            encoded.push(EncodedChange::new(&change));
                         } else {
                             add(&self.metrics.duplicate_changes, 1);
                         }
@@ -240,7 +243,6 @@ impl Actor {
             }
         }
         let vector = (!changes.is_empty()).then(|| self.state.vector());
-        let encoded = changes.iter().map(|publication| EncodedChange::new(&publication.change)).collect();
         Job { epoch: self.epoch, changes, encoded, replies, vector }
     }
 

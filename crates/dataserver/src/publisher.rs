@@ -8,7 +8,8 @@
 //!
 //! The change frame of both messages, `[checkpoint, change]` and `[webserver, header,
 //! change]`, is the buffer that the committer stored, so publishing serializes no change.
-//! Only a change with a secret gets a second encoding, the redacted one, for web servers.
+//! Only a change with a secret gets a second encoding, the redacted one for web servers,
+//! which the actor makes beside the stored one.
 
 use bytes::Bytes;
 use forum_protocol::{
@@ -24,7 +25,6 @@ use crate::heartbeat::{self, HEARTBEAT_INTERVAL};
 /// A stored change to publish.
 #[derive(Debug)]
 pub(crate) struct Publication {
-    pub change: Change,
     /// True for a change made by this server, false for one received from a peer.
     pub local: bool,
     /// The change's position in this server's feed.
@@ -33,15 +33,19 @@ pub(crate) struct Publication {
     /// change frame of both its checkpoint and its webserver message. The committer sets it
     /// for local and replicated changes alike.
     pub encoded: Bytes,
+    /// The encoding of the change without its secret, for web servers, when it has one.
+    pub redacted: Option<Bytes>,
     /// The note for web servers when the change is a second copy of a write.
     pub note: FeedNote,
 }
 
 impl Publication {
-    /// A change to store and then publish; the actor fills in its position and encoding
-    /// when it stores it.
-    pub fn new(change: Change, local: bool) -> Self {
-        Publication { change, local, position: 0, encoded: Bytes::new(), note: FeedNote::default() }
+    /// Returns the publication of `change`, whose position and encoding the committer fills
+    /// in when it stores the change. It keeps no copy of the change, so the reply to a local
+    /// write can take the change's strings.
+    pub fn new(change: &Change, local: bool, note: FeedNote) -> Self {
+        let redacted = change.has_secret().then(|| Bytes::from(encode_change(&change.redacted())));
+        Publication { local, position: 0, encoded: Bytes::new(), redacted, note }
     }
 }
 
@@ -78,13 +82,13 @@ pub(crate) async fn run(
                 continue;
             }
         };
-        let Some(Publication { change, local, position, encoded, note }) = publication else { break };
+        let Some(Publication { local, position, encoded, redacted, note }) = publication else { break };
         debug_assert!(!encoded.is_empty(), "the committer sets the encoding of every publication");
         if local {
             let frames = vec![Bytes::from_static(TOPIC_CHECKPOINT.as_bytes()), encoded.clone()];
             port.publish(&sealed(frames, cluster_key.as_ref()));
         }
-        let change_frame = if change.has_secret() { Bytes::from(encode_change(&change.redacted())) } else { encoded };
+        let change_frame = redacted.unwrap_or(encoded);
         let header = Bytes::from(encode_feed_header(server, position, note));
         let frames = vec![Bytes::from_static(TOPIC_WEBSERVER.as_bytes()), header, change_frame];
         port.publish(&sealed(frames, cluster_key.as_ref()));

@@ -38,13 +38,13 @@ fn conversation_key(first: &str, second: &str) -> (String, String) {
     }
 }
 
-/// Builds the reply to the local write that made `change`.
-pub(crate) fn reply_for(change: &Change) -> Reply {
-    match &change.kind {
-        ChangeKind::UserRegistered { user, .. } => Reply::User(user.clone()),
-        ChangeKind::SubjectCreated { subject } => Reply::Subject(subject.clone()),
-        ChangeKind::MessagePosted { message } => Reply::Message(message.clone()),
-        ChangeKind::PrivateSent { message } => Reply::PrivateMessage(message.clone()),
+/// Builds the reply to the local write that made `change`, taking the change's own strings.
+pub(crate) fn reply_for(change: Change) -> Reply {
+    match change.kind {
+        ChangeKind::UserRegistered { user, .. } => Reply::User(user),
+        ChangeKind::SubjectCreated { subject } => Reply::Subject(subject),
+        ChangeKind::MessagePosted { message } => Reply::Message(message),
+        ChangeKind::PrivateSent { message } => Reply::PrivateMessage(message),
         ChangeKind::PresenceChanged { .. }
         | ChangeKind::SessionCreated { .. }
         | ChangeKind::SessionRevoked { .. }
@@ -172,7 +172,7 @@ impl ForumState {
                 // The kept post is the one that won its key, and only losers are withdrawn.
                 None => Reply::error(ErrorCode::Internal, "the original of this retried write is missing"),
             },
-            Kept::Whole(change) => reply_for(change),
+            Kept::Whole(change) => reply_for(change.clone()),
         })
     }
 
