@@ -337,6 +337,12 @@ impl Forwarder {
     }
 
     async fn send(&self, event: Bytes) -> Result<(), End> {
+        // Most events find room at once, and then no timer is set up for them.
+        let event = match self.sender.try_send(event) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(End::Closed),
+            Err(mpsc::error::TrySendError::Full(event)) => event,
+        };
         match tokio::time::timeout(STUCK_TIMEOUT, self.sender.send(event)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_closed)) => Err(End::Closed),
