@@ -212,10 +212,10 @@ async fn older_messages_load_on_request() {
     let first_id = browser.script("return document.querySelector('[data-message-id]').dataset.messageId;").await;
     browser.click("#load-older").await;
     browser.wait_for_message("post 1").await;
-    let shown = browser.message_texts().await;
-    assert_eq!(shown.first().map(String::as_str), Some("post 1"));
-    assert_eq!(shown.last().map(String::as_str), Some("live while paging"));
-    assert_eq!(shown.len(), 401, "two pages and the live post");
+    let after_first_load = browser.message_texts().await;
+    assert_eq!(after_first_load.first().map(String::as_str), Some("post 1"));
+    assert_eq!(after_first_load.last().map(String::as_str), Some("live while paging"));
+    assert_eq!(after_first_load.len(), 401, "two pages and the live post");
     let anchor = format!("return document.querySelector('[data-message-id=\"{}\"]').getBoundingClientRect().top;", first_id.as_str().unwrap());
     assert_eq!(browser.script(&anchor).await, top_before, "the message that was on top stays in place");
     browser.screenshot("older-messages").await;

@@ -796,8 +796,8 @@ async function showView(view) {
 
 /**
  * Loads the page of `view`'s history that ends before the message `before`, or the newest
- * page when it is null. Returns { messages, more }, where `more` says that the server sent a
- * `Link` header with rel="next", so older messages remain.
+ * page when it is null. Returns { messages, more }, where `more` is true when the server sent
+ * a `Link` header with rel="next", so older messages remain.
  */
 async function fetchHistoryPage(view, before) {
   const base = view.kind === "subject" ? subjectMessagesPath(view.id) : privatePath(view.user);
@@ -811,7 +811,7 @@ async function fetchHistoryPage(view, before) {
   return { messages: Array.isArray(data) ? data : [], more: /;\s*rel="?next"?/.test(link) };
 }
 
-/** Keeps where the next older page starts, after loading the oldest page so far. */
+/** Stores the cursor of the next older page, from the oldest page loaded so far. */
 function setOlderCursor(page) {
   state.olderCursor = page.more && page.messages.length > 0 ? page.messages[0].id : null;
   renderLoadOlder();

@@ -30,7 +30,7 @@ pub(crate) enum Read {
     Session { token_hash: String },
 }
 
-/// Which page of a history to read.
+/// The page of a history that a read returns.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct PageRequest {
     /// The id of the message that the page ends before, or `None` for the newest page.

@@ -114,8 +114,8 @@ fn invalid(reason: Invalid) -> Reply {
 }
 
 /// Builds the page of a history request: none without a limit, else the limit lowered to
-/// [`MAX_PAGE_LIMIT`]. A limit of 0 is invalid, because an empty page cannot say where the
-/// next one starts.
+/// [`MAX_PAGE_LIMIT`]. A limit of 0 is invalid, because an empty page has no first message
+/// for the next page to end before.
 fn page_request(before: Option<ChangeId>, limit: Option<u32>) -> Result<Option<PageRequest>, Reply> {
     let Some(limit) = limit else {
         return Ok(None);

@@ -5,6 +5,12 @@
 //! message by id, so a page starts with one index lookup and one `BTreeMap` range. Without
 //! it, each page would scan the history from its newest end to the cursor, which for a
 //! million-message subject read back to its start is about 5 × 10^8 steps in all.
+//!
+//! Measured by `page_cost_at_depth` below (`cargo test --release -p forum-dataserver
+//! page_cost -- --ignored --nocapture`), in one history of 1,000,000 entries with the cursor
+//! 1000 entries from its start: the scan for the cursor took 9 to 21 ms, and the lookup with
+//! the collection of the 999-entry page 63 to 80 µs, in four runs on a 2-core Xeon VM that
+//! other work shared.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
@@ -16,8 +22,8 @@ use forum_protocol::{ChangeId, ServerId};
 pub(crate) type OrderKey = (u64, ServerId, u64);
 
 /// How far beyond the end of an origin's dense slots a sequence number may be and still get
-/// a slot there; a farther one goes to the sparse map. It bounds what a single change with a
-/// huge sequence number can make the index allocate: 8 bytes per slot, so 512 KiB.
+/// a slot there. A farther one goes to the sparse map, so one change with a huge sequence
+/// number makes the index allocate at most 512 KiB (8 bytes per slot).
 const MAX_DENSE_GAP: u64 = 1 << 16;
 
 /// The Lamport time of every public and private message, by id.
@@ -127,5 +133,34 @@ mod tests {
         let (page, more) = newest_before([&first, &second], Some((2, 2, 1)), 2);
         assert_eq!(page.iter().map(|(_, text)| **text).collect::<Vec<_>>(), ["a"]);
         assert!(!more);
+    }
+
+    /// Compares a page read through the index with a scan for the cursor, at the deep end
+    /// of a million-entry history. It prints the times, and runs only when asked for.
+    #[test]
+    #[ignore = "a timing for release builds; see the module documentation"]
+    fn page_cost_at_depth() {
+        const ENTRIES: u64 = 1_000_000;
+        const CURSOR_SEQ: u64 = 1000;
+        let mut history: BTreeMap<OrderKey, ()> = BTreeMap::new();
+        let mut index = LamportIndex::default();
+        for seq in 1..=ENTRIES {
+            history.insert((seq, 1, seq), ());
+            index.insert(ChangeId::new(1, seq), seq);
+        }
+        let cursor = ChangeId::new(1, CURSOR_SEQ);
+
+        let started = std::time::Instant::now();
+        let scanned = history.keys().rev().find(|key| key.1 == cursor.origin && key.2 == cursor.seq).copied();
+        let scan = started.elapsed();
+
+        let started = std::time::Instant::now();
+        let key = index.order_key(cursor);
+        let (page, _) = newest_before([&history], key, 1000);
+        let indexed = started.elapsed();
+
+        assert_eq!(scanned, key);
+        assert_eq!(page.len(), (CURSOR_SEQ - 1) as usize);
+        println!("scan for the cursor: {scan:?}; index lookup and page: {indexed:?}");
     }
 }

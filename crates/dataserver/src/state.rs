@@ -641,8 +641,8 @@ mod tests {
         assert_eq!(texts, ["first", "second", "third"]);
     }
 
-    /// A state with user ana, the subject 1-2 "Exams" and `count` posts in it, with ids 1-3
-    /// upwards and texts "0", "1" and so on, oldest first.
+    /// Builds a state with user ana, the subject 1-2 "Exams" and `count` posts in it, with
+    /// ids 1-3 upwards and texts "0", "1" and so on, oldest first.
     fn subject_with_posts(count: u64) -> ForumState {
         let mut state = ForumState::default();
         state.apply(&registered(1, 1, 1, "ana", "h"));

@@ -36,14 +36,14 @@ impl PageQuery {
                     let id = value.and_then(|value| value.parse::<ChangeId>().ok());
                     let id = id.ok_or_else(|| ApiError::new(ErrorKind::InvalidCursor))?;
                     if before.replace(id).is_some() {
-                        return Err(ApiError::with_detail(ErrorKind::InvalidCursor, "the parameter is given twice"));
+                        return Err(ApiError::with_detail(ErrorKind::InvalidCursor, "the parameter appears twice in the URL"));
                     }
                 }
                 "limit" => {
                     let number = value.and_then(|value| parse_limit(&value));
                     let number = number.ok_or_else(|| ApiError::new(ErrorKind::InvalidLimit))?;
                     if limit.replace(number).is_some() {
-                        return Err(ApiError::with_detail(ErrorKind::InvalidLimit, "the parameter is given twice"));
+                        return Err(ApiError::with_detail(ErrorKind::InvalidLimit, "the parameter appears twice in the URL"));
                     }
                 }
                 _ => {}
