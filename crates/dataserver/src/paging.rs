@@ -6,11 +6,11 @@
 //! it, each page would scan the history from its newest end to the cursor, which for a
 //! million-message subject read back to its start is about 5 × 10^8 steps in all.
 //!
-//! Measured by `page_cost_at_depth` below (`cargo test --release -p forum-dataserver
-//! page_cost -- --ignored --nocapture`), in one history of 1,000,000 entries with the cursor
-//! 1000 entries from its start: the scan for the cursor took 9 to 21 ms, and the lookup with
-//! the collection of the 999-entry page 63 to 80 µs, in four runs on a 2-core Xeon VM that
-//! other work shared.
+//! `page_cost_at_depth` below measures both in one history of 1,000,000 entries, with the
+//! cursor 1000 entries from its start (`cargo test --release -p forum-dataserver page_cost --
+//! --ignored --nocapture`). In four runs on a 2-core Xeon VM that other work shared, the scan
+//! for the cursor took 9 to 21 ms. The lookup and the collection of the 999-entry page took
+//! 63 to 80 µs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
@@ -22,8 +22,8 @@ use forum_protocol::{ChangeId, ServerId};
 pub(crate) type OrderKey = (u64, ServerId, u64);
 
 /// How far beyond the end of an origin's dense slots a sequence number may be and still get
-/// a slot there. A farther one goes to the sparse map, so one change with a huge sequence
-/// number makes the index allocate at most 512 KiB (8 bytes per slot).
+/// a slot there. A farther one goes to the sparse map, so a change whose sequence number is
+/// far ahead adds at most 65,537 slots (512 KiB) to its origin's `Vec`.
 const MAX_DENSE_GAP: u64 = 1 << 16;
 
 /// The Lamport time of every public and private message, by id.
