@@ -183,6 +183,56 @@ async fn page_is_spanish_for_spanish_browser() {
     group.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_messages_load_on_request() {
+    // One more than two pages of the page's 200 messages, so the button is clicked twice.
+    const POSTS: usize = 401;
+    let Some(driver) = Chromedriver::start("older-messages").await else { return };
+    let group = Group::start_alone().await;
+    let writer = group.web(0).user("ana").await;
+    let subject = writer.create_subject("Long history").await;
+    let texts: Vec<String> = (0..POSTS).map(|number| format!("post {number}")).collect();
+    for text in &texts {
+        writer.post_message(&subject, text).await;
+    }
+    let browser = driver.browser("bob's browser", Language::English).await;
+    browser.open(&group.web(0).base).await;
+    browser.register("bob", PASSWORD).await;
+    browser.open_subject(&subject).await;
+    browser.wait_for_message("post 400").await;
+    assert_eq!(browser.message_texts().await, texts[201..], "the newest page shows first");
+    assert_eq!(browser.text("#load-older").await, "Load older messages");
+    browser.set_marker().await;
+
+    // A live post arrives, then the older page: both show, each once, in history order.
+    writer.post_message(&subject, "live while paging").await;
+    browser.wait_for_message("live while paging").await;
+    let anchor_top = "return document.querySelector('[data-message-id]').getBoundingClientRect().top;";
+    let top_before = browser.script(anchor_top).await;
+    let first_id = browser.script("return document.querySelector('[data-message-id]').dataset.messageId;").await;
+    browser.click("#load-older").await;
+    browser.wait_for_message("post 1").await;
+    let after_first_load = browser.message_texts().await;
+    assert_eq!(after_first_load.first().map(String::as_str), Some("post 1"));
+    assert_eq!(after_first_load.last().map(String::as_str), Some("live while paging"));
+    assert_eq!(after_first_load.len(), 401, "two pages and the live post");
+    let anchor = format!("return document.querySelector('[data-message-id=\"{}\"]').getBoundingClientRect().top;", first_id.as_str().unwrap());
+    assert_eq!(browser.script(&anchor).await, top_before, "the message that was on top stays in place");
+    browser.screenshot("older-messages").await;
+
+    browser.click("#load-older").await;
+    browser.wait_for_message("post 0").await;
+    let mut expected = texts.clone();
+    expected.push("live while paging".to_owned());
+    assert_eq!(browser.message_texts().await, expected, "every message once, in history order");
+    let script = "return document.getElementById('load-older').hidden;";
+    browser.wait_for_script_value("the button hides at the start of the history", script, &json!(true)).await;
+    assert!(browser.has_marker().await, "the page was reloaded");
+
+    browser.close().await;
+    group.shutdown().await;
+}
+
 /// Starts a web server configured with two data servers, `first` and then `second`, as a
 /// comma-separated list of endpoints, so it can move to `second` when `first` stops.
 async fn start_web_server_with_fallback(first: &DataServer, second: &DataServer) -> WebServer {

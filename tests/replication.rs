@@ -173,7 +173,7 @@ async fn name_and_title_conflicts_resolve_everywhere() {
     for index in cluster.indices() {
         let mut client = cluster.client(index);
         let loser = if winner == left_subject { right_subject } else { left_subject };
-        let Reply::Messages(merged) = client.expect("reading the loser's history", Request::History { subject: loser }).await else {
+        let Reply::Messages(merged) = client.expect("reading the loser's history", Request::History { subject: loser, before: None, limit: None }).await else {
             panic!("the losing subject's id resolves")
         };
         assert_eq!(merged.iter().map(|message| message.id).collect::<Vec<_>>(), snapshot.histories[&winner]);

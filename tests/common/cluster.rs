@@ -307,7 +307,7 @@ impl Cluster {
         let Some(Reply::Subjects(subjects)) = client.request(Request::ListSubjects).await else { return None };
         let mut histories = BTreeMap::new();
         for subject in &subjects {
-            let Some(Reply::Messages(messages)) = client.request(Request::History { subject: subject.id }).await else {
+            let Some(Reply::Messages(messages)) = client.request(Request::History { subject: subject.id, before: None, limit: None }).await else {
                 return None;
             };
             histories.insert(subject.id, messages.iter().map(|message| message.id).collect());

@@ -136,11 +136,13 @@ pub fn init_logging() {
     }
 }
 
-/// An HTTP response: its status and its JSON body (Null when the body is empty or not JSON).
+/// An HTTP response: its status, its JSON body (Null when the body is empty or not JSON) and
+/// its `Link` header, which history pages carry when older messages remain.
 #[derive(Debug)]
 pub struct Response {
     pub status: u16,
     pub body: Value,
+    pub link: Option<String>,
 }
 
 /// A browser-like HTTP client of one web server: it keeps the session cookie.
@@ -272,9 +274,10 @@ impl WebClient {
 
 async fn into_response(response: reqwest::Response) -> Response {
     let status = response.status().as_u16();
+    let link = response.headers().get("link").map(|value| value.to_str().expect("a Link header in ASCII").to_owned());
     let bytes = response.bytes().await.expect("reading a response body");
     let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Response { status, body }
+    Response { status, body, link }
 }
 
 /// The `text` fields of a JSON array of messages.

@@ -121,7 +121,7 @@ pub async fn wait_for_subject(endpoint: &str, id: ChangeId) -> anyhow::Result<()
 
 /// Returns the number of messages in subject `id` on the data server at `endpoint`.
 pub async fn history_length(endpoint: &str, id: ChangeId) -> anyhow::Result<usize> {
-    match data_client::request(endpoint, Request::History { subject: id }).await.context("reading a history")? {
+    match data_client::request(endpoint, Request::History { subject: id, before: None, limit: None }).await.context("reading a history")? {
         Reply::Messages(messages) => Ok(messages.len()),
         other => bail!("reading the history of {id} failed: {other:?}"),
     }

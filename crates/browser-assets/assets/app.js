@@ -14,6 +14,8 @@ const LANGUAGE_STORAGE_KEY = "forum.language";
 const BOTTOM_TOLERANCE_PX = 48;
 /** Number of avatar-color-N classes defined in style.css. */
 const AVATAR_COLORS = 8;
+/** Messages per history page. The web server accepts 1 to 1000 and defaults to 200. */
+const HISTORY_PAGE_SIZE = 200;
 /** Delays in milliseconds before re-opening an event stream that the browser gave up on. */
 const RECONNECT_DELAYS_MS = [1000, 2000, 5000, 10000, 30000];
 
@@ -60,6 +62,7 @@ const MESSAGES = {
     noPrivateMessages: "No messages with {name} yet.",
     loginToPrivate: "Log in to read and send private messages.",
     newBelow: "New messages below",
+    loadOlder: "Load older messages",
     loginToPost: "Log in to post.",
     messageLabel: "Message",
     messagePlaceholder: "Write a message…",
@@ -113,6 +116,7 @@ const MESSAGES = {
     noPrivateMessages: "Todavía no hay mensajes con {name}.",
     loginToPrivate: "Inicia sesión para leer y enviar mensajes privados.",
     newBelow: "Mensajes nuevos abajo",
+    loadOlder: "Cargar mensajes anteriores",
     loginToPost: "Inicia sesión para publicar.",
     messageLabel: "Mensaje",
     messagePlaceholder: "Escribe un mensaje…",
@@ -146,6 +150,11 @@ const state = {
   // The current view's messages, sorted as the servers sort histories.
   messages: [],
   messageIds: new Set(),
+  // The id of the first message of the oldest page loaded, which the next older page ends
+  // before, or null when no older messages remain. Live messages never change it, because
+  // one may sort before messages of the pages loaded so far.
+  olderCursor: null,
+  olderLoading: false,
   // Unread counts by key: "subject:<id>" or "user:<name>".
   unread: new Map(),
   events: null,
@@ -228,12 +237,13 @@ class ApiError extends Error {
 }
 
 /**
- * Sends one request to the JSON API and returns the parsed body (null for 204).
+ * Sends one request to the JSON API and returns the parsed body (null for 204), or
+ * { data, headers } with `withHeaders`.
  * Throws ApiError carrying the server's localized sentence, or a local one when the server
  * could not be reached or sent no error body. A 401 on a request made with
  * `sessionRequired` also ends the session on the page.
  */
-async function api(method, path, body, { sessionRequired = false } = {}) {
+async function api(method, path, body, { sessionRequired = false, withHeaders = false } = {}) {
   const headers = { Accept: "application/json", "Accept-Language": state.language };
   const init = { method, headers, credentials: "same-origin" };
   if (body !== undefined) {
@@ -265,7 +275,7 @@ async function api(method, path, body, { sessionRequired = false } = {}) {
     }
     throw new ApiError(response.status, code, message);
   }
-  return data;
+  return withHeaders ? { data, headers: response.headers } : data;
 }
 
 function subjectMessagesPath(id) {
@@ -304,7 +314,7 @@ function setLanguage(language) {
     // Without storage the choice lasts until the page is reloaded.
   }
   // Errors already shown came from the server in the previous language.
-  for (const output of [elements.authError, elements.newSubjectError, elements.postError]) {
+  for (const output of [elements.authError, elements.newSubjectError, elements.postError, elements.loadOlderError]) {
     output.textContent = "";
   }
   renderAll();
@@ -763,11 +773,12 @@ async function showView(view) {
   showPaneNote(t("loading"));
   elements.messageList.setAttribute("aria-busy", "true");
   try {
-    const history = await fetchHistory(view);
+    const page = await fetchHistoryPage(view, null);
     if (generation !== state.viewGeneration) {
       return;
     }
-    addMessages(history.concat(state.pendingMessages), { announce: false });
+    addMessages(page.messages.concat(state.pendingMessages), { announce: false });
+    setOlderCursor(page);
     scrollToBottom();
     renderMessagesEmptyNote();
   } catch (error) {
@@ -783,14 +794,76 @@ async function showView(view) {
   }
 }
 
-function fetchHistory(view) {
-  if (view.kind === "subject") {
-    return api("GET", subjectMessagesPath(view.id));
+/**
+ * Loads the page of `view`'s history that ends before the message `before`, or the newest
+ * page when it is null. Returns { messages, more }, where `more` is true when the server sent
+ * a `Link` header with rel="next", so older messages remain.
+ */
+async function fetchHistoryPage(view, before) {
+  const base = view.kind === "subject" ? subjectMessagesPath(view.id) : privatePath(view.user);
+  const query = new URLSearchParams({ limit: String(HISTORY_PAGE_SIZE) });
+  if (before !== null) {
+    query.set("before", before);
   }
-  return api("GET", privatePath(view.user), undefined, { sessionRequired: true });
+  const options = { sessionRequired: view.kind === "private", withHeaders: true };
+  const { data, headers } = await api("GET", `${base}?${query}`, undefined, options);
+  const link = headers.get("Link") || "";
+  return { messages: Array.isArray(data) ? data : [], more: /;\s*rel="?next"?/.test(link) };
 }
 
-/** Loads the current view's history again and adds whatever the page has missed. */
+/** Stores the cursor of the next older page, from the oldest page loaded so far. */
+function setOlderCursor(page) {
+  state.olderCursor = page.more && page.messages.length > 0 ? page.messages[0].id : null;
+  renderLoadOlder();
+}
+
+function renderLoadOlder() {
+  elements.loadOlder.hidden = state.olderCursor === null;
+  elements.loadOlder.disabled = state.olderLoading;
+  elements.loadOlder.setAttribute("aria-busy", String(state.olderLoading));
+}
+
+/**
+ * Loads the page before the oldest one shown and puts it above the messages, keeping the
+ * messages on screen where they were. Live messages keep arriving meanwhile.
+ */
+async function loadOlderMessages() {
+  const view = state.view;
+  const cursor = state.olderCursor;
+  if (!view || cursor === null || state.olderLoading) {
+    return;
+  }
+  const generation = state.viewGeneration;
+  state.olderLoading = true;
+  elements.loadOlderError.textContent = "";
+  renderLoadOlder();
+  try {
+    const page = await fetchHistoryPage(view, cursor);
+    if (generation !== state.viewGeneration) {
+      return;
+    }
+    const list = elements.messageList;
+    const distanceFromBottom = list.scrollHeight - list.scrollTop;
+    addMessages(page.messages, { announce: false });
+    list.scrollTop = list.scrollHeight - distanceFromBottom;
+    setOlderCursor(page);
+  } catch (error) {
+    if (generation === state.viewGeneration) {
+      elements.loadOlderError.textContent = error.message;
+    }
+  } finally {
+    if (generation === state.viewGeneration) {
+      state.olderLoading = false;
+      renderLoadOlder();
+    }
+  }
+}
+
+/**
+ * Loads the current view's newest page again and adds whatever the page has missed. When
+ * none of that page's messages is shown yet and older ones remain, more were missed than
+ * one page holds, so the view is loaded again from its newest page.
+ */
 async function refreshCurrentView() {
   const view = state.view;
   if (!view || state.viewLoading || (view.kind === "private" && state.me === null)) {
@@ -798,11 +871,21 @@ async function refreshCurrentView() {
   }
   const generation = state.viewGeneration;
   try {
-    const history = await fetchHistory(view);
-    if (generation === state.viewGeneration) {
-      addMessages(history, { announce: true });
-      renderMessagesEmptyNote();
+    const page = await fetchHistoryPage(view, null);
+    if (generation !== state.viewGeneration) {
+      return;
     }
+    const wasEmpty = state.messages.length === 0;
+    const overlaps = page.messages.some((message) => state.messageIds.has(message.id));
+    if (page.more && !wasEmpty && !overlaps) {
+      showView(view);
+      return;
+    }
+    addMessages(page.messages, { announce: true });
+    if (wasEmpty) {
+      setOlderCursor(page);
+    }
+    renderMessagesEmptyNote();
   } catch (error) {
     console.warn("failed to reload the current view:", error.message);
   }
@@ -861,7 +944,11 @@ function messageAuthor(message) {
 function clearMessages() {
   state.messages = [];
   state.messageIds = new Set();
+  state.olderCursor = null;
+  state.olderLoading = false;
   elements.messageList.replaceChildren();
+  elements.loadOlderError.textContent = "";
+  renderLoadOlder();
 }
 
 function avatarColor(name) {
@@ -1241,6 +1328,8 @@ function findElements() {
     messageList: "message-list",
     messageEmpty: "message-empty",
     jumpToLatest: "jump-to-latest",
+    loadOlder: "load-older",
+    loadOlderError: "load-older-error",
     postLoginHint: "post-login-hint",
     postLoginButton: "post-login-button",
     sidebarToggle: "sidebar-toggle",
@@ -1273,6 +1362,7 @@ function bindEvents() {
     }
   });
   elements.jumpToLatest.addEventListener("click", scrollToBottom);
+  elements.loadOlder.addEventListener("click", loadOlderMessages);
   elements.newSubjectTitle.addEventListener("input", () => {
     elements.newSubjectError.textContent = "";
   });

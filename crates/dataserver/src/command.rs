@@ -22,10 +22,21 @@ pub(crate) enum Write {
 #[derive(Debug)]
 pub(crate) enum Read {
     ListSubjects,
-    History { subject: ChangeId },
-    PrivateHistory { user: String, other: String },
+    /// A subject's history: the whole of it without `page`.
+    History { subject: ChangeId, page: Option<PageRequest> },
+    /// A conversation: the whole of it without `page`.
+    PrivateHistory { user: String, other: String, page: Option<PageRequest> },
     ListUsers,
     Session { token_hash: String },
+}
+
+/// The page of a history that a read returns.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PageRequest {
+    /// The id of the message that the page ends before, or `None` for the newest page.
+    pub before: Option<ChangeId>,
+    /// The number of messages, from 1 to [`forum_protocol::MAX_PAGE_LIMIT`].
+    pub limit: usize,
 }
 
 /// A user and the argon2 PHC hash of their password, for a login check outside the actor.

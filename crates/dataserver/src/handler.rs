@@ -7,13 +7,14 @@ use std::sync::{Arc, Mutex};
 
 use forum_protocol::{
     decode, now_millis, peek_request_id, validate_name, validate_password, validate_text, validate_title, CodecError, ErrorCode,
-    Change, ChangeKind, FeedBatch, FeedEntry, IdempotencyKey, Invalid, Reply, Request, ServerId, WireReply, WireRequest, PROTOCOL_VERSION,
+    Change, ChangeId, ChangeKind, FeedBatch, FeedEntry, IdempotencyKey, Invalid, Reply, Request, ServerId, WireReply, WireRequest, MAX_PAGE_LIMIT,
+    PROTOCOL_VERSION,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
 
 use crate::catch_up::{FETCH_BATCH, FETCH_MAX_BYTES};
-use crate::command::{Command, Read, Write};
+use crate::command::{Command, PageRequest, Read, Write};
 use crate::feed::MAX_FEED_BATCH;
 use crate::metrics::add;
 use crate::password::Passwords;
@@ -110,6 +111,20 @@ enum Immediate {
 
 fn invalid(reason: Invalid) -> Reply {
     Reply::error(ErrorCode::InvalidInput, reason.to_string())
+}
+
+/// Builds the page of a history request: none without a limit, else the limit lowered to
+/// [`MAX_PAGE_LIMIT`]. A limit of 0 is invalid, because an empty page has no first message
+/// for the next page to end before.
+fn page_request(before: Option<ChangeId>, limit: Option<u32>) -> Result<Option<PageRequest>, Reply> {
+    let Some(limit) = limit else {
+        return Ok(None);
+    };
+    if limit == 0 {
+        return Err(Reply::error(ErrorCode::InvalidInput, "the page limit is 0; ask for at least 1 message"));
+    }
+    let limit = limit.min(MAX_PAGE_LIMIT) as usize;
+    Ok(Some(PageRequest { before, limit }))
 }
 
 fn internal() -> Reply {
@@ -211,12 +226,18 @@ impl Handler {
                 Ok(()) => write(Write::PostMessage { subject, author, text }),
                 Err(reason) => invalid(reason),
             },
-            Request::History { subject } => read(Read::History { subject }),
+            Request::History { subject, before, limit } => match page_request(before, limit) {
+                Ok(page) => read(Read::History { subject, page }),
+                Err(reply) => Immediate::Reply(reply),
+            },
             Request::SendPrivate { from, to, text } => match validate_text(&text) {
                 Ok(()) => write(Write::SendPrivate { from, to, text }),
                 Err(reason) => invalid(reason),
             },
-            Request::PrivateHistory { user, other } => read(Read::PrivateHistory { user, other }),
+            Request::PrivateHistory { user, other, before, limit } => match page_request(before, limit) {
+                Ok(page) => read(Read::PrivateHistory { user, other, page }),
+                Err(reply) => Immediate::Reply(reply),
+            },
             Request::ListUsers => read(Read::ListUsers),
             Request::SetPresence { user, webserver, online } => {
                 if webserver.trim().is_empty() {
@@ -430,6 +451,18 @@ mod tests {
 
     fn decoded(key: Option<IdempotencyKey>, request: Request) -> Decoded {
         Decoded { id: 5, key, request }
+    }
+
+    #[test]
+    fn page_limit_is_capped() {
+        let cases = [(Some(1), Some(1)), (Some(200), Some(200)), (Some(MAX_PAGE_LIMIT), Some(1000)), (Some(u32::MAX), Some(1000))];
+        for (limit, expected) in cases {
+            let page = page_request(None, limit).unwrap_or_else(|reply| panic!("limit {limit:?}: {reply:?}"));
+            assert_eq!(page.map(|page| page.limit), expected, "limit {limit:?}");
+        }
+        assert!(page_request(None, None).unwrap().is_none(), "no limit asks for the whole history");
+        let Err(Reply::Error(error)) = page_request(None, Some(0)) else { panic!("a limit of 0 is accepted") };
+        assert_eq!(error.code, ErrorCode::InvalidInput);
     }
 
     #[tokio::test]

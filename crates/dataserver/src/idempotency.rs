@@ -208,7 +208,7 @@ mod tests {
             let mut changes = setup();
             changes.extend(order.iter().map(|change| (*change).clone()));
             let state = ForumState::from_changes(changes);
-            let Reply::Messages(messages) = state.read(Read::History { subject: ChangeId::new(1, 2) }) else {
+            let Reply::Messages(messages) = state.read(Read::History { subject: ChangeId::new(1, 2), page: None }) else {
                 panic!("expected messages")
             };
             let ids: Vec<ChangeId> = messages.iter().map(|message| message.id).collect();

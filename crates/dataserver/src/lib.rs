@@ -23,6 +23,7 @@ mod legacy;
 mod liveness;
 mod memory;
 mod metrics;
+mod paging;
 mod password;
 mod peers;
 mod publisher;

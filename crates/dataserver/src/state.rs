@@ -8,21 +8,18 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use forum_protocol::{
-    fold, folded, now_millis, Change, ChangeId, ChangeKind, FeedNote, ErrorCode, ErrorReply, IdempotencyKey, Message, PrivateMessage, Reply,
-    ServerId, Subject, User, UserStatus, VersionVector,
+    fold, folded, now_millis, Change, ChangeId, ChangeKind, FeedNote, ErrorCode, ErrorReply, IdempotencyKey, Message, Page, PrivateMessage,
+    Reply, ServerId, Subject, User, UserStatus, VersionVector,
 };
 use rustc_hash::FxHashMap;
 
-use crate::command::{Credentials, Read, Write};
+use crate::command::{Credentials, PageRequest, Read, Write};
 use crate::idempotency::{Admission, Kept, PostRef, Writes};
 use crate::leases::Leases;
+use crate::paging::{newest_before, LamportIndex, OrderKey};
 use crate::sessions::SessionTable;
 use crate::store::Store;
 use crate::version_vector::VersionTracker;
-
-/// The total order of changes: (lamport, origin, seq). Histories sort by it, and the smallest
-/// key wins a conflict.
-type OrderKey = (u64, ServerId, u64);
 
 fn order_key(change: &Change) -> OrderKey {
     (change.lamport, change.id.origin, change.id.seq)
@@ -106,6 +103,9 @@ pub(crate) struct ForumState {
     author_indexes: HashMap<Arc<str>, u32>,
     /// Private messages per unordered pair of folded user names.
     conversations: HashMap<(String, String), BTreeMap<OrderKey, PrivateMessage>>,
+    /// The Lamport time of every public and private message, which turns a paging cursor
+    /// into its order key. Withdrawn messages stay in it.
+    message_lamports: LamportIndex,
     /// The latest presence change per (folded user name, web server), and whether it is online.
     presence: HashMap<(String, String), (OrderKey, bool)>,
     /// The kept change of every idempotency key, for retried writes.
@@ -227,8 +227,10 @@ impl ForumState {
                 let author = self.author_index(&message.author);
                 let post = Post { author, text: message.text.as_str().into(), time: message.time };
                 self.messages.entry(message.subject).or_default().insert(key, post);
+                self.message_lamports.insert(change.id, change.lamport);
             }
             ChangeKind::PrivateSent { message } => {
+                self.message_lamports.insert(change.id, change.lamport);
                 let conversation = conversation_key(&message.from, &message.to);
                 self.conversations.entry(conversation).or_default().insert(key, message.clone());
             }
@@ -368,10 +370,19 @@ impl ForumState {
     pub fn read(&self, read: Read) -> Reply {
         let result = match read {
             Read::ListSubjects => Ok(Reply::Subjects(self.list_subjects())),
-            Read::History { subject } => self.subject(subject).map(|winner| Reply::Messages(self.history(winner))),
-            Read::PrivateHistory { user, other } => self.user(&user).and_then(|_| self.user(&other)).map(|_| {
+            Read::History { subject, page: None } => self.subject(subject).map(|winner| Reply::Messages(self.history(winner))),
+            Read::History { subject, page: Some(page) } => {
+                self.subject(subject).and_then(|winner| self.history_page(winner, page)).map(Reply::MessagePage)
+            }
+            Read::PrivateHistory { user, other, page } => self.user(&user).and_then(|_| self.user(&other)).and_then(|_| {
                 let conversation = self.conversations.get(&conversation_key(&user, &other));
-                Reply::PrivateMessages(conversation.map(|messages| messages.values().cloned().collect()).unwrap_or_default())
+                match page {
+                    None => {
+                        let messages = conversation.map(|messages| messages.values().cloned().collect()).unwrap_or_default();
+                        Ok(Reply::PrivateMessages(messages))
+                    }
+                    Some(page) => self.conversation_page(conversation, page, &user, &other).map(Reply::PrivatePage),
+                }
             }),
             Read::ListUsers => Ok(Reply::Users(self.list_users())),
             Read::Session { token_hash } => match self.sessions.valid(&token_hash, now_millis()) {
@@ -419,8 +430,7 @@ impl ForumState {
     /// Returns the messages of a winning subject and of every subject merged into it, in
     /// history order, each showing the winner's id as its subject.
     fn history(&self, winner: &Subject) -> Vec<Message> {
-        let merged = self.titles.get(folded(&winner.title).as_ref()).map(|subjects| subjects.values().copied().collect::<Vec<_>>());
-        let ids = merged.unwrap_or_else(|| vec![winner.id]);
+        let ids = self.merged_ids(winner);
         let mut history: BTreeMap<OrderKey, Message> = BTreeMap::new();
         for id in ids {
             if let Some(messages) = self.messages.get(&id) {
@@ -428,6 +438,51 @@ impl ForumState {
             }
         }
         history.into_values().collect()
+    }
+
+    /// Returns the ids of a winning subject and of every subject merged into it.
+    fn merged_ids(&self, winner: &Subject) -> Vec<ChangeId> {
+        let merged = self.titles.get(folded(&winner.title).as_ref()).map(|subjects| subjects.values().copied().collect());
+        merged.unwrap_or_else(|| vec![winner.id])
+    }
+
+    /// Returns one page of the history of a winning subject and of every subject merged
+    /// into it, as [`ForumState::history`] orders and shows it.
+    fn history_page(&self, winner: &Subject, page: PageRequest) -> Result<Page<Message>, ErrorReply> {
+        let histories: Vec<&BTreeMap<OrderKey, Post>> =
+            self.merged_ids(winner).iter().filter_map(|id| self.messages.get(id)).collect();
+        let before = match page.before {
+            None => None,
+            Some(id) => {
+                let key = self.message_lamports.order_key(id).filter(|key| histories.iter().any(|posts| posts.contains_key(key)));
+                let message = format!("no message with id {id} is in the subject {}", winner.id);
+                Some(key.ok_or_else(|| error(ErrorCode::UnknownMessage, message))?)
+            }
+        };
+        let (posts, more) = newest_before(histories, before, page.limit);
+        let messages = posts.into_iter().map(|(key, post)| self.message(post, key, winner.id)).collect();
+        Ok(Page { messages, more })
+    }
+
+    /// Returns one page of a conversation, which is `None` when the two users have exchanged
+    /// no message yet.
+    fn conversation_page(
+        &self,
+        conversation: Option<&BTreeMap<OrderKey, PrivateMessage>>,
+        page: PageRequest,
+        user: &str,
+        other: &str,
+    ) -> Result<Page<PrivateMessage>, ErrorReply> {
+        let before = match page.before {
+            None => None,
+            Some(id) => {
+                let key = self.message_lamports.order_key(id).filter(|key| conversation.is_some_and(|messages| messages.contains_key(key)));
+                let message = format!("no message with id {id} is in the conversation of {user:?} and {other:?}");
+                Some(key.ok_or_else(|| error(ErrorCode::UnknownMessage, message))?)
+            }
+        };
+        let (messages, more) = newest_before(conversation, before, page.limit);
+        Ok(Page { messages: messages.into_iter().map(|(_, message)| message.clone()).collect(), more })
     }
 
     /// Lists the subjects that won their title, oldest first.
@@ -536,7 +591,7 @@ mod tests {
         for changes in orders {
             let state = ForumState::from_changes(changes);
             for id in [winner.id, loser.id] {
-                let Reply::Messages(messages) = state.read(Read::History { subject: id }) else { panic!("expected messages") };
+                let Reply::Messages(messages) = state.read(Read::History { subject: id, page: None }) else { panic!("expected messages") };
                 let texts: Vec<&str> = messages.iter().map(|message| message.text.as_str()).collect();
                 assert_eq!(texts, ["on the loser", "on the winner"], "history of {id}");
                 assert!(messages.iter().all(|message| message.subject == winner.id), "messages show the winner's id");
@@ -580,11 +635,181 @@ mod tests {
         state.apply(&post(2, 9, 4, "third"));
         state.apply(&post(1, 3, 3, "first"));
         state.apply(&post(1, 4, 4, "second"));
-        let Reply::Messages(messages) = state.read(Read::History { subject: ChangeId::new(1, 2) }) else {
+        let Reply::Messages(messages) = state.read(Read::History { subject: ChangeId::new(1, 2), page: None }) else {
             panic!("expected messages")
         };
         let texts: Vec<&str> = messages.iter().map(|message| message.text.as_str()).collect();
         assert_eq!(texts, ["first", "second", "third"]);
+    }
+
+    /// Builds a state with user ana, the subject 1-2 "Exams" and `count` posts in it, with
+    /// ids 1-3 upwards and texts "0", "1" and so on, oldest first.
+    fn subject_with_posts(count: u64) -> ForumState {
+        let mut state = ForumState::default();
+        state.apply(&registered(1, 1, 1, "ana", "h"));
+        state.apply(&subject(1, 2, 2, "Exams"));
+        for number in 0..count {
+            state.apply(&post_in(ChangeId::new(1, 2), 1, number + 3, number + 3, &number.to_string()));
+        }
+        state
+    }
+
+    fn post_in(subject: ChangeId, origin: ServerId, seq: u64, lamport: u64, text: &str) -> Change {
+        let message = Message { id: ChangeId::new(origin, seq), subject, author: "ana".into(), text: text.into(), time: 0, lamport };
+        change(origin, seq, lamport, ChangeKind::MessagePosted { message })
+    }
+
+    fn history_page(state: &ForumState, before: Option<ChangeId>, limit: usize) -> Result<Page<Message>, ErrorReply> {
+        match state.read(Read::History { subject: ChangeId::new(1, 2), page: Some(PageRequest { before, limit }) }) {
+            Reply::MessagePage(page) => Ok(page),
+            Reply::Error(error) => Err(error),
+            other => panic!("expected a page, got {other:?}"),
+        }
+    }
+
+    fn page_texts(page: &Page<Message>) -> Vec<&str> {
+        page.messages.iter().map(|message| message.text.as_str()).collect()
+    }
+
+    #[test]
+    fn first_page_is_newest_in_history_order() {
+        let state = subject_with_posts(5);
+        let page = history_page(&state, None, 2).unwrap();
+        assert_eq!(page_texts(&page), ["3", "4"]);
+        assert!(page.more, "three older messages remain");
+
+        let whole = history_page(&state, None, 5).unwrap();
+        assert_eq!(page_texts(&whole), ["0", "1", "2", "3", "4"]);
+        assert!(!whole.more, "a page with every message has no more");
+    }
+
+    #[test]
+    fn pages_walk_back_without_gaps() {
+        let state = subject_with_posts(103);
+        let mut walked: Vec<String> = Vec::new();
+        let mut before = None;
+        let mut pages = 0;
+        loop {
+            let page = history_page(&state, before, 10).unwrap();
+            pages += 1;
+            assert!(page.messages.len() == 10 || !page.more, "only the last page is short");
+            let mut texts: Vec<String> = page.messages.iter().map(|message| message.text.clone()).collect();
+            texts.extend(walked);
+            walked = texts;
+            if !page.more {
+                break;
+            }
+            before = Some(page.messages[0].id);
+        }
+        let expected: Vec<String> = (0..103).map(|number: u64| number.to_string()).collect();
+        assert_eq!(walked, expected, "every message once, in history order");
+        assert_eq!(pages, 11);
+    }
+
+    #[test]
+    fn page_rejects_unknown_cursor() {
+        let mut state = subject_with_posts(3);
+        state.apply(&subject(1, 10, 10, "Other"));
+        state.apply(&post_in(ChangeId::new(1, 10), 1, 11, 11, "elsewhere"));
+
+        for cursor in [ChangeId::new(9, 9), ChangeId::new(1, 1), ChangeId::new(1, 2), ChangeId::new(1, 11)] {
+            let error = history_page(&state, Some(cursor), 10).unwrap_err();
+            assert_eq!(error.code, ErrorCode::UnknownMessage, "cursor {cursor}");
+            assert!(error.message.contains(&cursor.to_string()), "{}", error.message);
+        }
+    }
+
+    #[test]
+    fn page_of_empty_subject() {
+        let state = subject_with_posts(0);
+        let page = history_page(&state, None, 10).unwrap();
+        assert!(page.messages.is_empty());
+        assert!(!page.more);
+    }
+
+    #[test]
+    fn page_of_unknown_subject() {
+        let state = subject_with_posts(1);
+        let read = Read::History { subject: ChangeId::new(7, 7), page: Some(PageRequest { before: None, limit: 10 }) };
+        let Reply::Error(error) = state.read(read) else { panic!("expected an error") };
+        assert_eq!(error.code, ErrorCode::UnknownSubject);
+    }
+
+    #[test]
+    fn pages_stay_put_when_messages_arrive() {
+        let mut state = subject_with_posts(6);
+        let first = history_page(&state, None, 3).unwrap();
+        assert_eq!(page_texts(&first), ["3", "4", "5"]);
+
+        // A new post, and a replicated one from another server that sorts into the middle of
+        // the pages already read: the cursor still ends the next page where the first began.
+        state.apply(&post_in(ChangeId::new(1, 2), 1, 9, 9, "new"));
+        state.apply(&post_in(ChangeId::new(1, 2), 2, 1, 3, "concurrent"));
+        let second = history_page(&state, Some(first.messages[0].id), 3).unwrap();
+        assert_eq!(page_texts(&second), ["concurrent", "1", "2"]);
+        assert!(second.more);
+        let third = history_page(&state, Some(second.messages[0].id), 3).unwrap();
+        assert_eq!(page_texts(&third), ["0"]);
+        assert!(!third.more);
+        assert_eq!(page_texts(&history_page(&state, None, 1).unwrap()), ["new"]);
+    }
+
+    #[test]
+    fn page_covers_merged_subjects() {
+        let mut state = ForumState::default();
+        state.apply(&registered(2, 1, 1, "ana", "h"));
+        let winner = subject(1, 4, 7, "Exams");
+        let loser = subject(3, 2, 7, "exams");
+        state.apply(&winner);
+        state.apply(&loser);
+        state.apply(&post_in(winner.id, 1, 5, 8, "a"));
+        state.apply(&post_in(loser.id, 3, 3, 9, "b"));
+        state.apply(&post_in(winner.id, 1, 6, 10, "c"));
+
+        let page = |before| {
+            let read = Read::History { subject: loser.id, page: Some(PageRequest { before, limit: 2 }) };
+            let Reply::MessagePage(page) = state.read(read) else { panic!("expected a page") };
+            page
+        };
+        let first = page(None);
+        assert_eq!(page_texts(&first), ["b", "c"]);
+        assert!(first.messages.iter().all(|message| message.subject == winner.id), "messages show the winner's id");
+        assert!(first.more);
+        let second = page(Some(first.messages[0].id));
+        assert_eq!(page_texts(&second), ["a"]);
+        assert!(!second.more);
+    }
+
+    #[test]
+    fn conversation_pages_walk_back() {
+        let mut state = ForumState::default();
+        state.apply(&registered(1, 1, 1, "ana", "h"));
+        state.apply(&registered(1, 2, 2, "bob", "h"));
+        state.apply(&registered(1, 3, 3, "carol", "h"));
+        for seq in 4..9 {
+            let message =
+                PrivateMessage { id: ChangeId::new(1, seq), from: "ana".into(), to: "bob".into(), text: seq.to_string(), time: 0, lamport: seq };
+            state.apply(&change(1, seq, seq, ChangeKind::PrivateSent { message }));
+        }
+        let page = |user: &str, other: &str, before, limit| {
+            let read = Read::PrivateHistory { user: user.into(), other: other.into(), page: Some(PageRequest { before, limit }) };
+            state.read(read)
+        };
+        let texts = |reply: &Reply| match reply {
+            Reply::PrivatePage(page) => (page.messages.iter().map(|message| message.text.clone()).collect::<Vec<_>>(), page.more),
+            other => panic!("expected a page, got {other:?}"),
+        };
+
+        let first = page("BOB", "ana", None, 3);
+        assert_eq!(texts(&first), (vec!["6".to_string(), "7".into(), "8".into()], true));
+        let second = page("ana", "bob", Some(ChangeId::new(1, 6)), 3);
+        assert_eq!(texts(&second), (vec!["4".to_string(), "5".into()], false));
+        assert_eq!(texts(&page("ana", "carol", None, 3)), (Vec::new(), false), "no messages yet");
+
+        let Reply::Error(error) = page("ana", "carol", Some(ChangeId::new(1, 6)), 3) else { panic!("expected an error") };
+        assert_eq!(error.code, ErrorCode::UnknownMessage, "a message of another conversation");
+        let Reply::Error(error) = page("ana", "dave", None, 3) else { panic!("expected an error") };
+        assert_eq!(error.code, ErrorCode::UnknownUser);
     }
 
     #[test]

@@ -80,7 +80,7 @@ async fn two_servers_replicate_and_publish_once() {
     wait_for_reply("ana reaches B", &mut client_b, || Request::ListUsers, |reply| has_user(reply, "ana")).await;
     let create = Request::CreateSubject { title: "Exams".into(), created_by: "ana".into() };
     let Reply::Subject(exams) = client_b.request(create).await else { panic!("subject created on B") };
-    let history = || Request::History { subject: exams.id };
+    let history = || Request::History { subject: exams.id, before: None, limit: None };
     wait_for_reply("the subject reaches A", &mut client_a, history, |reply| matches!(reply, Reply::Messages(_))).await;
     let post_a = Request::PostMessage { subject: exams.id, author: "ana".into(), text: "from A".into() };
     let Reply::Message(message_a) = client_a.request(post_a).await else { panic!("post on A") };

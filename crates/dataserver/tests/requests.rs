@@ -59,14 +59,14 @@ async fn req_client_uses_the_forum() {
     assert_eq!(error_code(&client.request(post("ana", "  ")).await), ErrorCode::InvalidInput);
     let unknown_subject = Request::PostMessage { subject: "99-1".parse().unwrap(), author: "ana".into(), text: "x".into() };
     assert_eq!(error_code(&client.request(unknown_subject).await), ErrorCode::UnknownSubject);
-    assert_eq!(client.request(Request::History { subject: exams.id }).await, Reply::Messages(vec![first, second]));
+    assert_eq!(client.request(Request::History { subject: exams.id, before: None, limit: None }).await, Reply::Messages(vec![first, second]));
 
     let send = Request::SendPrivate { from: "ana".into(), to: "BOB".into(), text: "psst".into() };
     let Reply::PrivateMessage(private) = client.request(send).await else { panic!("private message sent") };
     assert_eq!(private.to, "bob");
     let unknown_recipient = Request::SendPrivate { from: "ana".into(), to: "nobody".into(), text: "psst".into() };
     assert_eq!(error_code(&client.request(unknown_recipient).await), ErrorCode::UnknownUser);
-    let conversation = Request::PrivateHistory { user: "bob".into(), other: "ana".into() };
+    let conversation = Request::PrivateHistory { user: "bob".into(), other: "ana".into(), before: None, limit: None };
     assert_eq!(client.request(conversation).await, Reply::PrivateMessages(vec![private]));
 
     let presence = |user: &str, webserver: &str, online| Request::SetPresence { user: user.into(), webserver: webserver.into(), online };
@@ -97,7 +97,7 @@ async fn dealer_pipelines_requests() {
         let request = if id.is_multiple_of(2) {
             Request::PostMessage { subject: subject.id, author: "ana".into(), text: format!("message {id}") }
         } else {
-            Request::History { subject: subject.id }
+            Request::History { subject: subject.id, before: None, limit: None }
         };
         let payload = Bytes::from(encode(&WireRequest { v: PROTOCOL_VERSION, id, request, client: None }));
         let frames = if id.is_multiple_of(3) { vec![Bytes::new(), payload] } else { vec![payload] };
@@ -119,7 +119,7 @@ async fn dealer_pipelines_requests() {
     assert!(seen.values().all(|count| *count == 1), "some id came back twice");
     assert!((1..=COUNT).all(|id| seen.contains_key(&id)));
 
-    let Reply::Messages(history) = setup.request(Request::History { subject: subject.id }).await else { panic!("history") };
+    let Reply::Messages(history) = setup.request(Request::History { subject: subject.id, before: None, limit: None }).await else { panic!("history") };
     assert_eq!(history.len() as u64, COUNT / 2);
 
     server.shutdown().await;

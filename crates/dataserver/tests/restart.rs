@@ -30,7 +30,7 @@ async fn restart_keeps_forum_and_ids() {
     assert_eq!(client.request(Request::ListSubjects).await, Reply::Subjects(vec![exams.clone()]));
     let login = Request::Login { name: "ana".into(), password: "secret12".into() };
     assert_eq!(client.request(login).await, Reply::User(ana));
-    let conversation = Request::PrivateHistory { user: "ana".into(), other: "bob".into() };
+    let conversation = Request::PrivateHistory { user: "ana".into(), other: "bob".into(), before: None, limit: None };
     assert_eq!(client.request(conversation).await, Reply::PrivateMessages(vec![private.clone()]));
 
     let post = Request::PostMessage { subject: exams.id, author: "ana".into(), text: "after".into() };
@@ -38,7 +38,7 @@ async fn restart_keeps_forum_and_ids() {
     assert_eq!(after.id.origin, 3);
     assert!(after.id.seq > private.id.seq, "{} reuses an old sequence number", after.id);
     assert!(after.lamport > private.lamport, "the Lamport clock continues");
-    let history = Request::History { subject: exams.id };
+    let history = Request::History { subject: exams.id, before: None, limit: None };
     assert_eq!(client.request(history).await, Reply::Messages(vec![before, after]));
     server.shutdown().await;
 }

@@ -56,13 +56,37 @@ pub enum Request {
     CreateSubject { title: String, created_by: String },
     /// Replies [`Reply::Message`], or `UnknownSubject` / `UnknownUser`.
     PostMessage { subject: ChangeId, author: String, text: String },
-    /// Replies [`Reply::Messages`] in history order, or `UnknownSubject`.
-    History { subject: ChangeId },
+    /// Reads a subject's history. Without `limit`, replies [`Reply::Messages`] with the whole
+    /// history in history order. With `limit`, replies [`Reply::MessagePage`] with the newest
+    /// `limit` messages (at most [`MAX_PAGE_LIMIT`]) older than the message `before`, or the
+    /// newest of all without `before`. Errors: `UnknownSubject`, and `UnknownMessage` when
+    /// `before` is not a message of this subject.
+    History {
+        subject: ChangeId,
+        /// The paging cursor: the id of a message of this subject.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<ChangeId>,
+        /// The page size. `None` asks for the whole history, as requests from web servers
+        /// older than paging do.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
     /// Replies [`Reply::PrivateMessage`], or `UnknownUser`.
     SendPrivate { from: String, to: String, text: String },
-    /// The conversation between `user` and `other`, in history order. Replies
-    /// [`Reply::PrivateMessages`], or `UnknownUser`.
-    PrivateHistory { user: String, other: String },
+    /// Reads the conversation between `user` and `other`. Pages like [`Request::History`]:
+    /// without `limit`, replies [`Reply::PrivateMessages`] with the whole conversation in
+    /// history order, and with it, [`Reply::PrivatePage`]. Errors: `UnknownUser`, and
+    /// `UnknownMessage` when `before` is not a message of this conversation.
+    PrivateHistory {
+        user: String,
+        other: String,
+        /// The paging cursor: the id of a message of this conversation.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<ChangeId>,
+        /// The page size, or `None` for the whole conversation.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
     /// Replies [`Reply::Users`], sorted by name.
     ListUsers,
     /// Records that `user` has (or no longer has) an open event stream on `webserver`.
@@ -104,6 +128,10 @@ pub enum Reply {
     Messages(Vec<Message>),
     PrivateMessage(PrivateMessage),
     PrivateMessages(Vec<PrivateMessage>),
+    /// One page of a subject's history, the reply to a [`Request::History`] with a `limit`.
+    MessagePage(Page<Message>),
+    /// One page of a conversation, the reply to a [`Request::PrivateHistory`] with a `limit`.
+    PrivatePage(Page<PrivateMessage>),
     Users(Vec<UserStatus>),
     Done,
     /// The id of the data server that answered.
@@ -118,6 +146,20 @@ pub enum Reply {
     Feed(FeedBatch),
     /// A valid session: its user's name and when it expires, in milliseconds since the Unix epoch.
     Session { user: String, expires_at: u64 },
+}
+
+/// The maximum number of messages in one page of a history. A data server lowers a larger
+/// `limit` to it. At the 4096-byte maximum text size, a page stays near 4 MiB, far below the
+/// 64 MiB reply size that web servers accept.
+pub const MAX_PAGE_LIMIT: u32 = 1000;
+
+/// One page of a history: consecutive messages in history order (oldest first).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page<T> {
+    pub messages: Vec<T>,
+    /// Whether older messages remain. The next page is asked for with `before` set to the id
+    /// of the first message of this one.
+    pub more: bool,
 }
 
 /// The reason a request failed, with a message for the operator or the user.
@@ -150,6 +192,9 @@ pub enum ErrorCode {
     Internal,
     /// The session does not exist, was revoked or has expired.
     UnknownSession,
+    /// The paging cursor of a history request is not a message of that subject or
+    /// conversation.
+    UnknownMessage,
 }
 
 impl Reply {
@@ -169,5 +214,56 @@ mod size_tests {
     fn replies_stay_small() {
         let size = std::mem::size_of::<Reply>();
         assert!(size <= std::mem::size_of::<Message>() + 8, "Reply is {size} bytes; box the large variant");
+    }
+}
+
+#[cfg(test)]
+mod mixed_version_tests {
+    use super::*;
+    use crate::{decode, encode, PROTOCOL_VERSION};
+
+    /// The history requests as web servers encoded them before paging.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum RequestBeforePaging {
+        History { subject: ChangeId },
+        PrivateHistory { user: String, other: String },
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct EnvelopeBeforePaging {
+        v: u16,
+        id: u64,
+        request: RequestBeforePaging,
+    }
+
+    #[test]
+    fn request_without_paging_decodes() {
+        let subject = ChangeId::new(1, 2);
+        let old = EnvelopeBeforePaging { v: PROTOCOL_VERSION, id: 7, request: RequestBeforePaging::History { subject } };
+        let request: WireRequest = decode(&encode(&old)).unwrap();
+        assert_eq!(request.request, Request::History { subject, before: None, limit: None });
+
+        let old = RequestBeforePaging::PrivateHistory { user: "ana".into(), other: "bob".into() };
+        let old = EnvelopeBeforePaging { v: PROTOCOL_VERSION, id: 8, request: old };
+        let request: WireRequest = decode(&encode(&old)).unwrap();
+        let expected = Request::PrivateHistory { user: "ana".into(), other: "bob".into(), before: None, limit: None };
+        assert_eq!(request.request, expected);
+    }
+
+    #[test]
+    fn paged_request_decodes_in_old_shape() {
+        let subject = ChangeId::new(1, 2);
+        let paged = Request::History { subject, before: Some(ChangeId::new(3, 4)), limit: Some(200) };
+        let envelope = WireRequest { v: PROTOCOL_VERSION, id: 9, request: paged, client: None };
+        let old: EnvelopeBeforePaging = decode(&encode(&envelope)).unwrap();
+        assert_eq!(old.request, RequestBeforePaging::History { subject }, "the paging fields are ignored");
+    }
+
+    #[test]
+    fn whole_history_request_encodes_as_before() {
+        let subject = ChangeId::new(1, 2);
+        let old = EnvelopeBeforePaging { v: PROTOCOL_VERSION, id: 7, request: RequestBeforePaging::History { subject } };
+        let new = WireRequest { v: PROTOCOL_VERSION, id: 7, request: Request::History { subject, before: None, limit: None }, client: None };
+        assert_eq!(encode(&new), encode(&old));
     }
 }

@@ -21,7 +21,8 @@ fn any_request() -> impl Strategy<Value = Request> {
         (any_text(), any_text()).prop_map(|(title, created_by)| Request::CreateSubject { title, created_by }),
         (any_id(), any_text(), any_text())
             .prop_map(|(subject, author, text)| Request::PostMessage { subject, author, text }),
-        any_id().prop_map(|subject| Request::History { subject }),
+        (any_id(), proptest::option::of(any_id()), proptest::option::of(any::<u32>()))
+            .prop_map(|(subject, before, limit)| Request::History { subject, before, limit }),
         (any_text(), any_text(), any_text()).prop_map(|(from, to, text)| Request::SendPrivate { from, to, text }),
         Just(Request::ListUsers),
         Just(Request::Ping),

@@ -43,9 +43,14 @@ pub const MAX_MISSED_HEARTBEATS: u32 = 2;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The largest reply accepted from a data server, in bytes.
 ///
-/// NOTE: the protocol does not bound a reply that lists every message of a subject. A larger
-/// reply gets the connection cut, and the request is sent again on each new connection until
-/// its timeout expires.
+/// The history routes ask for pages of at most [`forum_protocol::MAX_PAGE_LIMIT`] messages,
+/// about 4 MiB at the maximum text size, so their replies stay far below it. A larger reply
+/// gets the connection cut, and the request is sent again on each new connection until its
+/// timeout expires.
+///
+/// NOTE: a data server older than paging replies to a history request with the whole history,
+/// which exceeds this size for a subject of about 200,000 posts of 140 bytes (an encoded
+/// message takes about 300 bytes).
 pub const MAX_REPLY_BYTES: u64 = 64 << 20;
 /// Requests waiting for the writer task. When it is full, new requests fail at once with
 /// [`DataError::QueueFull`] (HTTP 503) instead of waiting.

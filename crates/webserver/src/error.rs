@@ -24,6 +24,12 @@ pub enum ErrorKind {
     /// The request body did not arrive in full within the body-read timeout.
     BodyTimeout,
     InvalidId,
+    /// The `before` parameter of a history request is not a message id.
+    InvalidCursor,
+    /// The `limit` parameter of a history request is not a number from 1 to the maximum page size.
+    InvalidLimit,
+    /// The `before` parameter names no message of the subject or conversation.
+    UnknownMessage,
     LoginRequired,
     BadCredentials,
     NameTaken,
@@ -52,6 +58,9 @@ impl ErrorKind {
         ErrorKind::BodyTooLarge,
         ErrorKind::BodyTimeout,
         ErrorKind::InvalidId,
+        ErrorKind::InvalidCursor,
+        ErrorKind::InvalidLimit,
+        ErrorKind::UnknownMessage,
         ErrorKind::LoginRequired,
         ErrorKind::BadCredentials,
         ErrorKind::NameTaken,
@@ -75,6 +84,9 @@ impl ErrorKind {
             | ErrorKind::InvalidJson
             | ErrorKind::InvalidBody
             | ErrorKind::InvalidId
+            | ErrorKind::InvalidCursor
+            | ErrorKind::InvalidLimit
+            | ErrorKind::UnknownMessage
             | ErrorKind::InputRejected => StatusCode::BAD_REQUEST,
             ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -101,6 +113,9 @@ impl ErrorKind {
             ErrorKind::BodyTooLarge => "body_too_large",
             ErrorKind::BodyTimeout => "body_timeout",
             ErrorKind::InvalidId => "invalid_id",
+            ErrorKind::InvalidCursor => "invalid_cursor",
+            ErrorKind::InvalidLimit => "invalid_limit",
+            ErrorKind::UnknownMessage => "unknown_message",
             ErrorKind::LoginRequired => "login_required",
             ErrorKind::BadCredentials => "bad_credentials",
             ErrorKind::NameTaken => "name_taken",
@@ -155,6 +170,7 @@ impl ApiError {
             ErrorCode::UnknownUser => ErrorKind::UnknownUser,
             ErrorCode::Overloaded => ErrorKind::Overloaded,
             ErrorCode::UnknownSession => ErrorKind::LoginRequired,
+            ErrorCode::UnknownMessage => ErrorKind::UnknownMessage,
             ErrorCode::Malformed | ErrorCode::UnsupportedVersion | ErrorCode::Internal => {
                 tracing::error!(code = ?error.code, message = %error.message, "data server failed a request");
                 ErrorKind::Internal
@@ -233,6 +249,7 @@ mod tests {
             (ErrorCode::UnknownSubject, StatusCode::NOT_FOUND, "unknown_subject"),
             (ErrorCode::UnknownUser, StatusCode::NOT_FOUND, "unknown_user"),
             (ErrorCode::Overloaded, StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            (ErrorCode::UnknownMessage, StatusCode::BAD_REQUEST, "unknown_message"),
             (ErrorCode::Malformed, StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             (ErrorCode::UnsupportedVersion, StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             (ErrorCode::Internal, StatusCode::INTERNAL_SERVER_ERROR, "internal"),

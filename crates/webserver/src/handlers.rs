@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use forum_protocol::{validate_name, validate_password, validate_text, validate_title, ChangeId, ErrorCode, Reply, Request};
-use percent_encoding::percent_decode_str;
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
 use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::{Reply as _, Response};
@@ -15,6 +15,7 @@ use crate::listener::ClientAddr;
 use crate::error::{ApiError, ErrorKind};
 use crate::events;
 use crate::http_headers::RequestHeaders;
+use crate::paging::{add_next_link, page_of_whole, PageQuery};
 use crate::sessions::{cleared_cookie, session_cookie, Session};
 use crate::state::AppState;
 
@@ -162,13 +163,21 @@ pub async fn create_subject(state: Arc<AppState>, headers: RequestHeaders, body:
     }
 }
 
-/// `GET /api/subjects/{id}/messages`: a subject's history, oldest first.
-pub async fn history(segment: String, state: Arc<AppState>) -> ApiResult {
+/// `GET /api/subjects/{id}/messages`: one page of a subject's history, oldest first, with a
+/// `Link` header to the older page when there is one.
+pub async fn history(segment: String, query: Option<String>, state: Arc<AppState>) -> ApiResult {
     let subject = subject_id(&segment)?;
-    match state.data.request(Request::History { subject }).await? {
-        Reply::Messages(messages) => Ok(json_response(StatusCode::OK, &messages)),
-        other => Err(ApiError::unexpected_reply(other)),
-    }
+    let page = PageQuery::parse(query.as_deref())?;
+    let request = Request::History { subject, before: page.before, limit: Some(page.limit) };
+    let messages = match state.data.request(request).await? {
+        Reply::MessagePage(messages) => messages,
+        Reply::Messages(whole) => page_of_whole(whole, |message| message.id, page)?,
+        other => return Err(ApiError::unexpected_reply(other)),
+    };
+    let mut response = json_response(StatusCode::OK, &messages.messages);
+    let path = format!("/api/subjects/{subject}/messages");
+    add_next_link(&mut response, &path, messages.messages.first().map(|message| message.id), messages.more, page.limit);
+    Ok(response)
 }
 
 /// `POST /api/subjects/{id}/messages`: posts a message as the session's user.
@@ -188,15 +197,27 @@ pub async fn post_message(
     }
 }
 
-/// `GET /api/private/{user}`: the conversation between the session's user and `{user}`.
-pub async fn private_history(segment: String, state: Arc<AppState>, headers: RequestHeaders) -> ApiResult {
+/// `GET /api/private/{user}`: one page of the conversation between the session's user and
+/// `{user}`, oldest first, with a `Link` header to the older page when there is one.
+pub async fn private_history(segment: String, query: Option<String>, state: Arc<AppState>, headers: RequestHeaders) -> ApiResult {
     let session = require_session(&state, &headers).await?;
     let other = user_name(&segment)?;
-    match state.data.request(Request::PrivateHistory { user: session.user, other }).await? {
-        Reply::PrivateMessages(messages) => Ok(json_response(StatusCode::OK, &messages)),
-        other => Err(ApiError::unexpected_reply(other)),
-    }
+    let page = PageQuery::parse(query.as_deref())?;
+    let path = format!("/api/private/{}", utf8_percent_encode(&other, NAME_ESCAPES));
+    let request = Request::PrivateHistory { user: session.user, other, before: page.before, limit: Some(page.limit) };
+    let messages = match state.data.request(request).await? {
+        Reply::PrivatePage(messages) => messages,
+        Reply::PrivateMessages(whole) => page_of_whole(whole, |message| message.id, page)?,
+        other => return Err(ApiError::unexpected_reply(other)),
+    };
+    let mut response = json_response(StatusCode::OK, &messages.messages);
+    add_next_link(&mut response, &path, messages.messages.first().map(|message| message.id), messages.more, page.limit);
+    Ok(response)
 }
+
+/// The bytes that a user name is percent-encoded with in a URL path: all but ASCII letters,
+/// digits and the other characters that names may contain ('.', '_' and '-').
+const NAME_ESCAPES: &AsciiSet = &NON_ALPHANUMERIC.remove(b'.').remove(b'_').remove(b'-');
 
 /// `POST /api/private/{user}`: sends a private message from the session's user.
 pub async fn send_private(

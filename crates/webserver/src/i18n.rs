@@ -3,7 +3,9 @@
 //! Every sentence a browser can see in an error body lives here, once per language, so a
 //! translator edits one file. The codes that go with them are in `error.rs`.
 
-use forum_protocol::{Invalid, MAX_NAME_CHARS, MAX_PASSWORD_BYTES, MAX_TEXT_BYTES, MAX_TITLE_CHARS, MIN_PASSWORD_CHARS};
+use forum_protocol::{
+    Invalid, MAX_NAME_CHARS, MAX_PAGE_LIMIT, MAX_PASSWORD_BYTES, MAX_TEXT_BYTES, MAX_TITLE_CHARS, MIN_PASSWORD_CHARS,
+};
 
 use crate::error::ErrorKind;
 
@@ -77,6 +79,9 @@ fn english(kind: &ErrorKind) -> String {
         ErrorKind::BodyTooLarge => "The request body is larger than the limit of 16 KiB.".into(),
         ErrorKind::BodyTimeout => "The request body did not arrive in time; send the request again.".into(),
         ErrorKind::InvalidId => "The id in the URL is invalid; ids look like \"2-17\".".into(),
+        ErrorKind::InvalidCursor => "The before parameter is not a valid message id; ids look like \"2-17\".".into(),
+        ErrorKind::InvalidLimit => format!("The limit parameter must be a whole number from 1 to {MAX_PAGE_LIMIT}."),
+        ErrorKind::UnknownMessage => "The message in the before parameter is not in this subject or conversation.".into(),
         ErrorKind::LoginRequired => "You need to log in first.".into(),
         ErrorKind::BadCredentials => "The user name or the password is wrong.".into(),
         ErrorKind::NameTaken => "That user name is already taken.".into(),
@@ -123,6 +128,11 @@ fn spanish(kind: &ErrorKind) -> String {
         ErrorKind::BodyTooLarge => "El cuerpo de la petición supera el límite de 16 KiB.".into(),
         ErrorKind::BodyTimeout => "El cuerpo de la petición no llegó a tiempo; vuelve a enviar la petición.".into(),
         ErrorKind::InvalidId => "El identificador de la URL no es válido; tiene la forma \"2-17\".".into(),
+        ErrorKind::InvalidCursor => {
+            "El parámetro before no es un identificador de mensaje válido; tiene la forma \"2-17\".".into()
+        }
+        ErrorKind::InvalidLimit => format!("El parámetro limit debe ser un número entero de 1 a {MAX_PAGE_LIMIT}."),
+        ErrorKind::UnknownMessage => "El mensaje del parámetro before no está en este tema ni en esta conversación.".into(),
         ErrorKind::LoginRequired => "Primero tienes que iniciar sesión.".into(),
         ErrorKind::BadCredentials => "El nombre de usuario o la contraseña son incorrectos.".into(),
         ErrorKind::NameTaken => "Ese nombre de usuario ya está en uso.".into(),
@@ -195,5 +205,9 @@ mod tests {
         assert!(sentence.contains("4096"), "{sentence}");
         let sentence = error_sentence(&ErrorKind::Invalid(Invalid::PasswordTooShort), Language::English);
         assert!(sentence.contains('8'), "{sentence}");
+        for language in [Language::English, Language::Spanish] {
+            let sentence = error_sentence(&ErrorKind::InvalidLimit, language);
+            assert!(sentence.contains("1000"), "{sentence}");
+        }
     }
 }

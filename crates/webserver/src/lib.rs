@@ -4,8 +4,8 @@
 //!
 //! Layout: `server.rs` starts and stops everything, and `routes.rs` maps paths to
 //! `handlers.rs`. `listener.rs` accepts connections and `request_body.rs` reads request bodies
-//! before routing. `body.rs`, `http_headers.rs`, `error.rs` and `i18n.rs` check requests and
-//! render errors. `data_client.rs` is the request socket, `changes.rs` the change feed,
+//! before routing. `body.rs`, `http_headers.rs`, `paging.rs`, `error.rs` and `i18n.rs` check
+//! requests and render errors. `data_client.rs` is the request socket, `changes.rs` the change feed,
 //! `events.rs` the event streams, `presence.rs` the online reports and `sessions.rs` the
 //! logins.
 
@@ -22,6 +22,7 @@ mod http_headers;
 mod i18n;
 mod listener;
 mod login_limit;
+mod paging;
 mod presence;
 mod request_body;
 mod routes;

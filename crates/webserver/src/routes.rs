@@ -87,6 +87,7 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
     let messages_path = || warp::path!("api" / "subjects" / String / "messages");
     let messages = messages_path()
         .and(warp::get())
+        .and(raw_query())
         .and(with_state.clone())
         .then(handlers::history)
         .or(messages_path()
@@ -102,6 +103,7 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
     let private_path = || warp::path!("api" / "private" / String);
     let private = private_path()
         .and(warp::get())
+        .and(raw_query())
         .and(with_state.clone())
         .and(headers())
         .then(handlers::private_history)
@@ -179,6 +181,12 @@ fn render(language: Language, result: ApiResult) -> Response {
             error.into_response(language)
         }
     }
+}
+
+/// Extracts the raw query string, or `None` when the URL has none. `warp::query::raw` alone
+/// rejects a request without one.
+fn raw_query() -> impl Filter<Extract = (Option<String>,), Error = Infallible> + Clone {
+    warp::query::raw().map(Some).or(warp::any().map(|| None)).unify()
 }
 
 /// The fallback for a path that exists but not with the request's method.
