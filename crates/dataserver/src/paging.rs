@@ -12,10 +12,11 @@
 //! for the cursor took 9 to 21 ms. The lookup and the collection of the 999-entry page took
 //! 63 to 80 µs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use forum_protocol::{ChangeId, ServerId};
+use rustc_hash::FxHashMap;
 
 /// The total order of changes: (lamport, origin, seq). Histories sort by it, and the smallest
 /// key wins a conflict.
@@ -36,8 +37,8 @@ const MAX_DENSE_GAP: u64 = 1 << 16;
 /// caught up) go to a hash map instead.
 #[derive(Default)]
 pub(crate) struct LamportIndex {
-    dense: HashMap<ServerId, Vec<u64>>,
-    sparse: HashMap<ChangeId, u64>,
+    dense: FxHashMap<ServerId, Vec<u64>>,
+    sparse: FxHashMap<ChangeId, u64>,
 }
 
 impl LamportIndex {
