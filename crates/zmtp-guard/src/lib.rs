@@ -68,6 +68,7 @@
 //! NOTE: the internal address is still reachable by any local process on the
 //! host, which the guard does not protect against.
 
+mod admission;
 mod checker;
 mod client;
 pub mod codec;
@@ -79,12 +80,15 @@ mod ready;
 mod relay;
 mod server;
 mod stats;
+mod token;
 
+pub use admission::Admission;
 pub use client::{ClientError, Dealer, DealerReceiver, DealerSender, Subscriber};
 pub use checker::{Phase, Violation, ZmtpChecker, GREETING_LEN};
 pub use guard::{Guard, RoutingId};
-pub use publish::{Publisher, QUEUE_MESSAGES};
+pub use publish::{Publisher, SubscriberPolicy, QUEUE_MESSAGES};
 pub use limits::{Limits, SubscriptionLimits, MAX_COMMAND_BYTES};
 pub use relay::Rejection;
 pub use server::{wait_until_stopping, Connection, ConnectionEnd, SocketSpec, ZmtpListener};
 pub use stats::GuardStats;
+pub use token::{SubscriberKey, TokenError, TOKEN_LABEL, TOKEN_LEN, TOKEN_MAX_AGE, TOKEN_PREFIX};
