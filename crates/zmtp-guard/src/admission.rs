@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
-/// The reason [`Admission::admit`] refused a connection.
+/// The reason [`Admission::admit`] rejected a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AdmitError {
     /// `max_connections` connections are admitted already.
@@ -62,8 +62,9 @@ impl PendingPool {
     }
 
     /// Counts a new connection as pending, evicting the oldest pending connection when
-    /// `max_pending` are open. Returns `None` only when no permit is free even so, which
-    /// cannot happen while every permit is held by a pending or admitted connection.
+    /// `max_pending` are open. Returns `None` when no permit is free even so. The pool
+    /// never lets more than `max_pending + max_admitted` connections hold permits, so that
+    /// would take a semaphore shared with something else.
     pub(crate) fn enter(self: &Arc<Self>) -> Option<Admission> {
         let mut state = self.state();
         if state.pending.len() >= self.max_pending {
@@ -94,14 +95,14 @@ pub struct Admission {
 struct Ticket {
     pool: Arc<PendingPool>,
     id: u64,
-    /// Receives when a newer connection evicts this one; `None` once admitted.
+    /// Receives when a newer connection evicts this one. `None` once admitted.
     evicted: Option<oneshot::Receiver<()>>,
     /// The permit of an admitted connection.
     admitted: Option<OwnedSemaphorePermit>,
 }
 
 impl Admission {
-    /// An admission for a listener without a pending cap.
+    /// Returns an admission for a listener without a pending cap.
     pub(crate) fn unlimited() -> Self {
         Admission { ticket: None }
     }
@@ -124,7 +125,7 @@ impl Admission {
         let index = state.pending.iter().position(|pending| pending.id == ticket.id).ok_or(AdmitError::Evicted)?;
         let pending = state.pending.remove(index).expect("the index was just found");
         if state.admitted >= pool.max_admitted {
-            // Dropping `pending` frees its permit; the caller closes the connection.
+            // Dropping `pending` frees its permit, and the caller closes the connection.
             return Err(AdmitError::Full { max_connections: pool.max_admitted });
         }
         state.admitted += 1;
@@ -191,9 +192,9 @@ mod tests {
         admitted.admit().unwrap();
         assert!(admitted.is_admitted());
         // Each new pending connection evicts the one before it, never the admitted one.
-        let held: Vec<Admission> = (0..5).map(|_| pool.enter().unwrap()).collect();
+        let pending_connections: Vec<Admission> = (0..5).map(|_| pool.enter().unwrap()).collect();
         assert_eq!(pool.state().pending.len(), 1);
-        assert_eq!(held.len(), 5);
+        assert_eq!(pending_connections.len(), 5);
         let waited = tokio::time::timeout(std::time::Duration::from_millis(50), admitted.evicted()).await;
         assert!(waited.is_err(), "an admitted connection was evicted");
     }

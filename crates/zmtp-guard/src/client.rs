@@ -305,9 +305,10 @@ impl DealerReceiver {
 /// It subscribes with ZMTP 3.0 subscription messages (a 1 byte, then the topic prefix),
 /// which our [`Publisher`](crate::Publisher) and libzmq 4.x PUB sockets accept from ZMTP 3.0
 /// and 3.1 peers. Connected with a [`SubscriberKey`], it first sends a subscriber token as
-/// such a subscription, which a publisher with the same key demands; other PUB sockets keep
-/// it as a subscription that matches no text topic. It replies to PING commands with PONG
-/// and passes on only messages whose first frame starts with one of its topic prefixes.
+/// such a subscription, because a publisher with the same key demands one. Other PUB sockets
+/// keep the token as a subscription that matches no text topic. It replies to PING commands
+/// with PONG and passes on only messages whose first frame starts with one of its topic
+/// prefixes.
 #[derive(Debug)]
 pub struct Subscriber {
     incoming: Incoming,

@@ -46,6 +46,11 @@
 //! a service that reads frames with [`codec::FrameReader`] and writes its
 //! own. The data server's request port is such a ROUTER.
 //!
+//! A [`Publisher`] may demand a subscriber token made with a [`SubscriberKey`]
+//! before it sends a subscriber anything. It caps the connections that have
+//! not yet subscribed or sent a token apart from its admitted subscribers, so
+//! idle connections cannot fill their places.
+//!
 //! [`Dealer`] and [`Subscriber`] connect to one `tcp://HOST:PORT` endpoint and
 //! read the server's stream through a [`codec::FrameReader`] as well. They cut
 //! a server that breaks the limits, log it as a warning (rate-limited) with

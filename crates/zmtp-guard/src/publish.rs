@@ -13,7 +13,7 @@
 //! are full is cut, so it reconnects instead of missing messages for good.
 //!
 //! A subscriber gets no message until the publisher admits it, and the [`SubscriberPolicy`]
-//! says when. With a [`SubscriberKey`], the subscriber must first send a valid token (see
+//! sets when. With a [`SubscriberKey`], the subscriber must first send a valid token (see
 //! [`crate::TOKEN_PREFIX`]) as a subscription within `token_timeout` of its handshake.
 //! Without a key, it must send any subscription within `subscribe_timeout`. Otherwise it is
 //! cut. Connections not yet admitted, those still in their handshake included, count
@@ -62,7 +62,7 @@ const PUB_SPEC: SocketSpec = SocketSpec { socket_type: "PUB", peer_types: &["SUB
 #[derive(Debug, Clone)]
 pub struct SubscriberPolicy {
     /// The key that subscriber tokens must be made with. With a key, only a valid token
-    /// admits a subscriber; without one, any subscription does. Default: none.
+    /// admits a subscriber. Without one, any subscription does. Default: none.
     pub key: Option<SubscriberKey>,
     /// The time from the end of the handshake until a valid token must arrive, with a key.
     /// Default: 2 s.
@@ -82,11 +82,6 @@ impl Default for SubscriberPolicy {
 }
 
 impl SubscriberPolicy {
-    /// Returns the default policy with `key`.
-    pub fn with_key(key: Option<SubscriberKey>) -> Self {
-        Self { key, ..Self::default() }
-    }
-
     /// Returns the deadline for admission and the reason to cut a subscriber that misses it.
     fn admission_deadline(&self) -> (Duration, Rejection) {
         match self.key {
@@ -127,7 +122,7 @@ struct Subscriber {
     /// Topic prefixes, one entry per subscription, so that a cancel removes one. Tokens are
     /// not kept.
     prefixes: Vec<Bytes>,
-    /// False until the policy admits the subscriber; until then it gets no message.
+    /// False until the policy admits the subscriber, which gets no message until then.
     admitted: bool,
     queue: mpsc::Sender<Bytes>,
 }
@@ -349,7 +344,7 @@ impl Reading<'_> {
     }
 
     /// Handles one subscription: a token is checked and never kept, and a topic prefix is
-    /// kept. Either may admit the subscriber, as the policy says.
+    /// kept. Either may admit the subscriber, as the policy sets.
     fn subscribe(&mut self, prefix: Bytes) -> Result<(), Rejection> {
         let is_token = prefix.starts_with(TOKEN_PREFIX);
         if !is_token {

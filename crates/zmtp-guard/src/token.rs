@@ -49,9 +49,8 @@ const TIME_LEN: usize = 8;
 const NONCE_LEN: usize = 16;
 const MAC_LEN: usize = 32;
 
-/// The most nonces that a [`SeenNonces`] keeps. Only valid tokens reach it, so it grows
-/// only with key holders' connections; beyond this many within [`TOKEN_MAX_AGE`] it forgets
-/// the oldest.
+/// The maximum number of nonces that a [`SeenNonces`] keeps. Only valid tokens reach it, so
+/// it grows only with key holders' connections. Beyond this many it forgets the oldest.
 const MAX_SEEN_NONCES: usize = 4096;
 
 /// The reason a token was rejected.
@@ -120,7 +119,7 @@ impl SubscriberKey {
     }
 
     /// Checks a subscription that starts with [`TOKEN_PREFIX`] against the key and `now`,
-    /// and returns its nonce. It does not check for replays; [`SeenNonces`] does.
+    /// and returns its nonce. [`SeenNonces`] checks for replays.
     pub fn verify(&self, token: &[u8], now: SystemTime) -> Result<[u8; NONCE_LEN], TokenError> {
         if token.len() != TOKEN_LEN || !token.starts_with(TOKEN_PREFIX) {
             return Err(TokenError::Length { found: token.len() });

@@ -262,9 +262,9 @@ async fn silent_connections(address: SocketAddr, count: usize) -> Vec<TcpStream>
 #[tokio::test]
 async fn admitted_cap_refuses_one_more() {
     let publisher = start(2, Some(key(1))).await;
-    let mut held = Vec::new();
+    let mut admitted = Vec::new();
     for _ in 0..2 {
-        held.push(raw_subscriber(publisher.local_addr(), &[&key(1).token(), b"news"]).await);
+        admitted.push(raw_subscriber(publisher.local_addr(), &[&key(1).token(), b"news"]).await);
     }
     publish_until_received(&publisher, 2).await;
 
@@ -274,7 +274,7 @@ async fn admitted_cap_refuses_one_more() {
     assert_eq!(publisher.subscribers(), 2);
     assert_eq!(publisher.stats().rejected_connections(), 1);
 
-    drop(held.pop());
+    drop(admitted.pop());
     let _fourth = raw_subscriber(publisher.local_addr(), &[&key(1).token(), b"news"]).await;
     publish_until_received(&publisher, 2).await;
     publisher.shutdown().await;
