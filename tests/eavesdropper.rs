@@ -1,9 +1,12 @@
-//! A client without the cluster key that subscribes to everything on a data server's pub port
-//! reads nothing private: with a key, the payload of every publication is encrypted. The data
-//! and web servers run as separate processes on loopback, and the eavesdropper is a plain
-//! zeromq SUB socket subscribed to the empty prefix while users register, log in and exchange
-//! a private message. A keyless group runs the same scene, and there the eavesdropper must
-//! read all three secrets, which shows that the checks can fail.
+//! What crosses the network from a data server's pub port reveals nothing private: with a key,
+//! the payload of every publication is encrypted. The data and web servers run as separate
+//! processes on loopback. The eavesdropper subscribes to the empty prefix while users
+//! register, log in and exchange a private message, and keeps the frames as they arrive,
+//! still sealed. With a key, the port admits only a subscriber that sends a token made with
+//! the key, so the eavesdropper sends one to get the bytes that cross the network, and a
+//! zeromq SUB socket without the key must receive nothing. A keyless group runs the
+//! same scene, and there the eavesdropper must read all three secrets, which shows that the
+//! checks can fail.
 
 mod common;
 
@@ -16,7 +19,9 @@ use bytes::Bytes;
 use common::{eventually, free_port, init_logging, texts, ServerProcess, WebClient};
 use serde_json::json;
 use tokio::sync::oneshot;
+use forum_protocol::ClusterKey;
 use zeromq::{Socket, SocketRecv, SubSocket};
+use zmtp_guard::{Limits, Subscriber, SubscriberKey};
 
 const PRIVATE_TEXT: &str = "meet me at the old mill at nine";
 const ARGON2_PREFIX: &[u8] = b"$argon2id$";
@@ -64,7 +69,7 @@ impl Scene {
     }
 }
 
-/// Everything that a keyless SUB socket received on the pub port.
+/// Everything that the eavesdropper received on the pub port, as sent.
 struct Captured {
     messages: Vec<Vec<Bytes>>,
 }
@@ -83,12 +88,13 @@ impl Captured {
     }
 }
 
-/// Subscribes a keyless SUB socket to every topic of `publish`, waits until a heartbeat shows
-/// that the subscription is in effect, and returns a sender that stops the capture.
-async fn eavesdrop(publish: &str) -> (oneshot::Sender<()>, tokio::task::JoinHandle<Captured>) {
-    let mut socket = SubSocket::new();
-    socket.connect(publish).await.expect("connecting the SUB socket");
-    socket.subscribe("").await.expect("subscribing to every topic");
+/// Subscribes to every topic of `publish`, with a token when `key` is set, waits until a
+/// heartbeat shows that the subscription is in effect, and returns a sender that stops the
+/// capture. The frames are kept as they arrive, without opening them.
+async fn eavesdrop(publish: &str, key: Option<&SubscriberKey>) -> (oneshot::Sender<()>, tokio::task::JoinHandle<Captured>) {
+    let mut socket = Subscriber::connect_with_key(publish, key, &[b""], &Limits::default(), common::PATIENCE)
+        .await
+        .expect("connecting the SUB socket");
     let first = tokio::time::timeout(common::PATIENCE, socket.recv())
         .await
         .expect("a heartbeat within the patience")
@@ -96,12 +102,12 @@ async fn eavesdrop(publish: &str) -> (oneshot::Sender<()>, tokio::task::JoinHand
 
     let (stop, mut stopped) = oneshot::channel::<()>();
     let capture = tokio::spawn(async move {
-        let mut messages = vec![first.into_vec()];
+        let mut messages = vec![first];
         loop {
             tokio::select! {
                 _ = &mut stopped => break,
                 received = socket.recv() => match received {
-                    Ok(message) => messages.push(message.into_vec()),
+                    Ok(message) => messages.push(message),
                     Err(error) => panic!("the SUB socket failed: {error}"),
                 },
             }
@@ -133,7 +139,14 @@ async fn write_secrets(web: SocketAddr) -> String {
 async fn capture_scene(cluster_key: Option<&str>) -> (Captured, String) {
     let dir = tempfile::tempdir().unwrap();
     let scene = Scene::start(dir.path(), cluster_key).await;
-    let (stop, capture) = eavesdrop(&scene.publish).await;
+    let subscriber_key = cluster_key.map(|text| {
+        let key = ClusterKey::new(text.as_bytes(), "the test key").expect("a valid test key");
+        SubscriberKey::new(key.subscriber_key())
+    });
+    if subscriber_key.is_some() {
+        assert_keyless_sub_gets_nothing(&scene.publish).await;
+    }
+    let (stop, capture) = eavesdrop(&scene.publish, subscriber_key.as_ref()).await;
     let token_hash = write_secrets(scene.web).await;
     // Publications leave right after the commit; this leaves time for the last ones to arrive.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -142,8 +155,18 @@ async fn capture_scene(cluster_key: Option<&str>) -> (Captured, String) {
     (captured, token_hash)
 }
 
+/// Asserts that a zeromq SUB socket without the key, subscribed to every topic, receives no
+/// message, although the port publishes a heartbeat every half second.
+async fn assert_keyless_sub_gets_nothing(publish: &str) {
+    let mut socket = SubSocket::new();
+    socket.connect(publish).await.expect("connecting the SUB socket");
+    socket.subscribe("").await.expect("subscribing to every topic");
+    let received = tokio::time::timeout(Duration::from_secs(3), socket.recv()).await;
+    assert!(!matches!(received, Ok(Ok(_))), "a SUB socket without the key received a message");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keyless_sub_reads_nothing_private() {
+async fn sealed_traffic_reveals_nothing_private() {
     let (captured, token_hash) = capture_scene(Some("eavesdropper-test-key-0123456789abcdef0123456789")).await;
 
     let topics = captured.topics();

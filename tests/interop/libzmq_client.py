@@ -7,9 +7,11 @@ It sends a Register request on a REQ socket and checks the reply, then subscribe
 its header.
 When FORUM_CLUSTER_KEY is set, the client seals every request payload with XChaCha20-Poly1305
 as docs/replication.md describes, and every reply and publication must open under the same
-key. It prints one line per check and exits with status 1 on the first failure.
+key. Its SUB socket then sends a subscriber token first, as docs/replication.md describes. It prints one line per check and exits with status 1 on the first failure.
 """
 
+import hashlib
+import hmac
 import os
 import struct
 import sys
@@ -25,8 +27,21 @@ CLUSTER_KEY = os.environ.get("FORUM_CLUSTER_KEY", "").strip().encode()
 MESSAGE_KEY = xchacha.hkdf_sha256(
     CLUSTER_KEY, b"forum cluster key: XChaCha20-Poly1305 message key, version 1", 32
 )
+SUBSCRIBER_KEY = xchacha.hkdf_sha256(
+    CLUSTER_KEY, b"forum cluster key: pub port subscriber token key, version 1", 32
+)
 NONCE_LEN = 24
 TAG_LEN = 16
+TOKEN_PREFIX = b"\xffsubscriber-token/1\x00"
+TOKEN_LABEL = b"zmtp-guard subscriber token, version 1"
+
+
+def subscriber_token():
+    """Return a subscriber token: the prefix, the time in Unix milliseconds, a random nonce,
+    and the HMAC-SHA256 of the label, the time and the nonce under the subscriber key."""
+    time_and_nonce = struct.pack(">Q", int(time.time() * 1000)) + os.urandom(16)
+    tag = hmac.new(SUBSCRIBER_KEY, TOKEN_LABEL + time_and_nonce, hashlib.sha256).digest()
+    return TOKEN_PREFIX + time_and_nonce + tag
 
 
 def associated_data(label, clear_frames):
@@ -97,6 +112,11 @@ def main():
 
     sub = context.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
+    # A pub port with a key admits a subscriber only after a fresh token, sent as a
+    # subscription. libzmq would send it again after a reconnect, and the port would reject
+    # that copy, so a long-lived client makes a new socket instead.
+    if CLUSTER_KEY:
+        sub.setsockopt(zmq.SUBSCRIBE, subscriber_token())
     sub.setsockopt(zmq.SUBSCRIBE, b"webserver")
     sub.connect(pub_endpoint)
     # A subscription takes effect once it reaches the publisher, so keep making changes until

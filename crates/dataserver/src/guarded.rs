@@ -8,7 +8,8 @@
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use zmtp_guard::{Limits, Publisher};
+use forum_protocol::ClusterKey;
+use zmtp_guard::{Limits, Publisher, SubscriberKey, SubscriberPolicy};
 
 /// Resolves the address that a configured `tcp://HOST:PORT` endpoint names. The host `*`
 /// means every IPv4 interface, as in libzmq; a host name resolves to its first address.
@@ -34,9 +35,10 @@ pub(crate) fn endpoint_of(address: SocketAddr) -> String {
 }
 
 /// Starts the native PUB port on `public`. Its subscribers may send only a few small
-/// subscriptions.
-pub(crate) async fn start_publisher(public: SocketAddr) -> anyhow::Result<Publisher> {
-    Publisher::start(public, pub_limits())
+/// subscriptions. With a cluster key, each must first prove with a subscriber token that it
+/// has the key. Without one, it must subscribe soon after its handshake.
+pub(crate) async fn start_publisher(public: SocketAddr, cluster_key: Option<&ClusterKey>) -> anyhow::Result<Publisher> {
+    Publisher::start_with_policy(public, pub_limits(), pub_policy(cluster_key))
         .await
         .with_context(|| format!("failed to bind the pub endpoint {}", endpoint_of(public)))
 }
@@ -58,6 +60,10 @@ mod tests {
 /// The maximum number of subscribers the pub port admits at once: the group's peers, its web servers and a
 /// few monitors.
 pub const PUB_MAX_CONNECTIONS: usize = 64;
+/// The maximum number of pub port connections that are not admitted yet, in their handshake
+/// or before their token (with a key) or first subscription (without one). A new connection
+/// beyond it evicts the oldest of them, so they never take the admitted subscribers' places.
+pub const PUB_MAX_PENDING: usize = 16;
 /// The maximum number of subscribe or cancel messages one subscriber may send. A peer subscribes to one
 /// topic prefix and a web server to one topic.
 pub const PUB_MAX_SUBSCRIPTIONS: u64 = 8;
@@ -68,6 +74,16 @@ pub const PUB_MAX_SUBSCRIPTIONS: u64 = 8;
 /// 64 connections of 8 subscriptions each. With zeromq 0.7's PUB socket, which the port used
 /// before, 500 connections of 64 subscriptions each froze a data server for good
 /// (`hostile_zmq::many_subscribers_keep_server_alive`).
+/// Returns the pub port's admission rules: a token within 2 s with a key, a subscription
+/// within 5 s without one.
+fn pub_policy(cluster_key: Option<&ClusterKey>) -> SubscriberPolicy {
+    SubscriberPolicy {
+        key: cluster_key.map(|key| SubscriberKey::new(key.subscriber_key())),
+        max_pending: PUB_MAX_PENDING,
+        ..SubscriberPolicy::default()
+    }
+}
+
 fn pub_limits() -> Limits {
     let mut limits = Limits::for_pub_socket();
     limits.max_connections = PUB_MAX_CONNECTIONS;

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use forum_protocol::{unseal, ClusterKey, MacContext, decode, Change, Heartbeat, ServerId, WireChange, WireHeartbeat, TOPIC_CHECKPOINT, TOPIC_HEARTBEAT};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
-use zmtp_guard::{Limits, Subscriber};
+use zmtp_guard::{Limits, Subscriber, SubscriberKey};
 
 use crate::command::Command;
 use crate::heartbeat::DOWN_AFTER;
@@ -76,8 +76,9 @@ async fn subscribe(server: ServerId, peer: &str, outputs: PeerOutputs, cluster_k
     let mut decode_failures = LogRateLimit::new();
     let mut dropped_heartbeats = LogRateLimit::new();
     let mut retry_delay = FIRST_RETRY_DELAY;
+    let subscriber_key = cluster_key.as_ref().map(|key| SubscriberKey::new(key.subscriber_key()));
     'connection: loop {
-        let mut socket = connect(server, peer, &mut retry_delay).await;
+        let mut socket = connect(server, peer, subscriber_key.as_ref(), &mut retry_delay).await;
         debug!(server, peer, "subscribed to peer");
         loop {
             let mut frames = match tokio::time::timeout(DOWN_AFTER, socket.recv()).await {
@@ -137,13 +138,14 @@ async fn subscribe(server: ServerId, peer: &str, outputs: PeerOutputs, cluster_k
     }
 }
 
-/// Connects and subscribes, retrying with the backoff in `delay` until it succeeds.
-async fn connect(server: ServerId, peer: &str, delay: &mut Duration) -> Subscriber {
+/// Connects and subscribes, retrying with the backoff in `delay` until it succeeds. With a
+/// key, the socket first sends a subscriber token, which the peer's pub port demands.
+async fn connect(server: ServerId, peer: &str, key: Option<&SubscriberKey>, delay: &mut Duration) -> Subscriber {
     let limits = Limits { greeting_timeout: CONNECT_TIMEOUT, ..Limits::default() };
     let mut failures = LogRateLimit::new();
     loop {
         // The prefix `checkpoint` also matches `checkpoint.heartbeat`.
-        match Subscriber::connect(peer, &[TOPIC_CHECKPOINT.as_bytes()], &limits, CONNECT_TIMEOUT).await {
+        match Subscriber::connect_with_key(peer, key, &[TOPIC_CHECKPOINT.as_bytes()], &limits, CONNECT_TIMEOUT).await {
             Ok(socket) => return socket,
             // The socket has already logged a cut, rate-limited.
             Err(error) if error.is_cut() => {}

@@ -139,7 +139,7 @@ impl DataServer {
             }
             warn!(server = id, "no cluster key is set: ZeroMQ messages are not authenticated, so this data server binds loopback addresses only");
         }
-        let pub_port = guarded::start_publisher(public_pub).await?;
+        let pub_port = guarded::start_publisher(public_pub, options.cluster_key.as_ref()).await?;
         let request_listener = request_socket::bind(public_request).await?;
         let pub_endpoint = guarded::endpoint_of(pub_port.local_addr());
         let request_endpoint = guarded::endpoint_of(request_listener.local_addr());

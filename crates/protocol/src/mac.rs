@@ -41,6 +41,10 @@ pub const MIN_KEY_LEN: usize = 32;
 /// message format gets a new label, so its key differs from this one.
 const KEY_DERIVATION_INFO: &[u8] = b"forum cluster key: XChaCha20-Poly1305 message key, version 1";
 
+/// The HKDF `info` input that derives the key of subscriber tokens, with which a subscriber
+/// to a pub port proves that it has the cluster key (see `zmtp_guard::SubscriberKey`).
+const SUBSCRIBER_KEY_DERIVATION_INFO: &[u8] = b"forum cluster key: pub port subscriber token key, version 1";
+
 /// The kind of a sealed message. Each kind has its own label in the associated data, so a
 /// message captured as one kind fails authentication as another.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +103,7 @@ pub enum KeyError {
 #[derive(Clone)]
 pub struct ClusterKey {
     cipher: Arc<XChaCha20Poly1305>,
+    subscriber_key: [u8; 32],
 }
 
 impl fmt::Debug for ClusterKey {
@@ -118,7 +123,11 @@ impl ClusterKey {
             .expand(KEY_DERIVATION_INFO, &mut message_key)
             .expect("32 bytes is a valid HKDF-SHA256 output length");
         let cipher = XChaCha20Poly1305::new(&message_key.into());
-        Ok(ClusterKey { cipher: Arc::new(cipher) })
+        let mut subscriber_key = [0u8; 32];
+        Hkdf::<Sha256>::new(None, secret)
+            .expand(SUBSCRIBER_KEY_DERIVATION_INFO, &mut subscriber_key)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        Ok(ClusterKey { cipher: Arc::new(cipher), subscriber_key })
     }
 
     /// Reads a key from a file, without the white space around it.
@@ -138,6 +147,12 @@ impl ClusterKey {
             Some(text) if !text.is_empty() => ClusterKey::new(text.as_bytes(), "FORUM_CLUSTER_KEY").map(Some),
             _ => Ok(None),
         }
+    }
+
+    /// Returns the key for subscriber tokens on a pub port, derived from the cluster key
+    /// apart from the message key.
+    pub fn subscriber_key(&self) -> &[u8; 32] {
+        &self.subscriber_key
     }
 
     /// Generates a random key of 64 hexadecimal characters.
@@ -495,6 +510,14 @@ mod tests {
 
     const GOLDEN_HEADER: &str = "000102030405060708090a0b0c0d0e0f1011121314151617f84a781d";
     const GOLDEN_CHANGE: &str = "c9a95cee3896f1afba0ed26579205e506a8d0afc";
+
+    #[test]
+    fn subscriber_key_derived_per_cluster_key() {
+        assert_eq!(key().subscriber_key(), key().subscriber_key());
+        let other = ClusterKey::new(&[8u8; 32], "test").unwrap();
+        assert_ne!(key().subscriber_key(), other.subscriber_key());
+        assert_ne!(key().subscriber_key(), &[7u8; 32], "the secret itself is not the token key");
+    }
 
     #[test]
     fn short_key_rejected() {

@@ -23,7 +23,7 @@ use forum_protocol::{
 };
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
-use zmtp_guard::{Limits, Subscriber};
+use zmtp_guard::{Limits, Subscriber, SubscriberKey};
 
 use crate::data_client::{ActiveServer, DataClient};
 use crate::duplicates::Verdict;
@@ -157,7 +157,8 @@ impl Follower<'_> {
         if !self.start().await {
             return;
         }
-        let mut socket = subscribe(pub_endpoint).await;
+        let subscriber_key = self.data.cluster_key().map(|key| SubscriberKey::new(key.subscriber_key()));
+        let mut socket = subscribe(pub_endpoint, subscriber_key.as_ref()).await;
         let mut unauthenticated: u64 = 0;
         let mut malformed: u64 = 0;
         let mut poll = tokio::time::interval(POLL_INTERVAL);
@@ -176,7 +177,7 @@ impl Follower<'_> {
             let keep_following = match received {
                 None => {
                     if socket.is_none() {
-                        socket = subscribe(pub_endpoint).await;
+                        socket = subscribe(pub_endpoint, subscriber_key.as_ref()).await;
                     }
                     self.catch_up().await
                 }
@@ -335,10 +336,11 @@ fn open_live_change(cluster_key: Option<&ClusterKey>, mut frames: Vec<Bytes>) ->
 }
 
 /// Connects a SUB socket to the `webserver` topic of `endpoint`, or returns `None` when that
-/// fails; the caller tries again at the next poll tick.
-async fn subscribe(endpoint: &str) -> Option<Subscriber> {
+/// fails; the caller tries again at the next poll tick. With a key, the socket first sends a
+/// subscriber token, which the data server's pub port demands.
+async fn subscribe(endpoint: &str, key: Option<&SubscriberKey>) -> Option<Subscriber> {
     let limits = Limits { greeting_timeout: CONNECT_TIMEOUT, ..Limits::default() };
-    match Subscriber::connect(endpoint, &[TOPIC_WEBSERVER.as_bytes()], &limits, CONNECT_TIMEOUT).await {
+    match Subscriber::connect_with_key(endpoint, key, &[TOPIC_WEBSERVER.as_bytes()], &limits, CONNECT_TIMEOUT).await {
         Ok(socket) => {
             tracing::info!(%endpoint, "subscribed to the data server's change feed");
             Some(socket)

@@ -32,6 +32,7 @@ use crate::codec::{self, ready_property, Event, FrameReader, ReadError, SOCKET_T
 use crate::limits::Limits;
 use crate::log_limit::LogRateLimiter;
 use crate::relay::Rejection;
+use crate::token::SubscriberKey;
 
 /// Warnings about cut server connections admitted per 10 s window, for all client sockets
 /// of the process together.
@@ -303,8 +304,11 @@ impl DealerReceiver {
 ///
 /// It subscribes with ZMTP 3.0 subscription messages (a 1 byte, then the topic prefix),
 /// which our [`Publisher`](crate::Publisher) and libzmq 4.x PUB sockets accept from ZMTP 3.0
-/// and 3.1 peers. It replies to PING commands with PONG and passes on only messages whose
-/// first frame starts with one of its topic prefixes.
+/// and 3.1 peers. Connected with a [`SubscriberKey`], it first sends a subscriber token as
+/// such a subscription, because a publisher with the same key demands one. Other PUB sockets
+/// keep the token as a subscription that matches no text topic. It replies to PING commands
+/// with PONG and passes on only messages whose first frame starts with one of its topic
+/// prefixes.
 #[derive(Debug)]
 pub struct Subscriber {
     incoming: Incoming,
@@ -317,7 +321,27 @@ impl Subscriber {
     /// handshake within `limits.greeting_timeout` and subscribes to each prefix of
     /// `topics`. An empty prefix subscribes to every message.
     pub async fn connect(endpoint: &str, topics: &[&[u8]], limits: &Limits, connect_timeout: Duration) -> Result<Subscriber, ClientError> {
+        Subscriber::connect_with_key(endpoint, None, topics, limits, connect_timeout).await
+    }
+
+    /// Connects as [`connect`](Self::connect) does, and with a `key` sends a new subscriber
+    /// token before the topics, so that a [`Publisher`](crate::Publisher) with the same key
+    /// admits it.
+    pub async fn connect_with_key(
+        endpoint: &str,
+        key: Option<&SubscriberKey>,
+        topics: &[&[u8]],
+        limits: &Limits,
+        connect_timeout: Duration,
+    ) -> Result<Subscriber, ClientError> {
         let (incoming, mut outgoing) = open(endpoint, limits, connect_timeout, &SUB_PAIRING).await?;
+        if let Some(key) = key {
+            let token = key.token();
+            let mut subscription = Vec::with_capacity(1 + token.len());
+            subscription.push(1);
+            subscription.extend_from_slice(&token);
+            outgoing.send(&[Bytes::from(subscription)]).await?;
+        }
         for topic in topics {
             let mut subscription = Vec::with_capacity(1 + topic.len());
             subscription.push(1);

@@ -46,6 +46,11 @@
 //! a service that reads frames with [`codec::FrameReader`] and writes its
 //! own. The data server's request port is such a ROUTER.
 //!
+//! A [`Publisher`] may demand a subscriber token made with a [`SubscriberKey`]
+//! before it sends a subscriber anything. It caps the connections that have
+//! not yet subscribed or sent a token apart from its admitted subscribers, so
+//! idle connections cannot fill their places.
+//!
 //! [`Dealer`] and [`Subscriber`] connect to one `tcp://HOST:PORT` endpoint and
 //! read the server's stream through a [`codec::FrameReader`] as well. They cut
 //! a server that breaks the limits, log it as a warning (rate-limited) with
@@ -68,6 +73,7 @@
 //! NOTE: the internal address is still reachable by any local process on the
 //! host, which the guard does not protect against.
 
+mod admission;
 mod checker;
 mod client;
 pub mod codec;
@@ -79,12 +85,15 @@ mod ready;
 mod relay;
 mod server;
 mod stats;
+mod token;
 
+pub use admission::Admission;
 pub use client::{ClientError, Dealer, DealerReceiver, DealerSender, Subscriber};
 pub use checker::{Phase, Violation, ZmtpChecker, GREETING_LEN};
 pub use guard::{Guard, RoutingId};
-pub use publish::{Publisher, QUEUE_MESSAGES};
+pub use publish::{Publisher, SubscriberPolicy, QUEUE_MESSAGES};
 pub use limits::{Limits, SubscriptionLimits, MAX_COMMAND_BYTES};
 pub use relay::Rejection;
 pub use server::{wait_until_stopping, Connection, ConnectionEnd, SocketSpec, ZmtpListener};
 pub use stats::GuardStats;
+pub use token::{SubscriberKey, TokenError, TOKEN_LABEL, TOKEN_LEN, TOKEN_MAX_AGE, TOKEN_PREFIX};

@@ -19,7 +19,8 @@ pub const MAX_COMMAND_BYTES: u64 = 4096;
 /// before reading it, and keeps every frame of a multipart message until the
 /// last arrives. The listener's reader also keeps the frames of one message.
 /// So the memory a client can make the server reserve is bounded by
-/// `max_connections` times about `max_message_bytes`, plus a per-frame
+/// `max_connections` (plus `max_pending` on a publisher) times about
+/// `max_message_bytes`, plus a per-frame
 /// overhead of a few dozen bytes times `max_frames_per_message`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -30,7 +31,11 @@ pub struct Limits {
     /// Maximum number of frames in one message. Default: 1024.
     pub max_frames_per_message: u64,
     /// Maximum number of client connections open at once. Further
-    /// connections are accepted and closed at once. Default: 4096.
+    /// connections are accepted and closed at once. On a
+    /// [`Publisher`](crate::Publisher) it is the maximum number of admitted
+    /// subscribers instead, and connections not yet admitted count against
+    /// [`SubscriberPolicy::max_pending`](crate::SubscriberPolicy::max_pending).
+    /// Default: 4096.
     pub max_connections: usize,
     /// Time from accepting a connection until the client's greeting and READY
     /// command must be complete. Default: 5 s.

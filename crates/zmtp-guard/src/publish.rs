@@ -12,6 +12,15 @@
 //! subscriber that reads none of our bytes for `stalled_read_timeout` while its TCP buffers
 //! are full is cut, so it reconnects instead of missing messages for good.
 //!
+//! A subscriber gets no message until the publisher admits it, and the [`SubscriberPolicy`]
+//! sets when. With a [`SubscriberKey`], the subscriber must first send a valid token (see
+//! [`crate::TOKEN_PREFIX`]) as a subscription within `token_timeout` of its handshake.
+//! Without a key, it must send any subscription within `subscribe_timeout`. Otherwise it is
+//! cut. Connections not yet admitted, those still in their handshake included, count
+//! against `max_pending` and not against `max_connections`. When `max_pending` are open, a
+//! new connection evicts the oldest of them, so idle connections cannot lock out a
+//! subscriber that proves itself.
+//!
 //! Compared with a zeromq PUB socket behind a [`Guard`](crate::Guard), a published message
 //! crosses no loopback relay and no zeromq queue: one encoding, then one write per
 //! subscriber and batch.
@@ -20,7 +29,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
@@ -30,6 +39,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use crate::admission::{Admission, AdmitError};
 use crate::checker::Phase;
 use crate::codec::{self, Event, FrameReader};
 use crate::limits::Limits;
@@ -37,6 +47,7 @@ use crate::log_limit::LogRateLimiter;
 use crate::relay::Rejection;
 use crate::server::{wait_until_stopping, Connection, ConnectionEnd, SocketSpec, ZmtpListener};
 use crate::stats::GuardStats;
+use crate::token::{SeenNonces, SubscriberKey, TOKEN_PREFIX};
 
 /// The messages that may wait for one subscriber; more are dropped for it.
 pub const QUEUE_MESSAGES: usize = 10_000;
@@ -46,6 +57,39 @@ const MAX_BATCH: usize = 256;
 
 /// Our socket type and the socket types that may subscribe.
 const PUB_SPEC: SocketSpec = SocketSpec { socket_type: "PUB", peer_types: &["SUB", "XSUB"] };
+
+/// When a [`Publisher`] admits a subscriber, and how many may wait for admission.
+#[derive(Debug, Clone)]
+pub struct SubscriberPolicy {
+    /// The key that subscriber tokens must be made with. With a key, only a valid token
+    /// admits a subscriber. Without one, any subscription does. Default: none.
+    pub key: Option<SubscriberKey>,
+    /// The time from the end of the handshake until a valid token must arrive, with a key.
+    /// Default: 2 s.
+    pub token_timeout: Duration,
+    /// The time from the end of the handshake until a subscription must arrive, without a
+    /// key. Default: 5 s.
+    pub subscribe_timeout: Duration,
+    /// The maximum number of connections that are not admitted, counted apart from the
+    /// `max_connections` of the [`Limits`]. Default: 16.
+    pub max_pending: usize,
+}
+
+impl Default for SubscriberPolicy {
+    fn default() -> Self {
+        Self { key: None, token_timeout: Duration::from_secs(2), subscribe_timeout: Duration::from_secs(5), max_pending: 16 }
+    }
+}
+
+impl SubscriberPolicy {
+    /// Returns the deadline for admission and the reason to cut a subscriber that misses it.
+    fn admission_deadline(&self) -> (Duration, Rejection) {
+        match self.key {
+            Some(_) => (self.token_timeout, Rejection::NoToken(self.token_timeout)),
+            None => (self.subscribe_timeout, Rejection::NoSubscription(self.subscribe_timeout)),
+        }
+    }
+}
 
 /// A native ZMTP PUB port. [`shutdown`](Self::shutdown) closes the subscribers and waits
 /// for their tasks.
@@ -65,6 +109,9 @@ struct Shared {
     dropped: AtomicU64,
     subscribers: Mutex<Vec<Subscriber>>,
     drop_log: LogRateLimiter,
+    policy: SubscriberPolicy,
+    /// The nonces of accepted tokens, so that each token admits one connection.
+    seen_nonces: Mutex<SeenNonces>,
 }
 
 /// A subscriber that has finished its handshake.
@@ -72,8 +119,11 @@ struct Shared {
 struct Subscriber {
     id: u64,
     peer: SocketAddr,
-    /// Topic prefixes, one entry per subscription, so that a cancel removes one.
+    /// Topic prefixes, one entry per subscription, so that a cancel removes one. Tokens are
+    /// not kept.
     prefixes: Vec<Bytes>,
+    /// False until the policy admits the subscriber, which gets no message until then.
+    admitted: bool,
     queue: mpsc::Sender<Bytes>,
 }
 
@@ -94,15 +144,31 @@ impl Shared {
             subscriber.prefixes.swap_remove(index);
         }
     }
+
+    /// Lets subscriber `id` receive messages.
+    fn mark_admitted(&self, id: u64) {
+        if let Some(subscriber) = self.subscribers().iter_mut().find(|subscriber| subscriber.id == id) {
+            subscriber.admitted = true;
+        }
+    }
 }
 
 impl Publisher {
-    /// Binds `public` (port 0 allowed) and starts accepting subscribers.
+    /// Binds `public` (port 0 allowed) and starts accepting subscribers under the default
+    /// [`SubscriberPolicy`], which has no key.
     ///
     /// Returns an `InvalidInput` error if `limits.max_connections` is too large for a
     /// semaphore, or the error of binding `public`.
     pub async fn start(public: SocketAddr, limits: Limits) -> io::Result<Publisher> {
-        let listener = ZmtpListener::bind(public, limits).await?;
+        Publisher::start_with_policy(public, limits, SubscriberPolicy::default()).await
+    }
+
+    /// Binds `public` (port 0 allowed) and starts accepting subscribers under `policy`.
+    ///
+    /// Returns an `InvalidInput` error if `policy.max_pending` is 0 or the caps are too
+    /// large for a semaphore, or the error of binding `public`.
+    pub async fn start_with_policy(public: SocketAddr, limits: Limits, policy: SubscriberPolicy) -> io::Result<Publisher> {
+        let listener = ZmtpListener::bind(public, limits).await?.with_pending_limit(policy.max_pending)?;
         let local_addr = listener.local_addr();
         let stats = listener.stats();
         let shared = Arc::new(Shared {
@@ -110,6 +176,8 @@ impl Publisher {
             dropped: AtomicU64::new(0),
             subscribers: Mutex::new(Vec::new()),
             drop_log: LogRateLimiter::new(10, Duration::from_secs(10)),
+            policy,
+            seen_nonces: Mutex::new(SeenNonces::default()),
         });
         let (stop, stopping) = watch::channel(false);
         let served = Arc::clone(&shared);
@@ -132,9 +200,9 @@ impl Publisher {
         self.shared.dropped.load(Ordering::Relaxed)
     }
 
-    /// Returns the number of subscribers that finished their handshake and are connected.
+    /// Returns the number of admitted subscribers.
     pub fn subscribers(&self) -> usize {
-        self.shared.subscribers().len()
+        self.shared.subscribers().iter().filter(|subscriber| subscriber.admitted).count()
     }
 
     /// Queues a message of `frames` for every subscriber with a subscription that is a
@@ -145,7 +213,7 @@ impl Publisher {
         let mut encoded = None;
         let mut queued = 0;
         for subscriber in self.shared.subscribers().iter() {
-            if !subscriber.prefixes.iter().any(|prefix| topic.starts_with(prefix)) {
+            if !subscriber.admitted || !subscriber.prefixes.iter().any(|prefix| topic.starts_with(prefix)) {
                 continue;
             }
             let message = encoded.get_or_insert_with(|| encode(frames)).clone();
@@ -187,45 +255,74 @@ fn encode(frames: &[Bytes]) -> Bytes {
 /// Serves one subscriber after its handshake: registers it, then reads its subscriptions
 /// and writes its queue until it leaves, breaks a limit or the port stops.
 async fn serve(connection: Connection, shared: Arc<Shared>) -> ConnectionEnd {
-    let Connection { stream, peer, reader, limits, mut stopping, .. } = connection;
+    let Connection { stream, peer, reader, limits, admission, mut stopping, .. } = connection;
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let (queue, queued) = mpsc::channel(QUEUE_MESSAGES);
-    shared.subscribers().push(Subscriber { id, peer, prefixes: Vec::new(), queue: queue.clone() });
+    shared.subscribers().push(Subscriber { id, peer, prefixes: Vec::new(), admitted: false, queue: queue.clone() });
     let (read, write) = stream.into_split();
+    let reading = Reading { read, reader, id, shared: &shared, queue, admission, stalled_frame_timeout: limits.stalled_frame_timeout };
     let end = tokio::select! {
         () = wait_until_stopping(&mut stopping) => ConnectionEnd::Closed(None),
-        end = read_subscriptions(read, reader, id, &shared, queue, limits.stalled_frame_timeout) => end,
+        end = reading.read_subscriptions() => end,
         end = write_queued(write, queued, limits.stalled_read_timeout) => end,
     };
     shared.subscribers().retain(|subscriber| subscriber.id != id);
     end
 }
 
-/// Reads the subscriber's subscriptions and commands until it closes or breaks a limit.
-async fn read_subscriptions(
-    mut read: OwnedReadHalf,
-    mut reader: FrameReader,
+/// The read side of one subscriber.
+struct Reading<'a> {
+    read: OwnedReadHalf,
+    reader: FrameReader,
     id: u64,
-    shared: &Shared,
+    shared: &'a Shared,
     queue: mpsc::Sender<Bytes>,
+    /// Dropped when the connection ends, which frees its place in the caps.
+    admission: Admission,
     stalled_frame_timeout: Duration,
-) -> ConnectionEnd {
-    loop {
+}
+
+impl Reading<'_> {
+    /// Reads the subscriber's subscriptions and commands until it closes, breaks a limit,
+    /// misses its admission deadline or is evicted.
+    async fn read_subscriptions(mut self) -> ConnectionEnd {
+        let (admission_timeout, missed_deadline) = self.shared.policy.admission_deadline();
+        let admission_deadline = Instant::now() + admission_timeout;
+        let max_pending = self.shared.policy.max_pending;
+        let stalled_frame_timeout = self.stalled_frame_timeout;
         loop {
-            let event = match reader.next_event() {
-                Ok(Some(event)) => event,
-                Ok(None) => break,
-                Err(error) => return ConnectionEnd::Cut(error.into()),
+            if let Err(rejection) = self.take_events() {
+                return ConnectionEnd::Cut(rejection);
+            }
+            let stall_deadline = (self.reader.phase() == Phase::InsideMessage).then(|| Instant::now() + stalled_frame_timeout);
+            let pending = !self.admission.is_admitted();
+            let read_once = self.reader.read_from(&mut self.read);
+            let result = tokio::select! {
+                result = read_once => result,
+                () = sleep_until_some(stall_deadline) => return ConnectionEnd::Cut(Rejection::FrameStalled(stalled_frame_timeout)),
+                () = tokio::time::sleep_until(admission_deadline), if pending => return ConnectionEnd::Cut(missed_deadline),
+                () = self.admission.evicted(), if pending => return ConnectionEnd::Cut(Rejection::Evicted(max_pending)),
             };
+            match result {
+                Ok(0) => return ConnectionEnd::Closed(None),
+                Ok(_) => {}
+                Err(error) => return error.into(),
+            }
+        }
+    }
+
+    /// Handles the subscriptions and commands that the reader holds.
+    fn take_events(&mut self) -> Result<(), Rejection> {
+        while let Some(event) = self.reader.next_event()? {
             match event {
                 Event::Command(command) => match &command.name[..] {
-                    b"SUBSCRIBE" => shared.update(id, command.data, true),
-                    b"CANCEL" => shared.update(id, command.data, false),
+                    b"SUBSCRIBE" => self.subscribe(command.data)?,
+                    b"CANCEL" => self.cancel(command.data),
                     b"PING" => {
                         let mut pong = BytesMut::new();
                         codec::write_pong(&mut pong, &command.data);
                         // A full queue means the subscriber does not read; the writer cuts it.
-                        let _ = queue.try_send(pong.freeze());
+                        let _ = self.queue.try_send(pong.freeze());
                     }
                     _ => {}
                 },
@@ -234,8 +331,8 @@ async fn read_subscriptions(
                 Event::Message(frames) => {
                     if let [frame] = &frames[..] {
                         match frame.first() {
-                            Some(1) => shared.update(id, frame.slice(1..), true),
-                            Some(0) => shared.update(id, frame.slice(1..), false),
+                            Some(1) => self.subscribe(frame.slice(1..))?,
+                            Some(0) => self.cancel(frame.slice(1..)),
                             _ => {}
                         }
                     }
@@ -243,21 +340,49 @@ async fn read_subscriptions(
                 Event::Greeting { .. } => {}
             }
         }
-        let inside_message = reader.phase() == Phase::InsideMessage;
-        let read_once = reader.read_from(&mut read);
-        let result = if inside_message {
-            match tokio::time::timeout_at(Instant::now() + stalled_frame_timeout, read_once).await {
-                Ok(result) => result,
-                Err(_elapsed) => return ConnectionEnd::Cut(Rejection::FrameStalled(stalled_frame_timeout)),
-            }
-        } else {
-            read_once.await
-        };
-        match result {
-            Ok(0) => return ConnectionEnd::Closed(None),
-            Ok(_) => {}
-            Err(error) => return error.into(),
+        Ok(())
+    }
+
+    /// Handles one subscription: a token is checked and never kept, and a topic prefix is
+    /// kept. Either may admit the subscriber, as the policy sets.
+    fn subscribe(&mut self, prefix: Bytes) -> Result<(), Rejection> {
+        let is_token = prefix.starts_with(TOKEN_PREFIX);
+        if !is_token {
+            self.shared.update(self.id, prefix.clone(), true);
         }
+        if self.admission.is_admitted() {
+            return Ok(());
+        }
+        match &self.shared.policy.key {
+            Some(key) if is_token => {
+                let nonce = key.verify(&prefix, SystemTime::now())?;
+                let mut seen = self.shared.seen_nonces.lock().expect("the nonce lock is never poisoned");
+                seen.insert(nonce, Instant::now())?;
+            }
+            // A topic prefix before the token waits for it.
+            Some(_) => return Ok(()),
+            None => {}
+        }
+        self.admission.admit().map_err(|error| match error {
+            AdmitError::Full { max_connections } => Rejection::SubscribersFull(max_connections),
+            AdmitError::Evicted => Rejection::Evicted(self.shared.policy.max_pending),
+        })?;
+        self.shared.mark_admitted(self.id);
+        Ok(())
+    }
+
+    fn cancel(&mut self, prefix: Bytes) {
+        if !prefix.starts_with(TOKEN_PREFIX) {
+            self.shared.update(self.id, prefix, false);
+        }
+    }
+}
+
+/// Waits until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

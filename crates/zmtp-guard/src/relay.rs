@@ -21,6 +21,7 @@ use crate::checker::{Phase, Violation, ZmtpChecker};
 use crate::codec::FrameError;
 use crate::limits::Limits;
 use crate::ready::ReadyRewriter;
+use crate::token::TokenError;
 
 /// Size of the read buffer of each direction in bytes.
 pub(crate) const CHUNK_BYTES: usize = 8 * 1024;
@@ -42,6 +43,16 @@ pub enum Rejection {
     FrameStalled(Duration),
     #[error("read nothing of the server's bytes for stalled_read_timeout ({0:?}) while its buffer was full")]
     ReadStalled(Duration),
+    #[error("sent no subscription within subscribe_timeout ({0:?}) after the handshake")]
+    NoSubscription(Duration),
+    #[error("sent no subscriber token within token_timeout ({0:?}) after the handshake")]
+    NoToken(Duration),
+    #[error("{0}")]
+    Token(#[from] TokenError),
+    #[error("evicted by a newer connection, because max_pending ({0}) connections had not yet subscribed or sent a subscriber token")]
+    Evicted(usize),
+    #[error("max_connections ({0}) subscribers are admitted already")]
+    SubscribersFull(usize),
 }
 
 /// The reason a relay ended.

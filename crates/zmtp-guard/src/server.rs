@@ -8,6 +8,11 @@
 //! connection's [`FrameReader`], which enforces the frame and message limits, and
 //! writes with the `write_*` functions of [`codec`](crate::codec). It returns how the
 //! connection ended, and the listener counts and logs every cut, rate-limited.
+//!
+//! A listener made [`with_pending_limit`](ZmtpListener::with_pending_limit) caps pending
+//! connections (in their handshake, or not yet admitted by the service through
+//! [`Connection::admission`]) apart from admitted ones, and a new connection evicts the
+//! oldest pending one instead of being closed.
 
 use std::future::Future;
 use std::io;
@@ -22,6 +27,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, error, info, warn};
 
+use crate::admission::{Admission, PendingPool};
 use crate::codec::{ready_property, write_greeting, write_ready, Event, FrameReader, ReadError, SOCKET_TYPE_PROPERTY};
 use crate::limits::Limits;
 use crate::log_limit::LogRateLimiter;
@@ -62,6 +68,9 @@ pub struct Connection {
     /// the READY command, so take its events before reading again.
     pub reader: FrameReader,
     pub limits: Arc<Limits>,
+    /// The connection's place in the listener's caps. On a listener with a pending limit the
+    /// service admits it once it has proven itself.
+    pub admission: Admission,
     /// Turns true when the server stops. The service should then finish and return.
     pub stopping: watch::Receiver<bool>,
 }
@@ -94,6 +103,7 @@ pub struct ZmtpListener {
     local_addr: SocketAddr,
     limits: Arc<Limits>,
     counters: Arc<Counters>,
+    pool: Option<Arc<PendingPool>>,
 }
 
 impl ZmtpListener {
@@ -111,7 +121,27 @@ impl ZmtpListener {
         let listener = TcpListener::bind(public).await?;
         let local_addr = listener.local_addr()?;
         let counters = Arc::new(Counters::new(limits.max_connections));
-        Ok(Self { listener, local_addr, limits: Arc::new(limits), counters })
+        Ok(Self { listener, local_addr, limits: Arc::new(limits), counters, pool: None })
+    }
+
+    /// Caps pending connections at `max_pending`, apart from the `max_connections` that the
+    /// service admits (see [`Admission`]). Call it before [`stats`](Self::stats), because it
+    /// replaces the counters.
+    ///
+    /// Returns an `InvalidInput` error if `max_pending` is 0 or the sum of both caps exceeds
+    /// [`Semaphore::MAX_PERMITS`].
+    pub fn with_pending_limit(mut self, max_pending: usize) -> io::Result<Self> {
+        let total = self.limits.max_connections.checked_add(max_pending).filter(|total| *total <= Semaphore::MAX_PERMITS);
+        let Some(total) = total.filter(|_| max_pending > 0) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("max_pending {max_pending} must be at least 1, and with max_connections at most {}", Semaphore::MAX_PERMITS),
+            ));
+        };
+        self.counters = Arc::new(Counters::new(total));
+        let permits = self.counters.permits();
+        self.pool = Some(Arc::new(PendingPool::new(max_pending, self.limits.max_connections, permits)));
+        Ok(self)
     }
 
     /// Returns the address as bound, with the real port.
@@ -137,6 +167,7 @@ impl ZmtpListener {
             spec,
             limits: self.limits,
             counters: self.counters,
+            pool: self.pool,
             cut_log: LogRateLimiter::new(LOG_LINES_PER_WINDOW, LOG_WINDOW),
             over_capacity_log: LogRateLimiter::new(LOG_LINES_PER_WINDOW, LOG_WINDOW),
             failure_log: LogRateLimiter::new(LOG_LINES_PER_WINDOW, LOG_WINDOW),
@@ -150,6 +181,7 @@ struct Shared {
     spec: SocketSpec,
     limits: Arc<Limits>,
     counters: Arc<Counters>,
+    pool: Option<Arc<PendingPool>>,
     cut_log: LogRateLimiter,
     over_capacity_log: LogRateLimiter,
     failure_log: LogRateLimiter,
@@ -179,14 +211,19 @@ async fn accept_loop<S, F>(
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let Some(permit) = shared.counters.try_admit() else {
+                    let admitted = match &shared.pool {
+                        // Evicts the oldest pending connection when needed, which logs its cut.
+                        Some(pool) => pool.enter().map(|admission| (admission, None)),
+                        None => shared.counters.try_admit().map(|permit| (Admission::unlimited(), Some(permit))),
+                    };
+                    let Some((admission, permit)) = admitted else {
                         drop(stream);
                         if let Some(suppressed) = shared.over_capacity_log.admit() {
                             warn!(%peer, max_connections = shared.limits.max_connections, suppressed, "ZMTP server closed a connection because max_connections are open");
                         }
                         continue;
                     };
-                    let task = run_connection(stream, peer, Arc::clone(&shared), connection_stopping.clone(), Arc::clone(&service), permit);
+                    let task = run_connection(stream, peer, Arc::clone(&shared), connection_stopping.clone(), Arc::clone(&service), admission, permit);
                     connections.spawn(task);
                 }
                 Err(accept_error) => {
@@ -209,14 +246,15 @@ async fn accept_loop<S, F>(
 }
 
 /// Runs the handshake and then the service for one client, and logs how it ended. The
-/// permit is released when this returns.
+/// permit or the admission is released when this returns.
 async fn run_connection<S, F>(
     mut stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     mut stopping: watch::Receiver<bool>,
     service: Arc<S>,
-    _permit: OwnedSemaphorePermit,
+    mut admission: Admission,
+    _permit: Option<OwnedSemaphorePermit>,
 ) where
     S: Fn(Connection) -> F + Send + Sync + 'static,
     F: Future<Output = ConnectionEnd> + Send + 'static,
@@ -229,8 +267,10 @@ async fn run_connection<S, F>(
     let mut reader = FrameReader::new(&shared.limits);
     let timeout = shared.limits.greeting_timeout;
     let handshake = tokio::time::timeout(timeout, handshake(&mut stream, &mut reader, shared.spec));
+    let max_pending = shared.pool.as_ref().map_or(0, |pool| pool.max_pending());
     let handshake_end = tokio::select! {
         () = wait_until_stopping(&mut stopping) => Err(ConnectionEnd::Closed(None)),
+        () = admission.evicted() => Err(ConnectionEnd::Cut(Rejection::Evicted(max_pending))),
         result = handshake => match result {
             Err(_elapsed) => Err(ConnectionEnd::Cut(Rejection::HandshakeTimedOut(timeout))),
             Ok(handshake_end) => handshake_end,
@@ -238,7 +278,8 @@ async fn run_connection<S, F>(
     };
     let end = match handshake_end {
         Ok(peer_type) => {
-            let connection = Connection { stream, peer, peer_type, reader, limits: Arc::clone(&shared.limits), stopping };
+            let limits = Arc::clone(&shared.limits);
+            let connection = Connection { stream, peer, peer_type, reader, limits, admission, stopping };
             service(connection).await
         }
         Err(end) => end,
@@ -249,7 +290,7 @@ async fn run_connection<S, F>(
         ConnectionEnd::Cut(reason) => {
             shared.counters.count_rejection();
             if let Some(suppressed) = shared.cut_log.admit() {
-                warn!(%peer, %reason, suppressed, "ZMTP server cut a connection that broke a limit or a rule of ZMTP");
+                warn!(%peer, %reason, suppressed, "ZMTP server cut a connection");
             }
         }
     }

@@ -30,6 +30,11 @@ impl Counters {
         permit
     }
 
+    /// Returns the semaphore whose permits count the open connections.
+    pub(crate) fn permits(&self) -> Arc<Semaphore> {
+        Arc::clone(&self.permits)
+    }
+
     pub(crate) fn count_rejection(&self) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
     }
