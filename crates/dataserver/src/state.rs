@@ -103,6 +103,11 @@ pub(crate) struct ForumState {
     author_indexes: HashMap<Arc<str>, u32>,
     /// Private messages per unordered pair of folded user names.
     conversations: HashMap<(String, String), BTreeMap<OrderKey, PrivateMessage>>,
+    /// The subject of each public message withdrawn as the losing copy of a retried write,
+    /// so that a page cursor that names it still ends a page of that subject.
+    withdrawn_posts: FxHashMap<ChangeId, ChangeId>,
+    /// The conversation of each withdrawn private message, for the same reason.
+    withdrawn_private: FxHashMap<ChangeId, (String, String)>,
     /// The Lamport time of every public and private message, which turns a paging cursor
     /// into its order key. Withdrawn messages stay in it.
     message_lamports: LamportIndex,
@@ -283,6 +288,7 @@ impl ForumState {
 
     /// Removes a public message that lost to a duplicate with the same idempotency key.
     fn withdraw_post(&mut self, duplicate: PostRef) {
+        self.withdrawn_posts.insert(duplicate.id(), duplicate.subject());
         if let Some(messages) = self.messages.get_mut(&duplicate.subject()) {
             messages.remove(&duplicate.order());
         }
@@ -293,9 +299,11 @@ impl ForumState {
         let key = order_key(duplicate);
         match &duplicate.kind {
             ChangeKind::PrivateSent { message } => {
-                if let Some(conversation) = self.conversations.get_mut(&conversation_key(&message.from, &message.to)) {
+                let place = conversation_key(&message.from, &message.to);
+                if let Some(conversation) = self.conversations.get_mut(&place) {
                     conversation.remove(&key);
                 }
+                self.withdrawn_private.insert(message.id, place);
             }
             _ => {}
         }
@@ -449,12 +457,17 @@ impl ForumState {
     /// Returns one page of the history of a winning subject and of every subject merged
     /// into it, as [`ForumState::history`] orders and shows it.
     fn history_page(&self, winner: &Subject, page: PageRequest) -> Result<Page<Message>, ErrorReply> {
-        let histories: Vec<&BTreeMap<OrderKey, Post>> =
-            self.merged_ids(winner).iter().filter_map(|id| self.messages.get(id)).collect();
+        let merged = self.merged_ids(winner);
+        let histories: Vec<&BTreeMap<OrderKey, Post>> = merged.iter().filter_map(|id| self.messages.get(id)).collect();
         let before = match page.before {
             None => None,
             Some(id) => {
-                let key = self.message_lamports.order_key(id).filter(|key| histories.iter().any(|posts| posts.contains_key(key)));
+                // A withdrawn copy is no longer in the history, but its place there still ends a page.
+                let withdrawn_here = self.withdrawn_posts.get(&id).is_some_and(|subject| merged.contains(subject));
+                let key = self
+                    .message_lamports
+                    .order_key(id)
+                    .filter(|key| withdrawn_here || histories.iter().any(|posts| posts.contains_key(key)));
                 let message = format!("no message with id {id} is in the subject {}", winner.id);
                 Some(key.ok_or_else(|| error(ErrorCode::UnknownMessage, message))?)
             }
@@ -476,7 +489,11 @@ impl ForumState {
         let before = match page.before {
             None => None,
             Some(id) => {
-                let key = self.message_lamports.order_key(id).filter(|key| conversation.is_some_and(|messages| messages.contains_key(key)));
+                let withdrawn_here = self.withdrawn_private.get(&id).is_some_and(|place| *place == conversation_key(user, other));
+                let key = self
+                    .message_lamports
+                    .order_key(id)
+                    .filter(|key| withdrawn_here || conversation.is_some_and(|messages| messages.contains_key(key)));
                 let message = format!("no message with id {id} is in the conversation of {user:?} and {other:?}");
                 Some(key.ok_or_else(|| error(ErrorCode::UnknownMessage, message))?)
             }
@@ -755,6 +772,30 @@ mod tests {
     }
 
     #[test]
+    fn page_before_withdrawn_duplicate() {
+        // A client read a page whose first message is 1-8. Then a retried copy of the same
+        // write (same idempotency key) arrives from server 2 with a smaller order key, so 1-8
+        // is withdrawn. The cursor 1-8 from the client's `Link` header should still end the
+        // next page, because a client that follows `Link` headers has no other cursor, and
+        // the forum page keeps 1-8 as its cursor after the `withdraw` event.
+        let mut state = subject_with_posts(5);
+        let key = IdempotencyKey { client: 7, request: 1 };
+        let mut original = post_in(ChangeId::new(1, 2), 1, 8, 8, "retried");
+        original.key = Some(key);
+        state.apply(&original);
+        let first = history_page(&state, None, 1).unwrap();
+        assert_eq!(first.messages[0].id, ChangeId::new(1, 8));
+
+        let mut copy = post_in(ChangeId::new(1, 2), 2, 1, 7, "retried");
+        copy.key = Some(key);
+        state.apply(&copy);
+        let second = history_page(&state, Some(ChangeId::new(1, 8)), 2);
+        let second = second.expect("a cursor at a withdrawn duplicate is rejected");
+        assert_eq!(page_texts(&second), ["4", "retried"]);
+        assert_eq!(second.messages[1].id, ChangeId::new(2, 1));
+    }
+
+    #[test]
     fn page_covers_merged_subjects() {
         let mut state = ForumState::default();
         state.apply(&registered(2, 1, 1, "ana", "h"));
@@ -810,6 +851,38 @@ mod tests {
         assert_eq!(error.code, ErrorCode::UnknownMessage, "a message of another conversation");
         let Reply::Error(error) = page("ana", "dave", None, 3) else { panic!("expected an error") };
         assert_eq!(error.code, ErrorCode::UnknownUser);
+    }
+
+    #[test]
+    fn private_page_before_withdrawn_duplicate() {
+        let mut state = ForumState::default();
+        state.apply(&registered(1, 1, 1, "ana", "h"));
+        state.apply(&registered(1, 2, 2, "bob", "h"));
+        state.apply(&registered(1, 3, 3, "carol", "h"));
+        let key = IdempotencyKey { client: 7, request: 1 };
+        let sent = |origin, seq, lamport, text: &str| {
+            let message = PrivateMessage { id: ChangeId::new(origin, seq), from: "ana".into(), to: "bob".into(), text: text.into(), time: 0, lamport };
+            change(origin, seq, lamport, ChangeKind::PrivateSent { message })
+        };
+        state.apply(&sent(1, 4, 4, "first"));
+        let mut original = sent(1, 5, 6, "retried");
+        original.key = Some(key);
+        state.apply(&original);
+        // A copy of the same write with a smaller order key withdraws 1-5.
+        let mut copy = sent(2, 1, 5, "retried");
+        copy.key = Some(key);
+        state.apply(&copy);
+
+        let page = |user: &str, other: &str| {
+            let read = Read::PrivateHistory { user: user.into(), other: other.into(), page: Some(PageRequest { before: Some(ChangeId::new(1, 5)), limit: 5 }) };
+            state.read(read)
+        };
+        let Reply::PrivatePage(older) = page("bob", "ana") else { panic!("a cursor at a withdrawn copy is rejected") };
+        let texts: Vec<&str> = older.messages.iter().map(|message| message.text.as_str()).collect();
+        assert_eq!(texts, ["first", "retried"]);
+        assert_eq!(older.messages[1].id, ChangeId::new(2, 1));
+        let Reply::Error(error) = page("ana", "carol") else { panic!("expected an error") };
+        assert_eq!(error.code, ErrorCode::UnknownMessage, "the withdrawn copy belongs to another conversation");
     }
 
     #[test]
