@@ -179,7 +179,7 @@ async fn bad_paging_parameters_get_400() {
     assert_eq!(unknown_subject.status, 404, "{unknown_subject:?}");
 
     let english = ana.get(&format!("{subject_path}?limit=0")).await;
-    assert_eq!(english.body["error"], "The limit parameter must be a whole number from 1 to 1000.");
+    assert_eq!(english.body["error"], "The limit parameter must appear once, as a whole number from 1 to 1000.");
     let spanish = spanish_get(&ana, &format!("{subject_path}?before={elsewhere}")).await;
     assert_eq!(spanish["error"], "El mensaje del parámetro before no está en este tema ni en esta conversación.");
     group.shutdown().await;

@@ -79,8 +79,8 @@ fn english(kind: &ErrorKind) -> String {
         ErrorKind::BodyTooLarge => "The request body is larger than the limit of 16 KiB.".into(),
         ErrorKind::BodyTimeout => "The request body did not arrive in time; send the request again.".into(),
         ErrorKind::InvalidId => "The id in the URL is invalid; ids look like \"2-17\".".into(),
-        ErrorKind::InvalidCursor => "The before parameter is not a valid message id; ids look like \"2-17\".".into(),
-        ErrorKind::InvalidLimit => format!("The limit parameter must be a whole number from 1 to {MAX_PAGE_LIMIT}."),
+        ErrorKind::InvalidCursor => "The before parameter must appear once, as a message id; ids look like \"2-17\".".into(),
+        ErrorKind::InvalidLimit => format!("The limit parameter must appear once, as a whole number from 1 to {MAX_PAGE_LIMIT}."),
         ErrorKind::UnknownMessage => "The message in the before parameter is not in this subject or conversation.".into(),
         ErrorKind::LoginRequired => "You need to log in first.".into(),
         ErrorKind::BadCredentials => "The user name or the password is wrong.".into(),
@@ -129,9 +129,9 @@ fn spanish(kind: &ErrorKind) -> String {
         ErrorKind::BodyTimeout => "El cuerpo de la petición no llegó a tiempo; vuelve a enviar la petición.".into(),
         ErrorKind::InvalidId => "El identificador de la URL no es válido; tiene la forma \"2-17\".".into(),
         ErrorKind::InvalidCursor => {
-            "El parámetro before no es un identificador de mensaje válido; tiene la forma \"2-17\".".into()
+            "El parámetro before debe aparecer una vez, con un identificador de mensaje; tiene la forma \"2-17\".".into()
         }
-        ErrorKind::InvalidLimit => format!("El parámetro limit debe ser un número entero de 1 a {MAX_PAGE_LIMIT}."),
+        ErrorKind::InvalidLimit => format!("El parámetro limit debe aparecer una vez, con un número entero de 1 a {MAX_PAGE_LIMIT}."),
         ErrorKind::UnknownMessage => "El mensaje del parámetro before no está en este tema ni en esta conversación.".into(),
         ErrorKind::LoginRequired => "Primero tienes que iniciar sesión.".into(),
         ErrorKind::BadCredentials => "El nombre de usuario o la contraseña son incorrectos.".into(),

@@ -30,8 +30,10 @@ impl PageQuery {
         let mut limit = None;
         for pair in query.unwrap_or("").split('&').filter(|pair| !pair.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            // Names may be percent-encoded as values may, as HTML forms encode both.
+            let name = percent_decode_str(name).decode_utf8().ok();
             let value = percent_decode_str(value).decode_utf8().ok();
-            match name {
+            match name.as_deref().unwrap_or("") {
                 "before" => {
                     let id = value.and_then(|value| value.parse::<ChangeId>().ok());
                     let id = id.ok_or_else(|| ApiError::new(ErrorKind::InvalidCursor))?;
@@ -106,6 +108,8 @@ mod tests {
         assert_eq!(parsed, PageQuery { before: Some(ChangeId::new(2, 17)), limit: 50 });
         let encoded = PageQuery::parse(Some("limit=1000&before=2%2D17")).unwrap();
         assert_eq!(encoded, PageQuery { before: Some(ChangeId::new(2, 17)), limit: MAX_PAGE_LIMIT });
+        let encoded_names = PageQuery::parse(Some("%6cimit=5&b%65fore=2-17")).unwrap();
+        assert_eq!(encoded_names, PageQuery { before: Some(ChangeId::new(2, 17)), limit: 5 });
     }
 
     #[test]
