@@ -24,37 +24,38 @@ pub(crate) type OrderKey = (u64, ServerId, u64);
 
 /// How far beyond the end of an origin's dense slots a sequence number may be and still get
 /// a slot there. A farther one goes to the sparse map, so a change whose sequence number is
-/// far ahead adds at most 65,537 slots (512 KiB) to its origin's `Vec`.
+/// far ahead adds at most 65,537 slots (256 KiB) to its origin's `Vec`.
 const MAX_DENSE_GAP: u64 = 1 << 16;
 
 /// The Lamport time of every public and private message, by id.
 ///
 /// Sequence numbers of one origin are dense from 1, and changes mostly arrive in sequence
-/// order, so each origin gets a `Vec` of 8 bytes per change (0 for a change that is not a
-/// message, or not applied yet). A hash map would take about 4 to 7 times as much: 24-byte
+/// order, so each origin gets a `Vec` of 4 bytes per change (0 for a change that is not a
+/// message, or not applied yet). Lamport times above `u32::MAX` (four billion changes) go to
+/// the hash map. A hash map would take about 4 to 7 times as much: 24-byte
 /// entries plus a control byte, in a table that is kept between 7/16 and 7/8 full. Ids far
 /// beyond the end of their origin's `Vec` (a server that receives live changes before it has
 /// caught up) go to a hash map instead.
 #[derive(Default)]
 pub(crate) struct LamportIndex {
-    dense: FxHashMap<ServerId, Vec<u64>>,
+    dense: FxHashMap<ServerId, Vec<u32>>,
     sparse: FxHashMap<ChangeId, u64>,
 }
 
 impl LamportIndex {
     /// Records the Lamport time of a message. Lamport times start at 1, so 0 marks an empty slot.
     pub fn insert(&mut self, id: ChangeId, lamport: u64) {
-        let Some(slot) = id.seq.checked_sub(1) else {
+        let (Some(slot), Ok(small)) = (id.seq.checked_sub(1), u32::try_from(lamport)) else {
             self.sparse.insert(id, lamport);
             return;
         };
         let slots = self.dense.entry(id.origin).or_default();
         let length = slots.len() as u64;
         if slot < length {
-            slots[slot as usize] = lamport;
+            slots[slot as usize] = small;
         } else if slot - length <= MAX_DENSE_GAP {
             slots.resize(slot as usize + 1, 0);
-            slots[slot as usize] = lamport;
+            slots[slot as usize] = small;
         } else {
             self.sparse.insert(id, lamport);
         }
@@ -64,7 +65,7 @@ impl LamportIndex {
     pub fn order_key(&self, id: ChangeId) -> Option<OrderKey> {
         let dense = id.seq.checked_sub(1).and_then(|slot| self.dense.get(&id.origin)?.get(usize::try_from(slot).ok()?));
         let lamport = match dense {
-            Some(&lamport) if lamport != 0 => lamport,
+            Some(&lamport) if lamport != 0 => u64::from(lamport),
             _ => *self.sparse.get(&id)?,
         };
         Some((lamport, id.origin, id.seq))
@@ -107,11 +108,13 @@ mod tests {
         index.insert(ChangeId::new(1, 3), 9);
         index.insert(ChangeId::new(2, 1 << 40), 11);
         index.insert(ChangeId::new(3, 0), 2);
+        index.insert(ChangeId::new(1, 5), 1 << 33);
 
         assert_eq!(index.order_key(ChangeId::new(1, 1)), Some((5, 1, 1)));
         assert_eq!(index.order_key(ChangeId::new(1, 3)), Some((9, 1, 3)));
         assert_eq!(index.order_key(ChangeId::new(2, 1 << 40)), Some((11, 2, 1 << 40)));
         assert_eq!(index.order_key(ChangeId::new(3, 0)), Some((2, 3, 0)));
+        assert_eq!(index.order_key(ChangeId::new(1, 5)), Some((1 << 33, 1, 5)), "a Lamport time above u32::MAX");
         assert_eq!(index.order_key(ChangeId::new(1, 2)), None, "a slot between two messages is empty");
         assert_eq!(index.order_key(ChangeId::new(1, 4)), None, "a slot past the end");
         assert_eq!(index.order_key(ChangeId::new(9, 1)), None, "an origin never seen");
