@@ -177,6 +177,10 @@ async fn bad_paging_parameters_get_400() {
     }
     let unknown_subject = ana.get("/api/subjects/9-9/messages?limit=5").await;
     assert_eq!(unknown_subject.status, 404, "{unknown_subject:?}");
+    let encoded_id = subject.replace('-', "%2D");
+    let encoded = ana.get(&format!("/api/subjects/{encoded_id}/messages?b%65fore={elsewhere}")).await;
+    assert_eq!(encoded.status, 400, "a percent-encoded subject id and parameter name: {encoded:?}");
+    assert_eq!(encoded.body["code"], "unknown_message", "{encoded:?}");
 
     let english = ana.get(&format!("{subject_path}?limit=0")).await;
     assert_eq!(english.body["error"], "The limit parameter must appear once, as a whole number from 1 to 1000.");

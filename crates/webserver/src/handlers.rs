@@ -65,9 +65,11 @@ async fn require_session(state: &AppState, headers: &RequestHeaders) -> Result<S
     session(state, headers).await?.ok_or(ApiError::new(ErrorKind::LoginRequired))
 }
 
-/// Parses the `{id}` segment of a subject URL.
+/// Parses the `{id}` segment of a subject URL, percent-encoded or not (`1-4` or `1%2D4`), as
+/// the `before` parameter of a history page is.
 fn subject_id(segment: &str) -> Result<ChangeId, ApiError> {
-    segment.parse().map_err(|_| ApiError::new(ErrorKind::InvalidId))
+    let decoded = percent_decode_str(segment).decode_utf8().map_err(|_| ApiError::new(ErrorKind::InvalidId))?;
+    decoded.parse().map_err(|_| ApiError::new(ErrorKind::InvalidId))
 }
 
 /// Decodes the `{user}` segment of a private-conversation URL. A segment that cannot be a
