@@ -27,8 +27,6 @@ use crate::sse::{self, PostSink};
 use crate::stats::{latency_histogram, quantile_ms, record};
 use crate::Plan;
 
-/// The fractions of the peak rate at which latency is measured.
-pub const LOAD_LEVELS: [f64; 4] = [0.05, 0.25, 0.5, 0.9];
 /// How long a run waits for the last posts' events to arrive.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The maximum number of posts in flight while posting is paced; beyond it the pacing waits.
@@ -202,8 +200,8 @@ async fn measure_with(
     report.add("end_to_end.peak.delivered_fraction", "  fraction of posts that reached every stream", "", delivered);
     cpu.add_figures(report, "end_to_end.peak", "post");
 
-    for level in LOAD_LEVELS {
-        let rate = peak * level;
+    for &percent in &plan.load_levels {
+        let rate = peak * f64::from(percent) / 100.0;
         let mut percentiles: [Vec<f64>; 3] = Default::default();
         let mut local_p50 = Vec::new();
         let mut ack_p50 = Vec::new();
@@ -226,7 +224,6 @@ async fn measure_with(
             ack_p50.push(median(&poster.deliveries.acks));
             delivered.push((poster.deliveries.fewest_received() as f64 / stored.max(1) as f64).min(1.0));
         }
-        let percent = (level * 100.0).round() as u32;
         let key = format!("end_to_end.load_{percent}");
         report.add(&format!("{key}.per_second"), &format!("at {percent}% of the peak: offered rate"), "posts/s", vec![rate]);
         let [p50, p95, p99] = percentiles;

@@ -87,6 +87,12 @@ pub struct Options {
     #[arg(long, value_name = "LETTERS", default_value = "abcdef")]
     only: String,
 
+    /// The load levels of the end-to-end benchmark, comma-separated, in percent of its peak
+    /// rate. `--levels 50` with a longer `--seconds` runs one level long enough to profile.
+    #[arg(long, value_name = "PERCENTS", value_delimiter = ',', default_values_t = [5, 25, 50, 90],
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    levels: Vec<u32>,
+
     /// The folder for results.json and the SVG plots; created when missing.
     #[arg(long, value_name = "DIR", default_value = "target/forum-bench")]
     out: PathBuf,
@@ -113,6 +119,8 @@ pub struct Plan {
     pub write_window: usize,
     /// HTTP requests in flight on each web server while the end-to-end peak is measured.
     pub posts_in_flight_per_web: usize,
+    /// The end-to-end load levels, in percent of the peak.
+    pub load_levels: Vec<u32>,
 }
 
 impl Plan {
@@ -130,6 +138,7 @@ impl Plan {
             write_connections: 4,
             write_window: 128,
             posts_in_flight_per_web: 16,
+            load_levels: options.levels.clone(),
         }
     }
 }

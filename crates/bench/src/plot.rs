@@ -3,7 +3,6 @@
 
 use plotters::prelude::*;
 
-use crate::end_to_end::LOAD_LEVELS;
 use crate::report::Report;
 
 /// Draws `latency.svg` and `throughput.svg` in the output folder. A plot whose figures were
@@ -17,8 +16,9 @@ pub fn draw(report: &Report) -> anyhow::Result<()> {
 fn draw_latency(report: &Report) -> anyhow::Result<()> {
     let mut series: Vec<(&str, RGBColor, Vec<(f64, f64)>)> =
         vec![("p50", BLUE, Vec::new()), ("p95", RGBColor(230, 140, 0), Vec::new()), ("p99", RED, Vec::new())];
-    for level in LOAD_LEVELS {
-        let key = format!("end_to_end.load_{}", (level * 100.0).round() as u32);
+    // The levels are the tool's `--levels`, so every percentage that has figures is drawn.
+    for percent in 1..=100 {
+        let key = format!("end_to_end.load_{percent}");
         let Some(rate) = report.value(&format!("{key}.per_second")) else { continue };
         for (name, _, points) in &mut series {
             if let Some(latency) = report.value(&format!("{key}.{name}_ms")) {
