@@ -196,7 +196,7 @@ impl Actor {
                     let answer = match self.state.prepare(write, id, lamport, time) {
                         Ok(Some(kind)) => {
                             let change = Change { id, lamport, time, kind, key };
-                            self.state.apply(&change);
+                            self.state.apply_local(&change);
                             add(&self.metrics.local_changes, 1);
                             changes.push(Publication::new(&change, true, FeedNote::default()));
                             encoded.push(EncodedChange::new(&change));

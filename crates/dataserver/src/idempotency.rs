@@ -86,14 +86,20 @@ pub(crate) enum Admission {
 }
 
 impl Writes {
-    /// Records a change that is being applied and decides what becomes of it.
-    pub fn admit(&mut self, change: &Change) -> Admission {
+    /// Records a change that is being applied and decides what becomes of it. `key_is_new` is
+    /// true when the caller has just found the change's key unused, which saves looking it up.
+    pub fn admit(&mut self, change: &Change, key_is_new: bool) -> Admission {
         let Some(key) = change.key else { return Admission::Apply };
         let withdrawn = withdrawn_when_duplicate(&change.kind);
-        let kept_order = self.original(key).map(|kept| match kept {
-            Kept::Post(post) => post.order(),
-            Kept::Whole(kept) => order_key(kept),
-        });
+        debug_assert!(!key_is_new || self.original(key).is_none(), "a key said to be new is in use");
+        let kept_order = if key_is_new {
+            None
+        } else {
+            self.original(key).map(|kept| match kept {
+                Kept::Post(post) => post.order(),
+                Kept::Whole(kept) => order_key(kept),
+            })
+        };
         if kept_order.is_some_and(|kept| order_key(change) > kept) {
             return if withdrawn { Admission::Skip } else { Admission::Apply };
         }

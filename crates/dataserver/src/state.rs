@@ -186,9 +186,21 @@ impl ForumState {
         self.apply_noted(change).is_some()
     }
 
+    /// Applies a change that this server has just made for a write whose idempotency key, if
+    /// any, [`ForumState::original_reply`] found unused, so the key is not looked up again.
+    pub fn apply_local(&mut self, change: &Change) {
+        self.apply_admitted(change, true);
+    }
+
     /// Applies a change and returns what pages are shown of it, or returns `None` when it was
     /// already applied. Only a second copy of a write (same idempotency key) gets a note.
     pub fn apply_noted(&mut self, change: &Change) -> Option<FeedNote> {
+        self.apply_admitted(change, false)
+    }
+
+    /// Applies a change as [`ForumState::apply_noted`] does. `key_is_new` is true when the
+    /// caller knows the change's idempotency key to be unused.
+    fn apply_admitted(&mut self, change: &Change, key_is_new: bool) -> Option<FeedNote> {
         if !self.versions.record(change.id) {
             return None;
         }
@@ -197,7 +209,7 @@ impl ForumState {
         let max_seq = self.max_seq.entry(change.id.origin).or_default();
         *max_seq = (*max_seq).max(change.id.seq);
         let mut note = FeedNote::default();
-        match self.writes.admit(change) {
+        match self.writes.admit(change, key_is_new) {
             Admission::Apply => {}
             Admission::Skip => return Some(FeedNote { hidden: true, replaces: None }),
             Admission::ReplacePost(duplicate) => {
