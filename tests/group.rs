@@ -27,37 +27,6 @@ async fn user_registered_on_one_logs_in_on_another() {
     group.shutdown().await;
 }
 
-/// A name or title typed with combining accents (Unicode NFD, as some keyboards and
-/// copy-and-paste produce) is the same as one typed with precomposed letters (NFC).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn accents_typed_either_way_are_one_name() {
-    let group = Group::start_alone().await;
-    let decomposed = "Jose\u{301}";
-    let web = group.web(0);
-    let registered = web.post("/api/users", json!({"name": decomposed, "password": "secret-password"})).await;
-    assert_eq!(registered.status, 201, "{registered:?}");
-    assert_eq!(registered.body["name"], "José", "the name is stored composed");
-
-    let again = web.post("/api/users", json!({"name": "José", "password": "secret-password"})).await;
-    assert_eq!(again.status, 409, "the composed spelling is the same name: {again:?}");
-    let login = group.web(0).post("/api/login", json!({"name": "José", "password": "secret-password"})).await;
-    assert_eq!(login.status, 200, "logging in with the composed spelling: {login:?}");
-    assert_eq!(login.body["name"], "José");
-
-    let ana = group.web(0).user("ana").await;
-
-    // Percent-encoded NFD in the URL names the same user.
-    let sent = ana.post("/api/private/Jose%CC%81", json!({"text": "hola"})).await;
-    assert_eq!(sent.status, 201, "{sent:?}");
-    assert_eq!(sent.body["to"], "José");
-
-    let subject = ana.post("/api/subjects", json!({"title": "Canci\u{f3}n"})).await;
-    assert_eq!(subject.status, 201, "{subject:?}");
-    let same = ana.post("/api/subjects", json!({"title": "Cancio\u{301}n"})).await;
-    assert_eq!(same.status, 409, "the decomposed title is the same title: {same:?}");
-    group.shutdown().await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_reaches_every_web_server_live() {
     let group = Group::start(3).await;

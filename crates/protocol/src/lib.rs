@@ -31,7 +31,7 @@ pub use replication::{
     lag, Counters, GuardStatus, Heartbeat, Liveness, PeerStatus, QueueDepths, Rates, ServerStatus, VersionVector,
     WireHeartbeat,
 };
-pub use validate::{compose, composed, fold, folded, validate_name, validate_password, validate_text, validate_title, Invalid};
+pub use validate::{fold, folded, validate_name, validate_password, validate_text, validate_title, Invalid};
 pub use wire::{ErrorCode, ErrorReply, Page, Reply, Request, WireChange, WireReply, WireRequest, MAX_PAGE_LIMIT};
 
 /// The version every envelope carries in its `v` field. Bump it on any incompatible change

@@ -3,8 +3,6 @@
 
 use std::borrow::Cow;
 
-use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
-
 use crate::model::{MAX_NAME_CHARS, MAX_PASSWORD_BYTES, MAX_TEXT_BYTES, MAX_TITLE_CHARS, MIN_PASSWORD_CHARS};
 
 /// The reason a piece of user input was rejected. [`Invalid::code`] is a stable machine-readable name;
@@ -62,33 +60,13 @@ pub fn fold(text: &str) -> String {
 
 /// Like [`fold`], but borrows `text` when folding would not change it: ASCII, already trimmed
 /// and without capitals, as most names and titles are. A lookup by name then allocates
-/// nothing. Other text is composed (see [`composed`]) before it is lowercased, so `José`
-/// typed with a combining accent folds as `José` with a precomposed `é` does.
+/// nothing.
 pub fn folded(text: &str) -> Cow<'_, str> {
     let trimmed = text.trim();
     if trimmed.bytes().all(|byte| byte.is_ascii() && !byte.is_ascii_uppercase()) {
         Cow::Borrowed(trimmed)
     } else {
-        Cow::Owned(composed(trimmed).to_lowercase())
-    }
-}
-
-/// Returns `text` in Unicode normalization form C (composed): `e` followed by a combining
-/// acute accent becomes `é`. Text that is already composed is borrowed. Web servers compose
-/// names and titles before they check them, so a name typed either way is the same name.
-pub fn composed(text: &str) -> Cow<'_, str> {
-    if is_nfc_quick(text.chars()) == IsNormalized::Yes {
-        Cow::Borrowed(text)
-    } else {
-        Cow::Owned(text.nfc().collect())
-    }
-}
-
-/// Like [`composed`], for an owned string that is returned unchanged when already composed.
-pub fn compose(text: String) -> String {
-    match composed(&text) {
-        Cow::Borrowed(_) => text,
-        Cow::Owned(composed) => composed,
+        Cow::Owned(trimmed.to_lowercase())
     }
 }
 
@@ -203,26 +181,6 @@ fn is_invisible_format(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// `José` with a combining acute accent (U+0301) after the `e`: decomposed, NFD.
-    const JOSE_DECOMPOSED: &str = "Jose\u{301}";
-
-    #[test]
-    fn composed_joins_combining_accents() {
-        assert_eq!(composed(JOSE_DECOMPOSED), "José");
-        assert_eq!(compose(JOSE_DECOMPOSED.to_owned()), "José");
-        assert!(matches!(composed("José"), Cow::Borrowed("José")), "composed text is borrowed");
-        assert!(matches!(composed("ana"), Cow::Borrowed("ana")));
-        assert_eq!(compose("Ñandú".to_owned()), "Ñandú");
-    }
-
-    #[test]
-    fn fold_ignores_composition() {
-        assert_eq!(fold(JOSE_DECOMPOSED), fold("José"));
-        assert_eq!(fold("N\u{303}andu\u{301}"), "ñandú");
-        assert_eq!(validate_name(JOSE_DECOMPOSED), Err(Invalid::NameCharacters), "a combining mark alone is not a letter");
-        assert_eq!(validate_name(&compose(JOSE_DECOMPOSED.to_owned())), Ok(()));
-    }
 
     #[test]
     fn folded_borrows_unchanged_text() {

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use forum_protocol::{compose, validate_name, validate_password, validate_text, validate_title, ChangeId, ErrorCode, Reply, Request};
+use forum_protocol::{validate_name, validate_password, validate_text, validate_title, ChangeId, ErrorCode, Reply, Request};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
 use warp::http::{header, HeaderValue, StatusCode};
@@ -79,7 +79,6 @@ fn user_name(segment: &str) -> Result<String, ApiError> {
         .decode_utf8()
         .map_err(|_| ApiError::new(ErrorKind::UnknownUser))?
         .into_owned();
-    let name = compose(name);
     validate_name(&name).map_err(|_| ApiError::new(ErrorKind::UnknownUser))?;
     Ok(name)
 }
@@ -87,8 +86,6 @@ fn user_name(segment: &str) -> Result<String, ApiError> {
 /// `POST /api/users`: registers a user.
 pub async fn register(state: Arc<AppState>, body: Result<Credentials, ApiError>) -> ApiResult {
     let Credentials { name, password } = body?;
-    // Composed, so that a name typed with combining accents is the same name (see `compose`).
-    let name = compose(name);
     validate_name(&name)?;
     validate_password(&password)?;
     match state.data.request(Request::Register { name, password }).await? {
@@ -100,7 +97,6 @@ pub async fn register(state: Arc<AppState>, body: Result<Credentials, ApiError>)
 /// `POST /api/login`: checks the password and starts a session.
 pub async fn login(state: Arc<AppState>, client: Option<ClientAddr>, body: Result<Credentials, ApiError>) -> ApiResult {
     let Credentials { name, password } = body?;
-    let name = compose(name);
     let address = client.map(|ClientAddr(address)| address.ip());
     if let Some(wait) = state.login_limiter.check(&name, address) {
         tracing::warn!(user = %name, ?address, retry_after = ?wait, "rejected a login because of too many failures");
@@ -161,7 +157,6 @@ pub async fn list_subjects(state: Arc<AppState>) -> ApiResult {
 pub async fn create_subject(state: Arc<AppState>, headers: RequestHeaders, body: Result<NewSubject, ApiError>) -> ApiResult {
     let session = require_session(&state, &headers).await?;
     let NewSubject { title } = body?;
-    let title = compose(title);
     validate_title(&title)?;
     let request = Request::CreateSubject { title: title.trim().to_owned(), created_by: session.user };
     match state.data.request(request).await? {
