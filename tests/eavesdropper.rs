@@ -3,10 +3,10 @@
 //! processes on loopback. The eavesdropper subscribes to the empty prefix while users
 //! register, log in and exchange a private message, and keeps the frames as they arrive,
 //! still sealed. With a key, the port admits only a subscriber that sends a token made with
-//! the key, so the eavesdropper sends one to get the bytes that cross the network, and a
-//! zeromq SUB socket without the key must receive nothing. A keyless group runs the
-//! same scene, and there the eavesdropper must read all three secrets, which shows that the
-//! checks can fail.
+//! the key. So the eavesdropper sends one to get the bytes that cross the network, and a
+//! zeromq SUB socket without the key must receive nothing. A keyless group runs the same
+//! scene, and there the eavesdropper must read all three secrets, which shows that the checks
+//! can fail.
 
 mod common;
 

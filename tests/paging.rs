@@ -38,6 +38,17 @@ fn numbered(prefix: &str, count: usize) -> Vec<String> {
     (0..count).map(|number| format!("{prefix} {number}")).collect()
 }
 
+/// Logs ana in on the first web server, creates the subject `title` and posts `count`
+/// messages "post 0", "post 1" and so on to it. Returns ana's client and the subject id.
+async fn subject_with_posts(group: &Group, title: &str, count: usize) -> (WebClient, String) {
+    let ana = group.web(0).user("ana").await;
+    let subject = ana.create_subject(title).await;
+    for text in numbered("post", count) {
+        ana.post_message(&subject, &text).await;
+    }
+    (ana, subject)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subject_pages_walk_back_to_start() {
     let group = Group::start(2).await;
@@ -70,11 +81,7 @@ async fn subject_pages_walk_back_to_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_posts_leave_older_pages_alone() {
     let group = Group::start_alone().await;
-    let ana = group.web(0).user("ana").await;
-    let subject = ana.create_subject("Busy").await;
-    for text in numbered("post", 6) {
-        ana.post_message(&subject, &text).await;
-    }
+    let (ana, subject) = subject_with_posts(&group, "Busy", 6).await;
     let path = format!("/api/subjects/{subject}/messages");
     let first = ana.get(&format!("{path}?limit=3")).await;
     assert_eq!(texts(&first.body), numbered("post", 6)[3..]);
@@ -93,11 +100,7 @@ async fn new_posts_leave_older_pages_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_page_holds_200_messages() {
     let group = Group::start_alone().await;
-    let ana = group.web(0).user("ana").await;
-    let subject = ana.create_subject("Long").await;
-    for text in numbered("post", 201) {
-        ana.post_message(&subject, &text).await;
-    }
+    let (ana, subject) = subject_with_posts(&group, "Long", 201).await;
     let path = format!("/api/subjects/{subject}/messages");
 
     let first = ana.get(&path).await;

@@ -53,5 +53,6 @@ async fn same_key_posts_stored_once() {
 
     let snapshot = cluster.wait_until_equal(&[0, 1], Duration::from_secs(20)).await;
     assert_eq!(snapshot.message_ids().len(), keys.len(), "one message per key");
-    assert!(cluster.is_running(0) && cluster.is_running(1), "no server stopped:\n{}", cluster.logs());
+    assert!(cluster.is_running(0), "server 1 stopped:\n{}", cluster.logs());
+    assert!(cluster.is_running(1), "server 2 stopped:\n{}", cluster.logs());
 }

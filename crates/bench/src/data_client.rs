@@ -259,7 +259,7 @@ pub fn is_pong(frame: &[u8]) -> bool {
     matches!(decode::<WireReply>(frame), Ok(WireReply { reply: Reply::Pong { .. }, .. }))
 }
 
-/// Encodes a `Ping` request, which a data server answers on the connection without a write.
+/// Encodes a `Ping` request, which a data server replies to on the connection, without a write.
 pub fn ping_request(id: u64) -> Bytes {
     Bytes::from(encode(&WireRequest { v: PROTOCOL_VERSION, id, request: Request::Ping, client: None }))
 }

@@ -833,12 +833,18 @@ mod tests {
         assert!(!second.more);
     }
 
-    #[test]
-    fn conversation_pages_walk_back() {
+    /// Builds a state with the users ana, bob and carol (changes 1-1 to 1-3).
+    fn state_with_three_users() -> ForumState {
         let mut state = ForumState::default();
         state.apply(&registered(1, 1, 1, "ana", "h"));
         state.apply(&registered(1, 2, 2, "bob", "h"));
         state.apply(&registered(1, 3, 3, "carol", "h"));
+        state
+    }
+
+    #[test]
+    fn conversation_pages_walk_back() {
+        let mut state = state_with_three_users();
         for seq in 4..9 {
             let message =
                 PrivateMessage { id: ChangeId::new(1, seq), from: "ana".into(), to: "bob".into(), text: seq.to_string(), time: 0, lamport: seq };
@@ -867,10 +873,7 @@ mod tests {
 
     #[test]
     fn private_page_before_withdrawn_duplicate() {
-        let mut state = ForumState::default();
-        state.apply(&registered(1, 1, 1, "ana", "h"));
-        state.apply(&registered(1, 2, 2, "bob", "h"));
-        state.apply(&registered(1, 3, 3, "carol", "h"));
+        let mut state = state_with_three_users();
         let key = IdempotencyKey { client: 7, request: 1 };
         let sent = |origin, seq, lamport, text: &str| {
             let message = PrivateMessage { id: ChangeId::new(origin, seq), from: "ana".into(), to: "bob".into(), text: text.into(), time: 0, lamport };

@@ -66,8 +66,8 @@ pub enum Request {
         /// The paging cursor: the id of a message of this subject.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         before: Option<ChangeId>,
-        /// The page size. `None` asks for the whole history, as requests from web servers
-        /// older than paging do.
+        /// The page size. `None` requests the whole history, as web servers older than paging
+        /// do.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<u32>,
     },

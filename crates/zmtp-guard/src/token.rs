@@ -50,7 +50,7 @@ const NONCE_LEN: usize = 16;
 const MAC_LEN: usize = 32;
 
 /// The maximum number of nonces that a [`SeenNonces`] keeps. Only valid tokens reach it, so
-/// it grows only with key holders' connections. Beyond this many it forgets the oldest.
+/// it grows only with key holders' connections. Beyond this many it drops the oldest.
 const MAX_SEEN_NONCES: usize = 4096;
 
 /// The reason a token was rejected.
