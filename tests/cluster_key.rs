@@ -41,7 +41,7 @@ async fn start_data_server(dir: &std::path::Path, id: u32, cluster_key: Option<C
 async fn request(endpoint: &str, cluster_key: Option<&ClusterKey>, request: Request) -> Option<Reply> {
     let mut socket = DealerSocket::new();
     socket.connect(endpoint).await.expect("connecting a DEALER socket");
-    let envelope = WireRequest { v: PROTOCOL_VERSION, id: 7, request, client: None };
+    let envelope = WireRequest { v: PROTOCOL_VERSION, id: 7, request, client: None, brief: false };
     let mut frames = vec![Bytes::from(encode(&envelope))];
     seal(cluster_key, MacContext::Request, &mut frames, 1);
     socket.send(ZmqMessage::try_from(frames).unwrap()).await.expect("sending a request");
@@ -188,7 +188,7 @@ fn dealer_handshake() -> Vec<u8> {
 
 /// Encodes a ping as a one-frame ZMTP message, sealed under `cluster_key` when given.
 fn ping_frame(cluster_key: Option<&ClusterKey>) -> Vec<u8> {
-    let envelope = WireRequest { v: PROTOCOL_VERSION, id: 9, request: Request::Ping, client: None };
+    let envelope = WireRequest { v: PROTOCOL_VERSION, id: 9, request: Request::Ping, client: None, brief: false };
     let mut frames = vec![Bytes::from(encode(&envelope))];
     seal(cluster_key, MacContext::Request, &mut frames, 1);
     let payload = &frames[0];

@@ -67,7 +67,7 @@ async fn deeply_nested_request_is_rejected() {
     let reply = request_raw(&endpoint, nested_maps).await;
     assert_eq!(error_code(&reply), Some(ErrorCode::Malformed), "nested maps: {reply:?}");
 
-    let ping = encode(&WireRequest { v: PROTOCOL_VERSION, id: 5, request: Request::Ping, client: None });
+    let ping = encode(&WireRequest { v: PROTOCOL_VERSION, id: 5, request: Request::Ping, client: None, brief: false });
     let reply = request_raw(&endpoint, ping).await;
     assert!(matches!(reply.reply, Reply::Pong { server: 1 }), "the server stopped serving: {reply:?}");
     server.shutdown().await;

@@ -72,7 +72,7 @@ impl DataProcess {
 async fn request(endpoint: &str, key: Option<&ClusterKey>, request: Request) -> Option<Reply> {
     let mut socket = DealerSocket::new();
     tokio::time::timeout(Duration::from_secs(1), socket.connect(endpoint)).await.ok()?.ok()?;
-    let envelope = WireRequest { v: PROTOCOL_VERSION, id: 1, request, client: None };
+    let envelope = WireRequest { v: PROTOCOL_VERSION, id: 1, request, client: None, brief: false };
     let mut frames = vec![Bytes::from(encode(&envelope))];
     seal(key, MacContext::Request, &mut frames, 1);
     socket.send(ZmqMessage::try_from(frames).unwrap()).await.ok()?;

@@ -16,7 +16,7 @@ async fn send_keyed(endpoint: &str, client: u64, requests: Vec<(u64, Request)>) 
     socket.connect(endpoint).await.expect("connecting to the data server");
     let count = requests.len();
     for (id, request) in requests {
-        let envelope = WireRequest { v: PROTOCOL_VERSION, id, request, client: Some(client) };
+        let envelope = WireRequest { v: PROTOCOL_VERSION, id, request, client: Some(client), brief: false };
         socket.send(ZmqMessage::from(Bytes::from(encode(&envelope)))).await.expect("sending a request");
     }
     let mut replies = Vec::new();

@@ -49,7 +49,7 @@ impl DataClient {
         let outcome = tokio::time::timeout(REPLY_TIMEOUT + Duration::from_millis(count as u64 * 20), async {
             let socket = self.socket().await?;
             for (offset, request) in requests.into_iter().enumerate() {
-                let envelope = WireRequest { v: PROTOCOL_VERSION, id: first_id + offset as u64, request, client: None };
+                let envelope = WireRequest { v: PROTOCOL_VERSION, id: first_id + offset as u64, request, client: None, brief: false };
                 socket.send(ZmqMessage::from(Bytes::from(encode(&envelope)))).await.ok()?;
             }
             let mut replies = HashMap::new();

@@ -31,7 +31,7 @@ use crate::command::{Command, Credentials, KeptIds};
 use crate::metrics::{add, Metrics};
 use crate::publisher::Publication;
 use crate::rate_limit::LogRateLimit;
-use crate::state::{reply_for, ForumState};
+use crate::state::{brief_reply_for, reply_for, ForumState};
 use crate::store::{EncodedChange, Store};
 
 /// The maximum number of commands handled in one group, and so in one write transaction.
@@ -183,13 +183,14 @@ impl Actor {
         let mut encoded = Vec::new();
         for command in batch.drain(..) {
             match command {
-                Command::Write { write, key, reply } => {
+                Command::Write { write, key, brief, reply } => {
                     // A retried write gets the reply of the change it already made, here or
                     // on another server of the group.
                     if let Some(original) = key.and_then(|key| self.state.original_reply(key)) {
                         replies.push(PendingReply::Reply(reply, original));
                         continue;
                     }
+                    let requested = if brief { write.requested() } else { None };
                     let id = ChangeId::new(self.id, self.state.next_seq(self.id));
                     let lamport = self.state.next_lamport();
                     let time = now_millis();
@@ -200,7 +201,10 @@ impl Actor {
                             add(&self.metrics.local_changes, 1);
                             changes.push(Publication::new(&change, true, FeedNote::default()));
                             encoded.push(EncodedChange::new(&change));
-                            reply_for(change)
+                            match requested {
+                                Some(requested) => brief_reply_for(change, requested),
+                                None => reply_for(change),
+                            }
                         }
                         Ok(None) => Reply::Done,
                         Err(rejection) => Reply::Error(rejection),
@@ -401,7 +405,7 @@ mod tests {
     async fn register(commands: &mpsc::Sender<Command>, name: String) -> (String, Reply) {
         let (reply, answer) = oneshot::channel();
         let write = Write::Register { name: name.clone(), password_hash: "hash".into() };
-        commands.send(Command::Write { write, key: None, reply }).await.unwrap();
+        commands.send(Command::Write { write, key: None, brief: false, reply }).await.unwrap();
         (name, answer.await.unwrap())
     }
 

@@ -67,7 +67,7 @@ impl Fetcher {
     async fn fetch(&mut self, origin: ServerId, after_seq: u64) -> anyhow::Result<Vec<Change>> {
         let id = self.next_request_id;
         self.next_request_id += 1;
-        let request = WireRequest { v: PROTOCOL_VERSION, id, request: Request::FetchChanges { origin, after_seq, limit: FETCH_BATCH }, client: None };
+        let request = WireRequest { v: PROTOCOL_VERSION, id, request: Request::FetchChanges { origin, after_seq, limit: FETCH_BATCH }, client: None, brief: false };
         let mut frames = vec![Bytes::from(encode(&request))];
         seal(self.cluster_key.as_ref(), MacContext::Request, &mut frames, 1);
         self.socket

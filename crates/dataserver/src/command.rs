@@ -18,6 +18,30 @@ pub(crate) enum Write {
     RenewPresence { webserver: String, instance: u64, users: Vec<String>, expires_at: u64 },
 }
 
+impl Write {
+    /// Returns what a write that stores a message asked for, which a brief reply leaves out;
+    /// `None` for other writes.
+    pub fn requested(&self) -> Option<Requested> {
+        match self {
+            Write::PostMessage { subject, author, .. } => Some(Requested { subject: Some(*subject), author: author.clone(), to: None }),
+            Write::SendPrivate { from, to, .. } => Some(Requested { subject: None, author: from.clone(), to: Some(to.clone()) }),
+            _ => None,
+        }
+    }
+}
+
+/// The subject and names that a `PostMessage` or `SendPrivate` request sent. The stored message
+/// can differ from them (a merged subject, a name spelled with other capitals), and a brief
+/// reply ([`forum_protocol::Stored`]) names only what differs.
+#[derive(Debug)]
+pub(crate) struct Requested {
+    pub subject: Option<ChangeId>,
+    /// The author of a post or the sender of a private message.
+    pub author: String,
+    /// The recipient of a private message.
+    pub to: Option<String>,
+}
+
 /// A query of the state. It changes nothing.
 #[derive(Debug)]
 pub(crate) enum Read {
@@ -57,7 +81,8 @@ pub(crate) type KeptIds = Vec<Option<(ChangeId, Option<ChangeId>)>>;
 #[derive(Debug)]
 pub(crate) enum Command {
     /// `key` is the write's idempotency key, when its web server sent one.
-    Write { write: Write, key: Option<IdempotencyKey>, reply: oneshot::Sender<Reply> },
+    /// `brief` asks for [`Reply::Stored`] when the write stores a new message.
+    Write { write: Write, key: Option<IdempotencyKey>, brief: bool, reply: oneshot::Sender<Reply> },
     Read { read: Read, reply: oneshot::Sender<Reply> },
     /// Looks up a user by name, ignoring case; `None` when no such user exists.
     Credentials { name: String, reply: oneshot::Sender<Option<Credentials>> },

@@ -50,6 +50,8 @@ pub(crate) struct Decoded {
     pub id: u64,
     /// The idempotency key of a write, when its web server sent a client id.
     key: Option<IdempotencyKey>,
+    /// Whether the client asked for a brief reply to a stored message.
+    brief: bool,
     request: Request,
 }
 
@@ -160,12 +162,12 @@ impl Handler {
             }
         };
         let key = request.client.map(|client| IdempotencyKey { client, request: request.id });
-        Ok(Decoded { id: request.id, key, request: request.request })
+        Ok(Decoded { id: request.id, key, brief: request.brief, request: request.request })
     }
 
     /// Carries out a decoded request and returns its reply.
     pub async fn handle(&self, decoded: Decoded) -> WireReply {
-        let reply = self.reply(decoded.id, decoded.key, decoded.request).await;
+        let reply = self.reply(decoded.id, decoded.key, decoded.brief, decoded.request).await;
         WireReply { v: PROTOCOL_VERSION, id: decoded.id, reply }
     }
 
@@ -173,8 +175,8 @@ impl Handler {
     /// to the actor here when its queue has room. The request socket then keeps only the
     /// receiver of the reply, a future small enough for the allocator's per-thread cache.
     pub fn start(&self, decoded: Decoded) -> Started {
-        let Decoded { id, key, request } = decoded;
-        match self.immediate(key, request) {
+        let Decoded { id, key, brief, request } = decoded;
+        match self.immediate(key, brief, request) {
             Immediate::Reply(reply) => Started::Ready(reply),
             Immediate::Command(command, receiver) => match self.actor.try_reserve() {
                 Ok(permit) => {
@@ -194,8 +196,8 @@ impl Handler {
         }
     }
 
-    async fn reply(&self, request_id: u64, key: Option<IdempotencyKey>, request: Request) -> Reply {
-        match self.immediate(key, request) {
+    async fn reply(&self, request_id: u64, key: Option<IdempotencyKey>, brief: bool, request: Request) -> Reply {
+        match self.immediate(key, brief, request) {
             Immediate::Reply(reply) => reply,
             Immediate::Command(command, receiver) => self.ask(command, receiver).await,
             Immediate::Other(request) => self.other(request_id, key, request).await,
@@ -204,10 +206,10 @@ impl Handler {
 
     /// Turns a request that needs nothing but the actor into its command, or builds its reply
     /// at once when it is invalid or needs neither. Returns the other requests unchanged.
-    fn immediate(&self, key: Option<IdempotencyKey>, request: Request) -> Immediate {
+    fn immediate(&self, key: Option<IdempotencyKey>, brief: bool, request: Request) -> Immediate {
         let write = |write| {
             let (reply, receiver) = oneshot::channel();
-            Immediate::Command(Command::Write { write, key, reply }, receiver)
+            Immediate::Command(Command::Write { write, key, brief, reply }, receiver)
         };
         let read = |read| {
             let (reply, receiver) = oneshot::channel();
@@ -408,7 +410,7 @@ impl Handler {
 
     async fn write(&self, write: Write, key: Option<IdempotencyKey>) -> Reply {
         let (sender, receiver) = oneshot::channel();
-        self.ask(Command::Write { write, key, reply: sender }, receiver).await
+        self.ask(Command::Write { write, key, brief: false, reply: sender }, receiver).await
     }
 
     async fn ask(&self, command: Command, receiver: oneshot::Receiver<Reply>) -> Reply {
@@ -450,7 +452,7 @@ mod tests {
     }
 
     fn decoded(key: Option<IdempotencyKey>, request: Request) -> Decoded {
-        Decoded { id: 5, key, request }
+        Decoded { id: 5, key, brief: false, request }
     }
 
     #[test]
@@ -476,7 +478,7 @@ mod tests {
         let waiter = tokio::spawn(started.reply());
         let _ = queue.recv().await.unwrap();
         match queue.recv().await.unwrap() {
-            Command::Write { write: Write::CreateSubject { title, created_by }, key: got, reply } => {
+            Command::Write { write: Write::CreateSubject { title, created_by }, key: got, reply, .. } => {
                 assert_eq!(title, " T ");
                 assert_eq!(created_by, "ana");
                 assert_eq!(got, key);

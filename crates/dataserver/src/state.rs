@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use forum_protocol::{
     fold, folded, now_millis, Change, ChangeId, ChangeKind, FeedNote, ErrorCode, ErrorReply, IdempotencyKey, Message, Page, PrivateMessage,
-    Reply, ServerId, Subject, User, UserStatus, VersionVector,
+    Reply, ServerId, Stored, Subject, User, UserStatus, VersionVector,
 };
 use rustc_hash::FxHashMap;
 
-use crate::command::{Credentials, PageRequest, Read, Write};
+use crate::command::{Credentials, PageRequest, Read, Requested, Write};
 use crate::idempotency::{Admission, Kept, PostRef, Writes};
 use crate::leases::Leases;
 use crate::paging::{newest_before, LamportIndex, OrderKey};
@@ -47,6 +47,28 @@ pub(crate) fn reply_for(change: Change) -> Reply {
         | ChangeKind::SessionRevoked { .. }
         | ChangeKind::PresenceLease { .. } => Reply::Done,
     }
+}
+
+/// Builds the reply to the local write that made `change` for a client that asked for a brief
+/// one: for a stored message, its id and times, and its subject and names only where they
+/// differ from what the request sent. Other changes get the reply of [`reply_for`].
+pub(crate) fn brief_reply_for(change: Change, requested: Requested) -> Reply {
+    let ((id, time, lamport), subject, author, to) = match change.kind {
+        ChangeKind::MessagePosted { message } => {
+            let subject = Some(message.subject).filter(|&subject| Some(subject) != requested.subject);
+            ((message.id, message.time, message.lamport), subject, message.author, None)
+        }
+        ChangeKind::PrivateSent { message } => ((message.id, message.time, message.lamport), None, message.from, Some(message.to)),
+        _ => return reply_for(change),
+    };
+    Reply::Stored(Stored {
+        id,
+        time,
+        lamport,
+        subject,
+        author: (author != requested.author).then(|| author.into_boxed_str()),
+        to: to.filter(|to| Some(to) != requested.to.as_ref()).map(String::into_boxed_str),
+    })
 }
 
 fn error(code: ErrorCode, message: String) -> ErrorReply {
@@ -631,6 +653,39 @@ mod tests {
             };
             assert_eq!(message.subject, winner.id, "a new post to the loser goes to the winner");
         }
+    }
+
+    #[test]
+    fn brief_reply_names_only_what_differs() {
+        let mut state = state_with_three_users();
+        let (winner, loser) = (subject(1, 4, 7, "Exams"), subject(3, 2, 7, "exams"));
+        state.apply(&winner);
+        state.apply(&loser);
+        let mut seq = 10;
+        let mut brief = |write: Write, text: &str| {
+            seq += 1;
+            let requested = write.requested().expect("the write stores a message");
+            let Ok(Some(kind)) = state.prepare(write, ChangeId::new(1, seq), seq, 5) else { panic!("the write is accepted") };
+            let change = change(1, seq, seq, kind);
+            let Reply::Stored(stored) = brief_reply_for(change.clone(), requested) else { panic!("expected a brief reply") };
+            (stored, reply_for(change), text.to_owned())
+        };
+
+        let (stored, full, text) = brief(Write::PostMessage { subject: winner.id, author: "ana".into(), text: "hi".into() }, "hi");
+        assert_eq!((stored.subject, &stored.author, &stored.to), (None, &None, &None), "nothing differs from the request");
+        assert_eq!(Reply::Message(stored.message(winner.id, "ana".into(), text)), full);
+
+        let (stored, full, text) = brief(Write::PostMessage { subject: loser.id, author: "ANA".into(), text: "hola".into() }, "hola");
+        assert_eq!((stored.subject, stored.author.as_deref()), (Some(winner.id), Some("ana")), "merged subject, registered name");
+        assert_eq!(Reply::Message(stored.message(loser.id, "ANA".into(), text)), full);
+
+        let (stored, full, text) = brief(Write::SendPrivate { from: "Bob".into(), to: "carol".into(), text: "hi".into() }, "hi");
+        assert_eq!((stored.author.as_deref(), stored.to.as_deref()), (Some("bob"), None));
+        assert_eq!(Reply::PrivateMessage(stored.private_message("Bob".into(), "carol".into(), text)), full);
+
+        let (stored, full, text) = brief(Write::SendPrivate { from: "bob".into(), to: "CAROL".into(), text: "hi".into() }, "hi");
+        assert_eq!((stored.author.as_deref(), stored.to.as_deref()), (None, Some("carol")));
+        assert_eq!(Reply::PrivateMessage(stored.private_message("bob".into(), "CAROL".into(), text)), full);
     }
 
     #[test]

@@ -272,7 +272,7 @@ async fn peer_started_later_is_reached() {
 /// after a failover, and returns the stored message's id.
 async fn keyed_post(client: &mut Client, subject: ChangeId) -> ChangeId {
     let request = Request::PostMessage { subject, author: "ana".into(), text: "sent twice".into() };
-    let payload = forum_protocol::encode(&forum_protocol::WireRequest { v: forum_protocol::PROTOCOL_VERSION, id: 1, request, client: Some(7) });
+    let payload = forum_protocol::encode(&forum_protocol::WireRequest { v: forum_protocol::PROTOCOL_VERSION, id: 1, request, client: Some(7), brief: false });
     match client.send_raw(payload).await.reply {
         Reply::Message(message) => message.id,
         other => panic!("expected the stored message, got {other:?}"),

@@ -99,7 +99,7 @@ async fn dealer_pipelines_requests() {
         } else {
             Request::History { subject: subject.id, before: None, limit: None }
         };
-        let payload = Bytes::from(encode(&WireRequest { v: PROTOCOL_VERSION, id, request, client: None }));
+        let payload = Bytes::from(encode(&WireRequest { v: PROTOCOL_VERSION, id, request, client: None, brief: false }));
         let frames = if id.is_multiple_of(3) { vec![Bytes::new(), payload] } else { vec![payload] };
         dealer.send(ZmqMessage::try_from(frames).unwrap()).await.unwrap();
     }
@@ -135,7 +135,7 @@ async fn bad_payloads_get_error_replies() {
     assert_eq!(garbage.id, 0);
     assert_eq!(error_code(&garbage.reply), ErrorCode::Malformed);
 
-    let other_version = client.send_raw(encode(&WireRequest { v: 99, id: 5, request: Request::Ping, client: None })).await;
+    let other_version = client.send_raw(encode(&WireRequest { v: 99, id: 5, request: Request::Ping, client: None, brief: false })).await;
     assert_eq!(other_version.id, 5, "the error reply carries the request's id");
     assert_eq!(error_code(&other_version.reply), ErrorCode::UnsupportedVersion);
 
@@ -145,6 +145,7 @@ async fn bad_payloads_get_error_replies() {
         id: 6,
         request: Request::Register { name: huge_name, password: "secret12".into() },
         client: None,
+        brief: false,
     });
     let too_large = client.send_raw(huge).await;
     assert_eq!(too_large.id, 6, "the error reply carries the request's id");
@@ -165,7 +166,7 @@ async fn bad_payloads_get_error_replies() {
 
 /// Sends one request on a DEALER socket, without the empty delimiter.
 async fn send_on_dealer(dealer: &mut DealerSocket, id: u64, request: Request) {
-    let payload = encode(&WireRequest { v: PROTOCOL_VERSION, id, request, client: None });
+    let payload = encode(&WireRequest { v: PROTOCOL_VERSION, id, request, client: None, brief: false });
     dealer.send(ZmqMessage::from(payload)).await.unwrap();
 }
 
@@ -333,5 +334,45 @@ async fn client_that_never_reads_stalls_nobody() {
     let reply: WireReply = decode(message.into_vec().last().unwrap()).expect("the reply decodes");
     assert_eq!(reply.reply, Reply::Pong { server: 1 });
     drop(hostile);
+    server.shutdown().await;
+}
+
+/// A client that asks for brief replies gets `Stored` for a new post and a new private
+/// message, and the whole message for a retried write with the same idempotency key; a client
+/// that does not ask gets the whole message.
+#[tokio::test]
+async fn brief_replies_to_stored_messages() {
+    let directory = tempfile::tempdir().unwrap();
+    let server = start(4, directory.path()).await;
+    let mut client = Client::connect(&server).await;
+    assert!(matches!(client.register("ana", "secret12").await, Reply::User(_)));
+    assert!(matches!(client.register("bob", "secret12").await, Reply::User(_)));
+    let Reply::Subject(subject) = client.request(Request::CreateSubject { title: "Brief".into(), created_by: "ana".into() }).await else {
+        panic!("the subject is created")
+    };
+    let mut send = async |id, request: Request, brief| {
+        let payload = encode(&WireRequest { v: PROTOCOL_VERSION, id, request, client: Some(11), brief });
+        client.send_raw(payload).await.reply
+    };
+    let post = || Request::PostMessage { subject: subject.id, author: "ANA".into(), text: "hola".into() };
+
+    let Reply::Stored(stored) = send(100, post(), true).await else { panic!("a brief reply to a new post") };
+    assert_eq!(stored.subject, None, "the post went to the subject it named");
+    assert_eq!(stored.author.as_deref(), Some("ana"), "the request spelled the name otherwise");
+    let message = stored.clone().message(subject.id, "ANA".into(), "hola".into());
+
+    let retried = send(100, post(), true).await;
+    assert_eq!(retried, Reply::Message(message.clone()), "a retry gets the whole message it stored");
+    let Reply::Message(whole) = send(101, post(), false).await else { panic!("the whole message without the flag") };
+    assert_eq!((whole.author.as_str(), whole.text.as_str()), ("ana", "hola"));
+
+    let private = Request::SendPrivate { from: "bob".into(), to: "ana".into(), text: "hi".into() };
+    let Reply::Stored(stored) = send(102, private, true).await else { panic!("a brief reply to a new private message") };
+    assert_eq!((stored.author, stored.to), (None, None), "both names as registered");
+
+    let Reply::MessagePage(page) = client.request(Request::History { subject: subject.id, before: None, limit: Some(10) }).await else {
+        panic!("a page")
+    };
+    assert_eq!(page.messages[0], message, "the message rebuilt from the brief reply is the stored one");
     server.shutdown().await;
 }

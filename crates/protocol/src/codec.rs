@@ -138,7 +138,7 @@ mod tests {
     /// PROTOCOL_VERSION and update the bytes on purpose, never by accident.
     #[test]
     fn request_golden_bytes() {
-        let request = WireRequest { v: PROTOCOL_VERSION, id: 7, request: Request::ListSubjects, client: None };
+        let request = WireRequest { v: PROTOCOL_VERSION, id: 7, request: Request::ListSubjects, client: None, brief: false };
         assert_eq!(hex(&encode(&request)), "83a17601a2696407a772657175657374ac4c6973745375626a65637473");
 
         let login = WireRequest {
@@ -146,6 +146,7 @@ mod tests {
             id: 8,
             request: Request::Login { name: "ana".into(), password: "secret12".into() },
             client: None,
+            brief: false,
         };
         assert_eq!(
             hex(&encode(&login)),
@@ -210,6 +211,7 @@ mod tests {
             id: 3,
             request: Request::FetchChanges { origin: 2, after_seq: 40, limit: 1000 },
             client: None,
+            brief: false,
         };
         assert_eq!(hex(&encode(&request)), concat!(
                 "83a17601a2696403a77265717565737481ac46657463684368616e67657383a66f726967696e02",
@@ -221,7 +223,7 @@ mod tests {
     /// set they round-trip.
     #[test]
     fn idempotency_fields_round_trip() {
-        let request = WireRequest { v: PROTOCOL_VERSION, id: 7, request: Request::ListSubjects, client: Some(99) };
+        let request = WireRequest { v: PROTOCOL_VERSION, id: 7, request: Request::ListSubjects, client: Some(99), brief: false };
         assert_eq!(decode::<WireRequest>(&encode(&request)).unwrap(), request);
 
         let mut change = sample_change();
@@ -239,7 +241,7 @@ mod tests {
 
     #[test]
     fn decode_rejects_other_versions() {
-        let request = WireRequest { v: 99, id: 1, request: Request::Ping, client: None };
+        let request = WireRequest { v: 99, id: 1, request: Request::Ping, client: None, brief: false };
         match decode::<WireRequest>(&encode(&request)) {
             Err(CodecError::UnsupportedVersion { found: 99, expected: PROTOCOL_VERSION }) => {}
             other => panic!("expected UnsupportedVersion, got {other:?}"),
@@ -251,7 +253,7 @@ mod tests {
     /// another shape.
     #[test]
     fn version_shortcut_matches_general_decoding() {
-        let request = WireRequest { v: PROTOCOL_VERSION, id: 5, request: Request::Ping, client: None };
+        let request = WireRequest { v: PROTOCOL_VERSION, id: 5, request: Request::Ping, client: None, brief: false };
         let bytes = encode(&request);
         assert!(starts_with_current_version(&bytes));
         assert_eq!(decode::<WireRequest>(&bytes).unwrap(), request);

@@ -100,6 +100,7 @@ mod tests {
             id: 1,
             request: crate::Request::Login { name: "ana".into(), password: "x".repeat(300) },
             client: None,
+            brief: false,
         };
         assert_eq!(check_nesting(&crate::encode(&request), MAX_NESTING), Ok(()));
     }

@@ -23,6 +23,12 @@ pub struct WireRequest {
     /// idempotency key of a write, so a write retried on another data server is stored once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<u64>,
+    /// Asks for [`Reply::Stored`] instead of the whole stored message when a `PostMessage` or
+    /// `SendPrivate` stores a new message, so the reply leaves out what the request already
+    /// holds. A data server may still send the whole message (one that predates this field
+    /// ignores it, and a retried write gets its original reply), so a client takes both.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub brief: bool,
 }
 
 /// A data server's reply to one [`WireRequest`].
@@ -146,6 +152,55 @@ pub enum Reply {
     Feed(FeedBatch),
     /// A valid session: its user's name and when it expires, in milliseconds since the Unix epoch.
     Session { user: String, expires_at: u64 },
+    /// A message stored for a request that asked for a brief reply ([`WireRequest::brief`]).
+    Stored(Stored),
+}
+
+/// What a data server chose for a message it stored: the rest of the message is what the
+/// `PostMessage` or `SendPrivate` request sent. [`Stored::message`] and
+/// [`Stored::private_message`] put the two together.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stored {
+    pub id: ChangeId,
+    pub time: u64,
+    pub lamport: u64,
+    /// The subject that the post went to, when it is not the requested one: a subject that
+    /// lost its title to another merged into that one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<ChangeId>,
+    /// The author's or sender's name as registered, when the request spelled it otherwise.
+    /// (A `Box<str>` keeps [`Reply`] as small as the reply to a post.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<Box<str>>,
+    /// The recipient's name as registered, when the request spelled it otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Box<str>>,
+}
+
+impl Stored {
+    /// Returns the public message that a `PostMessage { subject, author, text }` stored.
+    pub fn message(self, subject: ChangeId, author: String, text: String) -> Message {
+        Message {
+            id: self.id,
+            subject: self.subject.unwrap_or(subject),
+            author: self.author.map_or(author, String::from),
+            text,
+            time: self.time,
+            lamport: self.lamport,
+        }
+    }
+
+    /// Returns the private message that a `SendPrivate { from, to, text }` stored.
+    pub fn private_message(self, from: String, to: String, text: String) -> PrivateMessage {
+        PrivateMessage {
+            id: self.id,
+            from: self.author.map_or(from, String::from),
+            to: self.to.map_or(to, String::from),
+            text,
+            time: self.time,
+            lamport: self.lamport,
+        }
+    }
 }
 
 /// The maximum number of messages in one page of a history. A data server lowers a larger
@@ -254,7 +309,7 @@ mod mixed_version_tests {
     fn paged_request_decodes_in_old_shape() {
         let subject = ChangeId::new(1, 2);
         let paged = Request::History { subject, before: Some(ChangeId::new(3, 4)), limit: Some(200) };
-        let envelope = WireRequest { v: PROTOCOL_VERSION, id: 9, request: paged, client: None };
+        let envelope = WireRequest { v: PROTOCOL_VERSION, id: 9, request: paged, client: None, brief: false };
         let old: EnvelopeBeforePaging = decode(&encode(&envelope)).unwrap();
         assert_eq!(old.request, RequestBeforePaging::History { subject }, "the paging fields are ignored");
     }
@@ -263,7 +318,42 @@ mod mixed_version_tests {
     fn whole_history_request_encodes_as_before() {
         let subject = ChangeId::new(1, 2);
         let old = EnvelopeBeforePaging { v: PROTOCOL_VERSION, id: 7, request: RequestBeforePaging::History { subject } };
-        let new = WireRequest { v: PROTOCOL_VERSION, id: 7, request: Request::History { subject, before: None, limit: None }, client: None };
+        let new = WireRequest { v: PROTOCOL_VERSION, id: 7, request: Request::History { subject, before: None, limit: None }, client: None, brief: false };
         assert_eq!(encode(&new), encode(&old));
+    }
+
+    /// The envelope as web servers encoded it before brief replies.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct EnvelopeBeforeBrief {
+        v: u16,
+        id: u64,
+        request: Request,
+        client: Option<u64>,
+    }
+
+    #[test]
+    fn brief_flag_is_optional_both_ways() {
+        let request = Request::PostMessage { subject: ChangeId::new(1, 2), author: "ana".into(), text: "hola".into() };
+        let old = EnvelopeBeforeBrief { v: PROTOCOL_VERSION, id: 7, request: request.clone(), client: Some(3) };
+        let new: WireRequest = decode(&encode(&old)).unwrap();
+        assert!(!new.brief, "an old web server's request asks for the whole message");
+
+        let brief = WireRequest { v: PROTOCOL_VERSION, id: 7, request, client: Some(3), brief: true };
+        let seen_by_old: EnvelopeBeforeBrief = decode(&encode(&brief)).unwrap();
+        assert_eq!(seen_by_old, old, "an old data server ignores the flag");
+        assert_eq!(encode(&WireRequest { brief: false, ..brief }), encode(&old), "without the flag, the bytes are as before");
+    }
+
+    #[test]
+    fn stored_leaves_out_what_did_not_change() {
+        let stored = Stored { id: ChangeId::new(1, 9), time: 5, lamport: 6, subject: None, author: None, to: None };
+        let bytes = encode(&WireReply { v: PROTOCOL_VERSION, id: 4, reply: Reply::Stored(stored.clone()) });
+        assert!(!bytes.windows(7).any(|window| window == b"subject"), "absent fields are not encoded");
+        let decoded: WireReply = decode(&bytes).unwrap();
+        assert_eq!(decoded.reply, Reply::Stored(stored.clone()));
+
+        let message = stored.message(ChangeId::new(2, 3), "ana".into(), "hola".into());
+        let expected = Message { id: ChangeId::new(1, 9), subject: ChangeId::new(2, 3), author: "ana".into(), text: "hola".into(), time: 5, lamport: 6 };
+        assert_eq!(message, expected);
     }
 }

@@ -193,7 +193,11 @@ pub async fn post_message(
     let subject = subject_id(&segment)?;
     let NewText { text } = body?;
     validate_text(&text)?;
-    match state.data.request(Request::PostMessage { subject, author: session.user, text }).await? {
+    // The data server replies with what it chose (`Stored`), or with the whole message when it
+    // predates brief replies or the post is a retry, so the request keeps its own copies.
+    let request = Request::PostMessage { subject, author: session.user.clone(), text: text.clone() };
+    match state.data.request(request).await? {
+        Reply::Stored(stored) => Ok(json_response(StatusCode::CREATED, &stored.message(subject, session.user, text))),
         Reply::Message(message) => Ok(json_response(StatusCode::CREATED, &message)),
         other => Err(ApiError::unexpected_reply(other)),
     }
@@ -232,7 +236,9 @@ pub async fn send_private(
     let to = user_name(&segment)?;
     let NewText { text } = body?;
     validate_text(&text)?;
-    match state.data.request(Request::SendPrivate { from: session.user, to, text }).await? {
+    let request = Request::SendPrivate { from: session.user.clone(), to: to.clone(), text: text.clone() };
+    match state.data.request(request).await? {
+        Reply::Stored(stored) => Ok(json_response(StatusCode::CREATED, &stored.private_message(session.user, to, text))),
         Reply::PrivateMessage(message) => Ok(json_response(StatusCode::CREATED, &message)),
         other => Err(ApiError::unexpected_reply(other)),
     }

@@ -68,6 +68,7 @@ async fn subjects_and_messages() {
     assert_eq!(subjects.body[0]["id"], subject.as_str());
 
     let path = format!("/api/subjects/{subject}/messages");
+    let mut answers = Vec::new();
     for text in ["first", "second"] {
         let posted = ana.post(&path, json!({ "text": text })).await;
         assert_eq!(posted.status, StatusCode::CREATED, "{:?}", posted.body);
@@ -76,11 +77,15 @@ async fn subjects_and_messages() {
         for field in ["id", "time", "lamport"] {
             assert!(!posted.body[field].is_null(), "missing {field}");
         }
+        answers.push(posted.body);
     }
     let history = reader.get(&path).await;
     assert_eq!(history.status, StatusCode::OK);
     let texts: Vec<&str> = history.body.as_array().unwrap().iter().map(|message| message["text"].as_str().unwrap()).collect();
     assert_eq!(texts, ["first", "second"]);
+    // The web server builds each answer from the data server's brief reply and its own
+    // request; the answer must be the message as stored.
+    assert_eq!(history.body, json!(answers));
 
     let forged = ana.post(&path, json!({ "text": "hi", "author": "luis" })).await;
     assert_eq!(forged.status, StatusCode::BAD_REQUEST);
@@ -109,13 +114,16 @@ async fn private_conversation() {
     assert_eq!(sent.status, StatusCode::CREATED, "{:?}", sent.body);
     assert_eq!(sent.body["from"], "ana");
     assert_eq!(sent.body["to"], "luis");
-    let reply = luis.post("/api/private/ana", json!({ "text": "hola ana" })).await;
+    // Another spelling of the recipient's name: the answer names the registered one.
+    let reply = luis.post("/api/private/ANA", json!({ "text": "hola ana" })).await;
     assert_eq!(reply.status, StatusCode::CREATED);
+    assert_eq!((&reply.body["from"], &reply.body["to"]), (&json!("luis"), &json!("ana")));
 
     let conversation = ana.get("/api/private/luis").await;
     assert_eq!(conversation.status, StatusCode::OK);
     let texts: Vec<&str> = conversation.body.as_array().unwrap().iter().map(|message| message["text"].as_str().unwrap()).collect();
     assert_eq!(texts, ["hola luis", "hola ana"]);
+    assert_eq!(conversation.body, json!([sent.body, reply.body]), "the answers are the messages as stored");
 
     let nobody = ana.post("/api/private/nobody", json!({ "text": "hello?" })).await;
     assert_eq!(nobody.status, StatusCode::NOT_FOUND);

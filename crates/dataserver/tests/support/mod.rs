@@ -61,7 +61,7 @@ impl Client {
     pub async fn request(&mut self, request: Request) -> Reply {
         let id = self.next_id;
         self.next_id += 1;
-        let reply = self.send_raw(encode(&WireRequest { v: PROTOCOL_VERSION, id, request, client: None })).await;
+        let reply = self.send_raw(encode(&WireRequest { v: PROTOCOL_VERSION, id, request, client: None, brief: false })).await;
         assert_eq!(reply.id, id, "the reply carries the request id");
         reply.reply
     }
