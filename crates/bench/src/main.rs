@@ -78,6 +78,13 @@ pub struct Options {
     #[arg(long, value_name = "N")]
     stored_messages: Option<u64>,
 
+    /// Requests in flight on each of the 4 DEALER connections of (a) and (b), at most 256
+    /// (a data server answers `Overloaded` beyond 1024 in all). The echo and
+    /// the writes get the same window. A data server needs a deep one, because the writes
+    /// that arrive while a commit waits for the disk go into the next commit.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=256))]
+    write_window: u64,
+
     /// The size of each post's text, in bytes; every benchmark uses it.
     #[arg(long, value_name = "BYTES", default_value_t = 140, value_parser = clap::value_parser!(u64).range(16..=4096))]
     text_bytes: u64,
@@ -136,7 +143,7 @@ impl Plan {
             stored_messages: options.stored_messages.unwrap_or(if quick { 5_000 } else { 1_000_000 }).max(1),
             text_bytes: options.text_bytes as usize,
             write_connections: 4,
-            write_window: 128,
+            write_window: options.write_window as usize,
             posts_in_flight_per_web: 16,
             load_levels: options.levels.clone(),
         }
