@@ -78,9 +78,9 @@ pub struct Options {
     #[arg(long, value_name = "N")]
     stored_messages: Option<u64>,
 
-    /// Requests in flight on each of the 4 DEALER connections of (a) and (b), at most 256
-    /// (a data server answers `Overloaded` beyond 1024 in all). The echo and
-    /// the writes get the same window. A data server needs a deep one, because the writes
+    /// Requests in flight on each of the 4 DEALER connections of (a) and (b), at most 256,
+    /// because a data server replies `Overloaded` beyond 1024 in all. The echo and the writes
+    /// get the same window. A data server needs a deep one, because the writes
     /// that arrive while a commit waits for the disk go into the next commit.
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=256))]
     write_window: u64,

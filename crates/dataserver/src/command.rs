@@ -19,8 +19,8 @@ pub(crate) enum Write {
 }
 
 impl Write {
-    /// Returns what a write that stores a message asked for, which a brief reply leaves out;
-    /// `None` for other writes.
+    /// Returns the subject and names that a write storing a message asked for, or `None` for
+    /// other writes.
     pub fn requested(&self) -> Option<Requested> {
         match self {
             Write::PostMessage { subject, author, .. } => Some(Requested { subject: Some(*subject), author: author.clone(), to: None }),
@@ -81,7 +81,7 @@ pub(crate) type KeptIds = Vec<Option<(ChangeId, Option<ChangeId>)>>;
 #[derive(Debug)]
 pub(crate) enum Command {
     /// `key` is the write's idempotency key, when its web server sent one.
-    /// `brief` asks for [`Reply::Stored`] when the write stores a new message.
+    /// With `brief`, a write that stores a new message gets [`Reply::Stored`].
     Write { write: Write, key: Option<IdempotencyKey>, brief: bool, reply: oneshot::Sender<Reply> },
     Read { read: Read, reply: oneshot::Sender<Reply> },
     /// Looks up a user by name, ignoring case; `None` when no such user exists.

@@ -49,9 +49,9 @@ pub(crate) fn reply_for(change: Change) -> Reply {
     }
 }
 
-/// Builds the reply to the local write that made `change` for a client that asked for a brief
-/// one: for a stored message, its id and times, and its subject and names only where they
-/// differ from what the request sent. Other changes get the reply of [`reply_for`].
+/// Builds the brief reply to the local write that made `change`. For a stored message, it
+/// holds the id and times, and the subject and names only where they differ from `requested`.
+/// Other changes get the reply of [`reply_for`].
 pub(crate) fn brief_reply_for(change: Change, requested: Requested) -> Reply {
     let ((id, time, lamport), subject, author, to) = match change.kind {
         ChangeKind::MessagePosted { message } => {

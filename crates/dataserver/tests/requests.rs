@@ -337,9 +337,8 @@ async fn client_that_never_reads_stalls_nobody() {
     server.shutdown().await;
 }
 
-/// A client that asks for brief replies gets `Stored` for a new post and a new private
-/// message, and the whole message for a retried write with the same idempotency key; a client
-/// that does not ask gets the whole message.
+/// With `brief`, a new post or private message gets `Stored`, and a retried write gets the
+/// whole message it stored. Without `brief`, a post gets the whole message.
 #[tokio::test]
 async fn brief_replies_to_stored_messages() {
     let directory = tempfile::tempdir().unwrap();

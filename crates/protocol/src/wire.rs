@@ -156,16 +156,16 @@ pub enum Reply {
     Stored(Stored),
 }
 
-/// What a data server chose for a message it stored: the rest of the message is what the
-/// `PostMessage` or `SendPrivate` request sent. [`Stored::message`] and
+/// The part of a stored message that the data server chose. The rest is what the
+/// `PostMessage` or `SendPrivate` request sent, and [`Stored::message`] and
 /// [`Stored::private_message`] put the two together.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stored {
     pub id: ChangeId,
     pub time: u64,
     pub lamport: u64,
-    /// The subject that the post went to, when it is not the requested one: a subject that
-    /// lost its title to another merged into that one.
+    /// The subject that the post went to, when it is not the requested one. A subject that
+    /// lost its title to another is merged into that one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<ChangeId>,
     /// The author's or sender's name as registered, when the request spelled it otherwise.

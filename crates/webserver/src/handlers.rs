@@ -193,8 +193,8 @@ pub async fn post_message(
     let subject = subject_id(&segment)?;
     let NewText { text } = body?;
     validate_text(&text)?;
-    // The data server replies with what it chose (`Stored`), or with the whole message when it
-    // predates brief replies or the post is a retry, so the request keeps its own copies.
+    // The reply is `Stored`, or the whole message from an older data server or for a retry.
+    // The message is rebuilt from `Stored` and these copies.
     let request = Request::PostMessage { subject, author: session.user.clone(), text: text.clone() };
     match state.data.request(request).await? {
         Reply::Stored(stored) => Ok(json_response(StatusCode::CREATED, &stored.message(subject, session.user, text))),

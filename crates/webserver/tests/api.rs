@@ -83,8 +83,8 @@ async fn subjects_and_messages() {
     assert_eq!(history.status, StatusCode::OK);
     let texts: Vec<&str> = history.body.as_array().unwrap().iter().map(|message| message["text"].as_str().unwrap()).collect();
     assert_eq!(texts, ["first", "second"]);
-    // The web server builds each answer from the data server's brief reply and its own
-    // request; the answer must be the message as stored.
+    // The web server builds each response body from the data server's brief reply and its
+    // own request, and the body must be the message as stored.
     assert_eq!(history.body, json!(answers));
 
     let forged = ana.post(&path, json!({ "text": "hi", "author": "luis" })).await;
@@ -114,7 +114,7 @@ async fn private_conversation() {
     assert_eq!(sent.status, StatusCode::CREATED, "{:?}", sent.body);
     assert_eq!(sent.body["from"], "ana");
     assert_eq!(sent.body["to"], "luis");
-    // Another spelling of the recipient's name: the answer names the registered one.
+    // With the recipient's name in capitals, the response names the registered spelling.
     let reply = luis.post("/api/private/ANA", json!({ "text": "hola ana" })).await;
     assert_eq!(reply.status, StatusCode::CREATED);
     assert_eq!((&reply.body["from"], &reply.body["to"]), (&json!("luis"), &json!("ana")));
