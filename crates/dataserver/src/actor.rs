@@ -61,6 +61,11 @@ struct Job {
     /// The version vector after the group, published once it is committed; `None` when the
     /// group made no change.
     vector: Option<VersionVector>,
+    /// The local changes that got a brief reply, freed by the committer after the
+    /// replies. Freed on the actor's thread instead, they left the data server of
+    /// `forum-bench --only f` 15 MiB larger (400 against 383 MiB after 1,000,000 posts),
+    /// probably because the allocator gave their blocks to the state's next copies.
+    spent: Vec<Change>,
 }
 
 impl Job {
@@ -69,6 +74,7 @@ impl Job {
         self.changes.extend(later.changes);
         self.encoded.extend(later.encoded);
         self.replies.extend(later.replies);
+        self.spent.extend(later.spent);
         if later.vector.is_some() {
             self.vector = later.vector;
         }
@@ -181,6 +187,7 @@ impl Actor {
         let mut replies = Vec::with_capacity(batch.len());
         let mut changes: Vec<Publication> = Vec::new();
         let mut encoded = Vec::new();
+        let mut spent = Vec::new();
         for command in batch.drain(..) {
             match command {
                 Command::Write { write, key, brief, reply } => {
@@ -201,8 +208,11 @@ impl Actor {
                             add(&self.metrics.local_changes, 1);
                             changes.push(Publication::new(&change, true, FeedNote::default()));
                             encoded.push(EncodedChange::new(&change));
-                            match requested {
-                                Some(requested) => brief_reply_for(change, requested),
+                            match requested.and_then(|requested| brief_reply_for(&change, &requested)) {
+                                Some(brief) => {
+                                    spent.push(change);
+                                    brief
+                                }
                                 None => reply_for(change),
                             }
                         }
@@ -247,7 +257,7 @@ impl Actor {
             }
         }
         let vector = (!changes.is_empty()).then(|| self.state.vector());
-        Job { epoch: self.epoch, changes, encoded, replies, vector }
+        Job { epoch: self.epoch, changes, encoded, replies, vector, spent }
     }
 
     /// Warns when a peer's change carries this server's id but this server never made it: two

@@ -49,26 +49,31 @@ pub(crate) fn reply_for(change: Change) -> Reply {
     }
 }
 
-/// Builds the brief reply to the local write that made `change`. For a stored message, it
-/// holds the id and times, and the subject and names only where they differ from `requested`.
-/// Other changes get the reply of [`reply_for`].
-pub(crate) fn brief_reply_for(change: Change, requested: Requested) -> Reply {
-    let ((id, time, lamport), subject, author, to) = match change.kind {
-        ChangeKind::MessagePosted { message } => {
-            let subject = Some(message.subject).filter(|&subject| Some(subject) != requested.subject);
-            ((message.id, message.time, message.lamport), subject, message.author, None)
-        }
-        ChangeKind::PrivateSent { message } => ((message.id, message.time, message.lamport), None, message.from, Some(message.to)),
-        _ => return reply_for(change),
+/// Builds the brief reply to the local write that made `change`: the id and times of the
+/// message it stored, and the subject and names only where they differ from `requested`.
+/// Returns `None` when the change stored no message.
+pub(crate) fn brief_reply_for(change: &Change, requested: &Requested) -> Option<Reply> {
+    let differs = |stored: &str, requested: &str| (stored != requested).then(|| Box::from(stored));
+    let stored = match &change.kind {
+        ChangeKind::MessagePosted { message } => Stored {
+            id: message.id,
+            time: message.time,
+            lamport: message.lamport,
+            subject: Some(message.subject).filter(|&subject| Some(subject) != requested.subject),
+            author: differs(&message.author, &requested.author),
+            to: None,
+        },
+        ChangeKind::PrivateSent { message } => Stored {
+            id: message.id,
+            time: message.time,
+            lamport: message.lamport,
+            subject: None,
+            author: differs(&message.from, &requested.author),
+            to: requested.to.as_deref().and_then(|to| differs(&message.to, to)),
+        },
+        _ => return None,
     };
-    Reply::Stored(Stored {
-        id,
-        time,
-        lamport,
-        subject,
-        author: (author != requested.author).then(|| author.into_boxed_str()),
-        to: to.filter(|to| Some(to) != requested.to.as_ref()).map(String::into_boxed_str),
-    })
+    Some(Reply::Stored(stored))
 }
 
 fn error(code: ErrorCode, message: String) -> ErrorReply {
@@ -667,7 +672,7 @@ mod tests {
             let requested = write.requested().expect("the write stores a message");
             let Ok(Some(kind)) = state.prepare(write, ChangeId::new(1, seq), seq, 5) else { panic!("the write is accepted") };
             let change = change(1, seq, seq, kind);
-            let Reply::Stored(stored) = brief_reply_for(change.clone(), requested) else { panic!("expected a brief reply") };
+            let Some(Reply::Stored(stored)) = brief_reply_for(&change, &requested) else { panic!("expected a brief reply") };
             (stored, reply_for(change), text.to_owned())
         };
 

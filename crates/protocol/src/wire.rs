@@ -328,6 +328,7 @@ mod mixed_version_tests {
         v: u16,
         id: u64,
         request: Request,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         client: Option<u64>,
     }
 

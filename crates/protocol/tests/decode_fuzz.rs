@@ -51,7 +51,7 @@ proptest! {
 
     #[test]
     fn requests_round_trip(id in any::<u64>(), request in any_request()) {
-        let envelope = WireRequest { v: PROTOCOL_VERSION, id, request, client: (id % 2 == 0).then_some(id / 2), brief: false };
+        let envelope = WireRequest { v: PROTOCOL_VERSION, id, request, client: (id % 2 == 0).then_some(id / 2), brief: id % 3 == 0 };
         let decoded: WireRequest = decode(&encode(&envelope)).unwrap();
         prop_assert_eq!(decoded, envelope);
     }
@@ -62,7 +62,7 @@ proptest! {
         flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
         cut in any::<prop::sample::Index>(),
     ) {
-        let mut bytes = encode(&WireRequest { v: PROTOCOL_VERSION, id: 1, request, client: Some(7), brief: false });
+        let mut bytes = encode(&WireRequest { v: PROTOCOL_VERSION, id: 1, request, client: Some(7), brief: true });
         for (index, value) in flips {
             let position = index.index(bytes.len());
             bytes[position] = value;
