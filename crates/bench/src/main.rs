@@ -90,7 +90,7 @@ pub struct Options {
     text_bytes: u64,
 
     /// The benchmarks to run, as letters: a transport, b writes, c end to end, d fan-out,
-    /// e catch-up, f memory. (b) needs (a) for the ratios of 2 and 3 data servers.
+    /// e catch-up, f memory. (b) needs (a) for its ratio.
     #[arg(long, value_name = "LETTERS", default_value = "abcdef")]
     only: String,
 

@@ -50,10 +50,21 @@ pub async fn measure(plan: &Plan, scratch: &Path, report: &mut Report) -> anyhow
     report.add("transport.header_bytes", "size of a published post's header frame (PUB/SUB)", "bytes", vec![header_bytes as f64]);
     report.add("transport.change_bytes", "size of a published post's change frame (PUB/SUB)", "bytes", vec![change_bytes as f64]);
 
-    let echo = EchoPeer::start(scratch).await?;
+    let echo = ChildProcess::start("echo peer", &["echo".to_owned()], &scratch.join("echo.log")).await?;
+    let endpoint = echo.addresses[0].clone();
     let mut rates = Vec::new();
     for _ in 0..plan.runs {
-        rates.push(echo.run(plan).await?);
+        let payload = Bytes::from(vec![b'x'; request_bytes]);
+        let result = data_client::load(
+            std::slice::from_ref(&endpoint),
+            plan.write_connections,
+            plan.write_window,
+            Bound::Time(plan.run_length),
+            move |_| payload.clone(),
+            |_| true,
+        )
+        .await?;
+        rates.push(result.per_second());
     }
     echo.stop().await?;
     report.add(
@@ -84,37 +95,6 @@ pub async fn measure(plan: &Plan, scratch: &Path, report: &mut Report) -> anyhow
     report.add("transport.pub_sub.per_second", &format!("PUB→SUB, bursts of {count} messages"), "messages/s", rates);
     report.add("transport.pub_sub.delivered_fraction", "PUB→SUB, fraction of a burst received", "", delivered);
     Ok(())
-}
-
-/// A zeromq ROUTER in a process of its own that sends every message back.
-pub struct EchoPeer {
-    process: ChildProcess,
-}
-
-impl EchoPeer {
-    pub async fn start(scratch: &Path) -> anyhow::Result<EchoPeer> {
-        Ok(EchoPeer { process: ChildProcess::start("echo peer", &["echo".to_owned()], &scratch.join("echo.log")).await? })
-    }
-
-    /// Runs the DEALER clients of the write benchmarks against the echo for one run, with
-    /// requests the size of a post, and returns the replies per second.
-    pub async fn run(&self, plan: &Plan) -> anyhow::Result<f64> {
-        let payload = Bytes::from(vec![b'x'; post_request_size(plan.text_bytes)]);
-        let result = data_client::load(
-            std::slice::from_ref(&self.process.addresses[0]),
-            plan.write_connections,
-            plan.write_window,
-            Bound::Time(plan.run_length),
-            move |_| payload.clone(),
-            |_| true,
-        )
-        .await?;
-        Ok(result.per_second())
-    }
-
-    pub async fn stop(self) -> anyhow::Result<()> {
-        self.process.stop().await
-    }
 }
 
 /// Receives one burst of up to `count` messages and returns how many arrived and the time

@@ -3,10 +3,6 @@
 //! counted reply is a write stored on disk. Each run also measures the machine's busy
 //! fraction and the CPU time per write of the data servers and the bench process.
 //!
-//! For one data server, the target's ratio pairs each run with a run of the zeromq echo of
-//! (a) made just before it, and its figure is the median of the per-run ratios. Groups of
-//! two and three are divided by the median echo of (a).
-//!
 //! To show how much of a write's cost is the request path itself, the same clients also send
 //! `Ping` requests to the single data server. It replies to a `Ping` on the connection's own
 //! task, without the state, the store or another thread, so the figure covers decoding,
@@ -21,7 +17,6 @@ use crate::cpu::{CpuMeter, ProcessGroup};
 use crate::data_client::{self, Bound, LoadResult};
 use crate::forum::{self, post_text, USER};
 use crate::report::Report;
-use crate::transport::EchoPeer;
 use crate::Plan;
 
 pub async fn measure(plan: &Plan, scratch: &Path, report: &mut Report) -> anyhow::Result<()> {
@@ -34,40 +29,23 @@ pub async fn measure(plan: &Plan, scratch: &Path, report: &mut Report) -> anyhow
 
         // A short warm-up fills the caches and the store's first pages.
         run(plan, &endpoints, subject, Bound::Time(plan.run_length / 4)).await?;
-        // The speed of these virtual machines drifts by up to a third within a minute, so the
-        // target's ratio divides each run by an echo run made just before it.
-        let echo = if size == 1 { Some(EchoPeer::start(scratch).await?) } else { None };
         let mut rates = Vec::new();
-        let mut echo_rates = Vec::new();
-        let mut paired_ratios = Vec::new();
         let mut cpu = cpu_meter(servers.iter().map(|server| server.process.pid()).collect());
         // NOTE: the CPU time also covers the replies that arrive after the run's time bound,
         // which `accepted` leaves out, so CPU per write is high by up to one window per
         // connection out of all the run's writes.
         for _ in 0..plan.runs {
-            if let Some(echo) = &echo {
-                echo_rates.push(echo.run(plan).await?);
-            }
             let cpu_start = cpu.read();
             let result = run(plan, &endpoints, subject, Bound::Time(plan.run_length)).await?;
             cpu.record_run(cpu_start, result.accepted);
-            if let Some(echo_rate) = echo_rates.last() {
-                paired_ratios.push(result.per_second() / echo_rate);
-            }
             rates.push(result.per_second());
-        }
-        if let Some(echo) = echo {
-            echo.stop().await?;
         }
         let counters = replication_counters(&endpoints).await?;
 
         let key = format!("writes.servers_{size}");
         let label = format!("{size} data server{}, writes spread over all", if size == 1 { "" } else { "s" });
         let rate = report.add(&format!("{key}.per_second"), &label, "writes/s", rates);
-        if !paired_ratios.is_empty() {
-            report.add(&format!("{key}.paired_echo.per_second"), "  DEALER→ROUTER echo, run just before each", "replies/s", echo_rates);
-            report.add(&format!("{key}.ratio_to_dealer_router"), "  ratio to the echo run just before each", "", paired_ratios);
-        } else if let Some(ceiling) = ceiling {
+        if let Some(ceiling) = ceiling {
             report.add(&format!("{key}.ratio_to_dealer_router"), "  ratio to the DEALER→ROUTER ceiling", "", vec![rate / ceiling]);
         }
         cpu.add_figures(report, &key, "write");
