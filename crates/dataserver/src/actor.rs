@@ -64,7 +64,8 @@ struct Job {
     /// The local changes that got a brief reply, freed by the committer after the
     /// replies. Freed on the actor's thread instead, they left the data server of
     /// `forum-bench --only f` 15 MiB larger (400 against 383 MiB after 1,000,000 posts),
-    /// probably because the allocator gave their blocks to the state's next copies.
+    /// probably because the allocator gave their blocks to the state's next copies. Freeing
+    /// them here costs about 1,000 instructions per write instead (docs/benchmarks.md).
     spent: Vec<Change>,
 }
 
