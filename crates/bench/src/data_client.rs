@@ -267,7 +267,7 @@ pub fn ping_request(id: u64) -> Bytes {
 /// Encodes a `PostMessage` request.
 pub fn post_request(id: u64, subject: forum_protocol::ChangeId, author: &str, text: String) -> Bytes {
     let request = Request::PostMessage { subject, author: author.to_owned(), text };
-    // A client id makes each post carry an idempotency key, and `brief` asks for the short
+    // A client id makes each post carry an idempotency key, and `brief` requests the short
     // reply, as a web server's posts do, so the data server does the same work as in the forum.
     Bytes::from(encode(&WireRequest { v: PROTOCOL_VERSION, id, request, client: Some(BENCH_CLIENT), brief: true }))
 }

@@ -30,9 +30,9 @@ impl Write {
     }
 }
 
-/// The subject and names that a `PostMessage` or `SendPrivate` request sent. The stored message
-/// can differ from them (a merged subject, a name spelled with other capitals), and a brief
-/// reply ([`forum_protocol::Stored`]) names only what differs.
+/// The subject and names of a `PostMessage` or `SendPrivate` request. The stored message can
+/// differ from them (a merged subject, a name in other capitals), and a brief reply
+/// ([`forum_protocol::Stored`]) contains only the fields that differ.
 #[derive(Debug)]
 pub(crate) struct Requested {
     pub subject: Option<ChangeId>,

@@ -50,7 +50,7 @@ pub(crate) struct Decoded {
     pub id: u64,
     /// The idempotency key of a write, when its web server sent a client id.
     key: Option<IdempotencyKey>,
-    /// Whether the client asked for a brief reply to a stored message.
+    /// Whether the client requested a brief reply to a stored message.
     brief: bool,
     request: Request,
 }

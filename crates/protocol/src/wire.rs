@@ -23,10 +23,10 @@ pub struct WireRequest {
     /// idempotency key of a write, so a write retried on another data server is stored once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<u64>,
-    /// Asks for [`Reply::Stored`] instead of the whole stored message when a `PostMessage` or
-    /// `SendPrivate` stores a new message, so the reply leaves out what the request already
-    /// holds. A data server may still send the whole message (one that predates this field
-    /// ignores it, and a retried write gets its original reply), so a client takes both.
+    /// Whether a `PostMessage` or `SendPrivate` that stores a new message gets
+    /// [`Reply::Stored`], which leaves out what the request already contains. A client must
+    /// accept the whole message too: an older data server ignores this field, and a retried
+    /// write gets its original reply.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub brief: bool,
 }
@@ -152,13 +152,13 @@ pub enum Reply {
     Feed(FeedBatch),
     /// A valid session: its user's name and when it expires, in milliseconds since the Unix epoch.
     Session { user: String, expires_at: u64 },
-    /// A message stored for a request that asked for a brief reply ([`WireRequest::brief`]).
+    /// A message stored for a request with [`WireRequest::brief`] set.
     Stored(Stored),
 }
 
-/// The part of a stored message that the data server chose. The rest is what the
-/// `PostMessage` or `SendPrivate` request sent, and [`Stored::message`] and
-/// [`Stored::private_message`] put the two together.
+/// The fields of a stored message that the data server set. The other fields are those of the
+/// `PostMessage` or `SendPrivate` request, and [`Stored::message`] and
+/// [`Stored::private_message`] combine the two.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stored {
     pub id: ChangeId,
@@ -169,7 +169,7 @@ pub struct Stored {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<ChangeId>,
     /// The author's or sender's name as registered, when the request spelled it otherwise.
-    /// (A `Box<str>` keeps [`Reply`] as small as the reply to a post.)
+    /// `Box<str>` keeps [`Reply`] no larger than its `Message` variant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub author: Option<Box<str>>,
     /// The recipient's name as registered, when the request spelled it otherwise.

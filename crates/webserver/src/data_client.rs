@@ -176,7 +176,8 @@ impl DataClient {
 
     async fn request_within(&self, request: Request, timeout: Duration) -> Result<Reply, DataError> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        // Brief replies to posts and private messages: the handler that asked has the rest.
+        // Posts and private messages request brief replies, because their handler keeps the
+        // rest of the message.
         let brief = matches!(request, Request::PostMessage { .. } | Request::SendPrivate { .. });
         let wire = WireRequest { v: PROTOCOL_VERSION, id, request, client: Some(self.shared.client), brief };
         let payload = Bytes::from(encode(&wire));
