@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use forum_protocol::{
     fold, folded, now_millis, Change, ChangeId, ChangeKind, FeedNote, ErrorCode, ErrorReply, IdempotencyKey, Message, Page, PrivateMessage,
-    Reply, ServerId, Stored, Subject, User, UserStatus, VersionVector,
+    Reply, ServerId, Stored, Subject, User, UserStatus, VersionVector, MAX_REPLY_BYTES,
 };
 use rustc_hash::FxHashMap;
 
@@ -23,6 +23,25 @@ use crate::version_vector::VersionTracker;
 
 fn order_key(change: &Change) -> OrderKey {
     (change.lamport, change.id.origin, change.id.seq)
+}
+
+/// An upper bound of the encoded size of one message besides its text and names, in bytes.
+/// The field names, two ids, two times and the headers of the map and strings take at most
+/// 124 bytes, with ids of the largest origin and sequence number.
+const MESSAGE_OVERHEAD_BYTES: usize = 128;
+
+/// Rejects a request for a whole conversation when its reply could be larger than
+/// `max_bytes`, as [`ForumState::check_history_size`] does for a subject.
+fn check_conversation_size(conversation: Option<&BTreeMap<OrderKey, PrivateMessage>>, max_bytes: usize) -> Result<(), ErrorReply> {
+    let mut bytes = 0;
+    for message in conversation.into_iter().flat_map(BTreeMap::values) {
+        bytes += MESSAGE_OVERHEAD_BYTES + message.text.len() + message.from.len() + message.to.len();
+        if bytes > max_bytes {
+            let message = format!("the conversation is larger than one reply may be ({max_bytes} bytes); request it in pages with a limit");
+            return Err(error(ErrorCode::InvalidInput, message));
+        }
+    }
+    Ok(())
 }
 
 /// Returns the key of the conversation between two users: both folded names, smaller first.
@@ -417,7 +436,9 @@ impl ForumState {
     pub fn read(&self, read: Read) -> Reply {
         let result = match read {
             Read::ListSubjects => Ok(Reply::Subjects(self.list_subjects())),
-            Read::History { subject, page: None } => self.subject(subject).map(|winner| Reply::Messages(self.history(winner))),
+            Read::History { subject, page: None } => self
+                .subject(subject)
+                .and_then(|winner| self.check_history_size(winner, MAX_REPLY_BYTES).map(|()| Reply::Messages(self.history(winner)))),
             Read::History { subject, page: Some(page) } => {
                 self.subject(subject).and_then(|winner| self.history_page(winner, page)).map(Reply::MessagePage)
             }
@@ -425,6 +446,7 @@ impl ForumState {
                 let conversation = self.conversations.get(&conversation_key(&user, &other));
                 match page {
                     None => {
+                        check_conversation_size(conversation, MAX_REPLY_BYTES)?;
                         let messages = conversation.map(|messages| messages.values().cloned().collect()).unwrap_or_default();
                         Ok(Reply::PrivateMessages(messages))
                     }
@@ -485,6 +507,27 @@ impl ForumState {
             }
         }
         history.into_values().collect()
+    }
+
+    /// Rejects a request for the whole history of a winning subject when its reply could
+    /// be larger than `max_bytes`. Without this bound, one request for a subject of a million
+    /// posts made the data server build a gigabyte of messages, a reply that no web server
+    /// accepts.
+    fn check_history_size(&self, winner: &Subject, max_bytes: usize) -> Result<(), ErrorReply> {
+        let mut bytes = 0;
+        for id in self.merged_ids(winner) {
+            for post in self.messages.get(&id).into_iter().flat_map(BTreeMap::values) {
+                bytes += MESSAGE_OVERHEAD_BYTES + post.text.len() + self.authors[post.author as usize].len();
+                if bytes > max_bytes {
+                    let message = format!(
+                        "the history of subject {} is larger than one reply may be ({max_bytes} bytes); request it in pages with a limit",
+                        winner.id
+                    );
+                    return Err(error(ErrorCode::InvalidInput, message));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Returns the ids of a winning subject and of every subject merged into it.
@@ -983,5 +1026,74 @@ mod tests {
         state.apply(&registered(1, 1, 1, "ana", "h"));
         let offline = Write::SetPresence { user: "ana".into(), webserver: "w1".into(), online: false };
         assert_eq!(state.prepare(offline, ChangeId::new(1, 2), 2, 0), Ok(None));
+    }
+
+    fn posted(seq: u64, subject: ChangeId, text: String) -> Change {
+        let message = Message { id: ChangeId::new(1, seq), subject, author: "ana".into(), text, time: 0, lamport: seq };
+        change(1, seq, seq, ChangeKind::MessagePosted { message })
+    }
+
+    fn private_sent(seq: u64, text: String) -> Change {
+        let message = PrivateMessage { id: ChangeId::new(1, seq), from: "ana".into(), to: "bea".into(), text, time: 0, lamport: seq };
+        change(1, seq, seq, ChangeKind::PrivateSent { message })
+    }
+
+    /// The estimate of a message's encoded size must never be smaller than the real one, so
+    /// the fixed part must cover the longest ids.
+    #[test]
+    fn message_overhead_covers_longest_ids() {
+        let longest = ChangeId::new(ServerId::MAX, u64::MAX);
+        let message = Message { id: longest, subject: longest, author: String::new(), text: String::new(), time: u64::MAX, lamport: u64::MAX };
+        let encoded = forum_protocol::encode(&message).len();
+        assert!(encoded <= MESSAGE_OVERHEAD_BYTES, "a message without text takes {encoded} bytes");
+        let private =
+            PrivateMessage { id: longest, from: String::new(), to: String::new(), text: String::new(), time: u64::MAX, lamport: u64::MAX };
+        let encoded = forum_protocol::encode(&private).len();
+        assert!(encoded <= MESSAGE_OVERHEAD_BYTES, "a private message without text takes {encoded} bytes");
+    }
+
+    /// A whole history is returned up to the reply size that web servers accept, and its
+    /// encoded reply fits in it. One more message makes the request invalid.
+    #[test]
+    fn unpaged_history_bounded_by_reply_size() {
+        const TEXT_BYTES: usize = 4000;
+        let fitting = MAX_REPLY_BYTES / (MESSAGE_OVERHEAD_BYTES + TEXT_BYTES + "ana".len());
+        let topic = subject(1, 2, 2, "Exams");
+        let mut changes = vec![registered(1, 1, 1, "ana", "h"), topic.clone()];
+        changes.extend((0..fitting as u64).map(|index| posted(index + 3, topic.id, "x".repeat(TEXT_BYTES))));
+        let mut state = ForumState::from_changes(changes);
+
+        let read = || Read::History { subject: topic.id, page: None };
+        let reply = state.read(read());
+        let Reply::Messages(messages) = &reply else { panic!("expected the whole history, got an error") };
+        assert_eq!(messages.len(), fitting);
+        let encoded = forum_protocol::encode(&forum_protocol::WireReply { v: forum_protocol::PROTOCOL_VERSION, id: u64::MAX, reply: reply.clone() });
+        assert!(encoded.len() <= MAX_REPLY_BYTES, "the reply takes {} bytes", encoded.len());
+
+        state.apply(&posted(fitting as u64 + 3, topic.id, "x".repeat(TEXT_BYTES)));
+        match state.read(read()) {
+            Reply::Error(rejection) => {
+                assert_eq!(rejection.code, ErrorCode::InvalidInput);
+                assert!(rejection.message.contains("in pages"), "the message says what to do: {}", rejection.message);
+            }
+            _ => panic!("expected an error for a history larger than one reply"),
+        }
+        let page = Read::History { subject: topic.id, page: Some(PageRequest { before: None, limit: 10 }) };
+        assert!(matches!(state.read(page), Reply::MessagePage(_)), "pages of the same history are still served");
+    }
+
+    #[test]
+    fn unpaged_conversation_bounded_by_reply_size() {
+        let mut state = ForumState::from_changes([registered(1, 1, 1, "ana", "h"), registered(1, 2, 2, "bea", "h")]);
+        for index in 0..3 {
+            state.apply(&private_sent(index + 3, "x".repeat(100)));
+        }
+        let key = conversation_key("ana", "bea");
+        let conversation = state.conversations.get(&key);
+        assert!(check_conversation_size(conversation, 3 * (MESSAGE_OVERHEAD_BYTES + 100 + 6)).is_ok());
+        let rejection = check_conversation_size(conversation, 3 * (MESSAGE_OVERHEAD_BYTES + 100 + 6) - 1).unwrap_err();
+        assert_eq!(rejection.code, ErrorCode::InvalidInput);
+        let read = Read::PrivateHistory { user: "ana".into(), other: "bea".into(), page: None };
+        assert!(matches!(state.read(read), Reply::PrivateMessages(messages) if messages.len() == 3));
     }
 }

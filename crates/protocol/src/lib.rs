@@ -32,7 +32,7 @@ pub use replication::{
     WireHeartbeat,
 };
 pub use validate::{fold, folded, validate_name, validate_password, validate_text, validate_title, Invalid};
-pub use wire::{ErrorCode, ErrorReply, Page, Reply, Request, Stored, WireChange, WireReply, WireRequest, MAX_PAGE_LIMIT};
+pub use wire::{ErrorCode, ErrorReply, Page, Reply, Request, Stored, WireChange, WireReply, WireRequest, MAX_PAGE_LIMIT, MAX_REPLY_BYTES};
 
 /// The version every envelope carries in its `v` field. Bump it on any incompatible change
 /// to an envelope. A data server's store keeps changes as encoded [`WireChange`]s, which carry

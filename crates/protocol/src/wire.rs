@@ -65,8 +65,9 @@ pub enum Request {
     /// Reads a subject's history. Without `limit`, replies [`Reply::Messages`] with the whole
     /// history in history order. With `limit`, replies [`Reply::MessagePage`] with the newest
     /// `limit` messages (at most [`MAX_PAGE_LIMIT`]) older than the message `before`, or the
-    /// newest of all without `before`. Errors: `UnknownSubject`, and `UnknownMessage` when
-    /// `before` is not a message of this subject.
+    /// newest of all without `before`. Errors: `UnknownSubject`, `UnknownMessage` when
+    /// `before` is not a message of this subject, and `InvalidInput` without `limit` when the
+    /// whole history could exceed [`MAX_REPLY_BYTES`].
     History {
         subject: ChangeId,
         /// The paging cursor: the id of a message of this subject.
@@ -81,8 +82,10 @@ pub enum Request {
     SendPrivate { from: String, to: String, text: String },
     /// Reads the conversation between `user` and `other`. Pages like [`Request::History`]:
     /// without `limit`, replies [`Reply::PrivateMessages`] with the whole conversation in
-    /// history order, and with it, [`Reply::PrivatePage`]. Errors: `UnknownUser`, and
-    /// `UnknownMessage` when `before` is not a message of this conversation.
+    /// history order, and with it, [`Reply::PrivatePage`]. Errors: `UnknownUser`,
+    /// `UnknownMessage` when `before` is not a message of this conversation, and
+    /// `InvalidInput` without `limit` when the whole conversation could exceed
+    /// [`MAX_REPLY_BYTES`].
     PrivateHistory {
         user: String,
         other: String,
@@ -207,6 +210,10 @@ impl Stored {
 /// `limit` to it. At the 4096-byte maximum text size, a page stays near 4 MiB, far below the
 /// 64 MiB reply size that web servers accept.
 pub const MAX_PAGE_LIMIT: u32 = 1000;
+
+/// The maximum size of one reply that web servers accept, in bytes. A data server rejects a
+/// request for a whole history (without `limit`) whose reply could be larger.
+pub const MAX_REPLY_BYTES: usize = 64 << 20;
 
 /// One page of a history: consecutive messages in history order (oldest first).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -51,7 +51,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// NOTE: a data server older than paging replies to a history request with the whole history,
 /// which exceeds this size for a subject of about 200,000 posts of 140 bytes (an encoded
 /// message takes about 300 bytes).
-pub const MAX_REPLY_BYTES: u64 = 64 << 20;
+pub const MAX_REPLY_BYTES: u64 = forum_protocol::MAX_REPLY_BYTES as u64;
 /// Requests waiting for the writer task. When it is full, new requests fail at once with
 /// [`DataError::QueueFull`] (HTTP 503) instead of waiting.
 const OUTGOING_QUEUE_CAPACITY: usize = 1024;
