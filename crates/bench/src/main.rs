@@ -13,6 +13,7 @@ mod data_client;
 mod end_to_end;
 mod fan_out;
 mod forum;
+mod interrupt;
 mod machine;
 mod memory;
 mod plot;
@@ -156,7 +157,15 @@ fn main() -> anyhow::Result<()> {
         return roles::run(role);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("failed to start tokio")?;
-    runtime.block_on(measure(arguments.options))
+    let result = runtime.block_on(measure(arguments.options));
+    drop(runtime);
+    if let Err(error) = &result {
+        if let Some(interrupted) = error.downcast_ref::<interrupt::Interrupted>() {
+            eprintln!("{interrupted}");
+            std::process::exit(interrupted.exit_code());
+        }
+    }
+    result
 }
 
 async fn measure(options: Options) -> anyhow::Result<()> {
@@ -164,6 +173,9 @@ async fn measure(options: Options) -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
+    // Listens before any server starts, so that no signal can end the tool with its default
+    // action and leave servers and stores behind.
+    let mut interrupts = interrupt::Interrupts::listen()?;
     let plan = Plan::from_options(&options);
     if let Some(unknown) = options.only.chars().find(|letter| !"abcdef".contains(*letter)) {
         anyhow::bail!("invalid benchmark {unknown:?} in --only; use letters from a to f, such as --only ab");
@@ -181,24 +193,18 @@ async fn measure(options: Options) -> anyhow::Result<()> {
     let mut report = Report::new(machine, plan.clone(), options.out.clone());
     report.print_header();
 
-    let selected = |letter: char| options.only.contains(letter);
-    if selected('a') {
-        transport::measure(&plan, scratch.path(), &mut report).await?;
-    }
-    if selected('b') {
-        writes::measure(&plan, scratch.path(), &mut report).await?;
-    }
-    if selected('c') {
-        end_to_end::measure(&plan, scratch.path(), &mut report).await?;
-    }
-    if selected('d') {
-        fan_out::measure(&plan, scratch.path(), &mut report).await?;
-    }
-    if selected('e') {
-        catch_up::measure(&plan, scratch.path(), &mut report).await?;
-    }
-    if selected('f') {
-        memory::measure(&plan, scratch.path(), &mut report).await?;
+    // On a signal, the benchmark future is dropped, which kills every child process it owns
+    // (`ChildProcess` kills on drop), and then the scratch folder is removed.
+    let signal = tokio::select! {
+        result = run_benchmarks(&options.only, &plan, scratch.path(), &mut report) => {
+            result?;
+            None
+        }
+        signal = interrupts.recv() => Some(signal),
+    };
+    if let Some(signal) = signal {
+        let removal = interrupt::remove_scratch(scratch.path()).await;
+        return Err(interrupt::Interrupted { signal, scratch: scratch.path().to_owned(), removal }.into());
     }
 
     report.print_targets();
@@ -207,3 +213,28 @@ async fn measure(options: Options) -> anyhow::Result<()> {
     println!("\nwrote {}", options.out.display());
     Ok(())
 }
+
+/// Runs the benchmarks whose letters are in `only`, in alphabetical order.
+async fn run_benchmarks(only: &str, plan: &Plan, scratch: &std::path::Path, report: &mut Report) -> anyhow::Result<()> {
+    let selected = |letter: char| only.contains(letter);
+    if selected('a') {
+        transport::measure(plan, scratch, report).await?;
+    }
+    if selected('b') {
+        writes::measure(plan, scratch, report).await?;
+    }
+    if selected('c') {
+        end_to_end::measure(plan, scratch, report).await?;
+    }
+    if selected('d') {
+        fan_out::measure(plan, scratch, report).await?;
+    }
+    if selected('e') {
+        catch_up::measure(plan, scratch, report).await?;
+    }
+    if selected('f') {
+        memory::measure(plan, scratch, report).await?;
+    }
+    Ok(())
+}
+
