@@ -183,6 +183,7 @@ async fn measure(options: Options) -> anyhow::Result<()> {
     let open_files = machine::raise_open_file_limit()?;
     std::fs::create_dir_all(&options.out)
         .with_context(|| format!("failed to create the output folder {}", options.out.display()))?;
+    report::check_writable(&options.out)?;
     let scratch = match &options.data_dir {
         Some(parent) => tempfile::Builder::new().prefix("forum-bench-").tempdir_in(parent),
         None => tempfile::Builder::new().prefix("forum-bench-").tempdir(),

@@ -2,7 +2,7 @@
 //! JSON.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::Serialize;
@@ -121,10 +121,30 @@ impl Report {
 
     /// Writes the report as `results.json` in the output folder.
     pub fn write_json(&self) -> anyhow::Result<()> {
-        let path = self.out.join("results.json");
+        let path = self.out.join(RESULTS_FILE);
         let json = serde_json::to_string_pretty(self)?;
         std::fs::write(&path, json + "\n").with_context(|| format!("failed to write {}", path.display()))
     }
+}
+
+/// The name of the report in the output folder.
+pub const RESULTS_FILE: &str = "results.json";
+
+/// Checks that `results.json` can be written in the folder `out`, so that a run fails before
+/// its benchmarks and not after them. Opens the file for appending, which changes no existing
+/// results, and removes it again when the check created it.
+pub fn check_writable(out: &Path) -> anyhow::Result<()> {
+    let path = out.join(RESULTS_FILE);
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&path)
+        .with_context(|| format!("cannot write {} (choose another folder with --out)", path.display()))?;
+    if !existed {
+        std::fs::remove_file(&path).with_context(|| format!("failed to remove the empty {} created by the check", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Formats a value with three significant digits, or as a whole number when it is large.
@@ -147,7 +167,40 @@ pub fn format_value(value: f64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::format_value;
+    use super::{check_writable, format_value, RESULTS_FILE};
+
+    #[test]
+    fn check_writable_leaves_no_file() {
+        let out = tempfile::tempdir().unwrap();
+
+        check_writable(out.path()).unwrap();
+
+        assert!(!out.path().join(RESULTS_FILE).exists(), "the check left an empty results.json");
+    }
+
+    #[test]
+    fn check_writable_keeps_existing_results() {
+        let out = tempfile::tempdir().unwrap();
+        let path = out.path().join(RESULTS_FILE);
+        std::fs::write(&path, "{}\n").unwrap();
+
+        check_writable(out.path()).unwrap();
+
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{}\n");
+    }
+
+    #[test]
+    fn check_writable_rejects_unwritable_path() {
+        let out = tempfile::tempdir().unwrap();
+        // A folder in the place of the file fails even for root, unlike missing permissions.
+        std::fs::create_dir(out.path().join(RESULTS_FILE)).unwrap();
+
+        let error = check_writable(out.path()).unwrap_err();
+
+        let message = format!("{error:#}");
+        assert!(message.contains(&out.path().join(RESULTS_FILE).display().to_string()), "{message}");
+        assert!(message.contains("--out"), "{message}");
+    }
 
     #[test]
     fn format_value_keeps_three_digits() {
