@@ -25,8 +25,49 @@ pub struct Figure {
 pub struct TargetCheck {
     pub figure: String,
     pub target: String,
-    /// `None` when the figure was not measured.
+    /// `None` when the figure was not measured or the run was quick.
     pub met: Option<bool>,
+    pub verdict: Verdict,
+}
+
+/// The outcome of checking a figure against its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Met,
+    Missed,
+    NotMeasured,
+    /// A `--quick` run measured the figure, but its figures mean nothing.
+    NotChecked,
+}
+
+impl Verdict {
+    /// Returns the verdict of a target for a figure's `value` in a quick run or not.
+    fn of(value: Option<f64>, meets: fn(f64) -> bool, quick: bool) -> Verdict {
+        match value {
+            None => Verdict::NotMeasured,
+            Some(_) if quick => Verdict::NotChecked,
+            Some(value) if meets(value) => Verdict::Met,
+            Some(_) => Verdict::Missed,
+        }
+    }
+
+    fn met(self) -> Option<bool> {
+        match self {
+            Verdict::Met => Some(true),
+            Verdict::Missed => Some(false),
+            Verdict::NotMeasured | Verdict::NotChecked => None,
+        }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            Verdict::Met => "met",
+            Verdict::Missed => "MISSED",
+            Verdict::NotMeasured => "not measured",
+            Verdict::NotChecked => "not checked (--quick)",
+        }
+    }
 }
 
 /// Everything one invocation measured.
@@ -107,15 +148,10 @@ impl Report {
         ];
         Report::section("targets");
         for (key, target, meets) in checks {
-            let met = self.value(key).map(meets);
-            let verdict = match met {
-                Some(true) => "met",
-                Some(false) => "MISSED",
-                None => "not measured",
-            };
+            let verdict = Verdict::of(self.value(key), meets, self.plan.quick);
             let shown = self.value(key).map_or_else(|| "-".to_owned(), format_value);
-            println!("  {key:<45} {shown:>12}  {target:<45} {verdict}");
-            self.targets.push(TargetCheck { figure: key.to_owned(), target: target.to_owned(), met });
+            println!("  {key:<45} {shown:>12}  {target:<45} {}", verdict.text());
+            self.targets.push(TargetCheck { figure: key.to_owned(), target: target.to_owned(), met: verdict.met(), verdict });
         }
     }
 
@@ -167,7 +203,20 @@ pub fn format_value(value: f64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_writable, format_value, RESULTS_FILE};
+    use super::{check_writable, format_value, Verdict, RESULTS_FILE};
+
+    #[test]
+    fn verdict_of_quick_run_is_not_checked() {
+        let below_one = |value: f64| value < 1.0;
+
+        assert_eq!(Verdict::of(Some(0.5), below_one, false), Verdict::Met);
+        assert_eq!(Verdict::of(Some(2.0), below_one, false), Verdict::Missed);
+        assert_eq!(Verdict::of(None, below_one, false), Verdict::NotMeasured);
+        assert_eq!(Verdict::of(Some(2.0), below_one, true), Verdict::NotChecked);
+        assert_eq!(Verdict::of(None, below_one, true), Verdict::NotMeasured);
+        assert_eq!(Verdict::NotChecked.met(), None);
+        assert_eq!(serde_json::to_string(&Verdict::NotChecked).unwrap(), "\"not_checked\"");
+    }
 
     #[test]
     fn check_writable_leaves_no_file() {
