@@ -1,11 +1,12 @@
 //! Starting groups of data servers and web servers as child processes, and the forum
 //! contents every benchmark needs: one user and one subject.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use forum_protocol::{ChangeId, Reply, Request};
+use forum_protocol::{ChangeId, Message, Page, Reply, Request, MAX_PAGE_LIMIT};
 
 use crate::children::{free_port, ChildProcess};
 use crate::data_client;
@@ -120,10 +121,41 @@ pub async fn wait_for_subject(endpoint: &str, id: ChangeId) -> anyhow::Result<()
 }
 
 /// Returns the number of messages in subject `id` on the data server at `endpoint`.
+///
+/// Reads the history in pages of [`MAX_PAGE_LIMIT`] messages, newest first, so that the data
+/// server never builds the whole history as one reply. While messages arrive, the count is
+/// at most the final length, because a message that arrives newer than the page being read is
+/// not counted.
 pub async fn history_length(endpoint: &str, id: ChangeId) -> anyhow::Result<usize> {
-    match data_client::request(endpoint, Request::History { subject: id, before: None, limit: None }).await.context("reading a history")? {
-        Reply::Messages(messages) => Ok(messages.len()),
-        other => bail!("reading the history of {id} failed: {other:?}"),
+    count_history_pages(|before| async move {
+        let request = Request::History { subject: id, before, limit: Some(MAX_PAGE_LIMIT) };
+        match data_client::request(endpoint, request).await.context("reading a history page")? {
+            Reply::MessagePage(page) => Ok(page),
+            other => bail!("reading the history of {id} failed: {other:?}"),
+        }
+    })
+    .await
+}
+
+/// Counts the messages of a history by calling `read_page` with the paging cursor: `None`
+/// for the newest page, then the id of the oldest message of the previous page.
+async fn count_history_pages<F, R>(mut read_page: F) -> anyhow::Result<usize>
+where
+    F: FnMut(Option<ChangeId>) -> R,
+    R: Future<Output = anyhow::Result<Page<Message>>>,
+{
+    let mut count = 0;
+    let mut before = None;
+    loop {
+        let page = read_page(before).await?;
+        count += page.messages.len();
+        if !page.more {
+            return Ok(count);
+        }
+        let Some(oldest) = page.messages.first() else {
+            bail!("invalid history page after {count} messages: it is empty but `more` is set");
+        };
+        before = Some(oldest.id);
     }
 }
 
@@ -146,4 +178,71 @@ pub async fn stop_all(processes: Vec<ChildProcess>) -> anyhow::Result<()> {
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use forum_protocol::{ChangeId, Message, Page};
+
+    use super::count_history_pages;
+
+    /// Returns `length` messages in history order, with ids of sequence numbers 1 to `length`.
+    fn history(length: u64) -> Vec<Message> {
+        (1..=length)
+            .map(|seq| Message {
+                id: ChangeId::new(1, seq),
+                subject: ChangeId::new(1, 0),
+                author: "bench".into(),
+                text: format!("post {seq}"),
+                time: 0,
+                lamport: seq,
+            })
+            .collect()
+    }
+
+    /// Serves pages of `size` messages from `messages` as a data server does: the newest
+    /// `size` messages older than `before`, oldest first.
+    fn page(messages: &[Message], before: Option<ChangeId>, size: usize) -> Page<Message> {
+        let end = before.map_or(messages.len(), |id| messages.iter().position(|message| message.id == id).expect("a known cursor"));
+        let start = end.saturating_sub(size);
+        Page { messages: messages[start..end].to_vec(), more: start > 0 }
+    }
+
+    #[tokio::test]
+    async fn count_follows_cursors_to_oldest() {
+        for (length, size) in [(0, 1000), (1, 1000), (1000, 1000), (2500, 1000), (7, 2)] {
+            let messages = history(length);
+            let cursors = RefCell::new(Vec::new());
+
+            let count = count_history_pages(|before| {
+                cursors.borrow_mut().push(before);
+                let reply = page(&messages, before, size);
+                async move { Ok(reply) }
+            })
+            .await
+            .unwrap();
+
+            assert_eq!(count, length as usize, "{length} messages in pages of {size}");
+            let expected_requests = (length as usize).div_ceil(size).max(1);
+            assert_eq!(cursors.borrow().len(), expected_requests, "{length} messages in pages of {size}");
+            assert_eq!(cursors.borrow()[0], None, "the first request has no cursor");
+        }
+    }
+
+    #[tokio::test]
+    async fn count_rejects_empty_page_with_more() {
+        let result = count_history_pages(|_| async { Ok(Page::<Message> { messages: Vec::new(), more: true }) }).await;
+
+        let message = format!("{:#}", result.unwrap_err());
+        assert!(message.contains("empty"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn count_passes_read_errors_on() {
+        let result = count_history_pages(|_| async { anyhow::bail!("connection refused") }).await;
+
+        assert!(result.is_err());
+    }
 }

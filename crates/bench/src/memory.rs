@@ -40,7 +40,7 @@ pub async fn measure(plan: &Plan, scratch: &Path, report: &mut Report) -> anyhow
     let restart_started = Instant::now();
     let server = server.restart().await?;
     let replay = restart_started.elapsed();
-    // Read before the history below: building a reply of a million posts takes memory of its own.
+    // Read before the history below, because its replies take memory of their own.
     let replayed_kib = server.process.resident_kib()?;
     let length = forum::history_length(&server.request, subject).await?;
     if length as u64 != messages {

@@ -2,7 +2,7 @@
 //! JSON.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::Serialize;
@@ -25,8 +25,49 @@ pub struct Figure {
 pub struct TargetCheck {
     pub figure: String,
     pub target: String,
-    /// `None` when the figure was not measured.
+    /// `None` when the figure was not measured or the run was quick.
     pub met: Option<bool>,
+    pub verdict: Verdict,
+}
+
+/// The outcome of checking a figure against its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Met,
+    Missed,
+    NotMeasured,
+    /// A `--quick` run measured the figure, but its figures mean nothing.
+    NotChecked,
+}
+
+impl Verdict {
+    /// Returns the verdict of a target for a figure's `value` in a quick run or not.
+    fn of(value: Option<f64>, meets: fn(f64) -> bool, quick: bool) -> Verdict {
+        match value {
+            None => Verdict::NotMeasured,
+            Some(_) if quick => Verdict::NotChecked,
+            Some(value) if meets(value) => Verdict::Met,
+            Some(_) => Verdict::Missed,
+        }
+    }
+
+    fn met(self) -> Option<bool> {
+        match self {
+            Verdict::Met => Some(true),
+            Verdict::Missed => Some(false),
+            Verdict::NotMeasured | Verdict::NotChecked => None,
+        }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            Verdict::Met => "met",
+            Verdict::Missed => "MISSED",
+            Verdict::NotMeasured => "not measured",
+            Verdict::NotChecked => "not checked (--quick)",
+        }
+    }
 }
 
 /// Everything one invocation measured.
@@ -107,24 +148,39 @@ impl Report {
         ];
         Report::section("targets");
         for (key, target, meets) in checks {
-            let met = self.value(key).map(meets);
-            let verdict = match met {
-                Some(true) => "met",
-                Some(false) => "MISSED",
-                None => "not measured",
-            };
+            let verdict = Verdict::of(self.value(key), meets, self.plan.quick);
             let shown = self.value(key).map_or_else(|| "-".to_owned(), format_value);
-            println!("  {key:<45} {shown:>12}  {target:<45} {verdict}");
-            self.targets.push(TargetCheck { figure: key.to_owned(), target: target.to_owned(), met });
+            println!("  {key:<45} {shown:>12}  {target:<45} {}", verdict.text());
+            self.targets.push(TargetCheck { figure: key.to_owned(), target: target.to_owned(), met: verdict.met(), verdict });
         }
     }
 
     /// Writes the report as `results.json` in the output folder.
     pub fn write_json(&self) -> anyhow::Result<()> {
-        let path = self.out.join("results.json");
+        let path = self.out.join(RESULTS_FILE);
         let json = serde_json::to_string_pretty(self)?;
         std::fs::write(&path, json + "\n").with_context(|| format!("failed to write {}", path.display()))
     }
+}
+
+/// The name of the report in the output folder.
+pub const RESULTS_FILE: &str = "results.json";
+
+/// Checks that `results.json` can be written in the folder `out`, so that a run fails before
+/// its benchmarks and not after them. Opens the file for appending, which changes no existing
+/// results, and removes it again when the check created it.
+pub fn check_writable(out: &Path) -> anyhow::Result<()> {
+    let path = out.join(RESULTS_FILE);
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&path)
+        .with_context(|| format!("cannot write {} (choose another folder with --out)", path.display()))?;
+    if !existed {
+        std::fs::remove_file(&path).with_context(|| format!("failed to remove the empty {} created by the check", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Formats a value with three significant digits, or as a whole number when it is large.
@@ -147,7 +203,53 @@ pub fn format_value(value: f64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::format_value;
+    use super::{check_writable, format_value, Verdict, RESULTS_FILE};
+
+    #[test]
+    fn verdict_of_quick_run_is_not_checked() {
+        let below_one = |value: f64| value < 1.0;
+
+        assert_eq!(Verdict::of(Some(0.5), below_one, false), Verdict::Met);
+        assert_eq!(Verdict::of(Some(2.0), below_one, false), Verdict::Missed);
+        assert_eq!(Verdict::of(None, below_one, false), Verdict::NotMeasured);
+        assert_eq!(Verdict::of(Some(2.0), below_one, true), Verdict::NotChecked);
+        assert_eq!(Verdict::of(None, below_one, true), Verdict::NotMeasured);
+        assert_eq!(Verdict::NotChecked.met(), None);
+        assert_eq!(serde_json::to_string(&Verdict::NotChecked).unwrap(), "\"not_checked\"");
+    }
+
+    #[test]
+    fn check_writable_leaves_no_file() {
+        let out = tempfile::tempdir().unwrap();
+
+        check_writable(out.path()).unwrap();
+
+        assert!(!out.path().join(RESULTS_FILE).exists(), "the check left an empty results.json");
+    }
+
+    #[test]
+    fn check_writable_keeps_existing_results() {
+        let out = tempfile::tempdir().unwrap();
+        let path = out.path().join(RESULTS_FILE);
+        std::fs::write(&path, "{}\n").unwrap();
+
+        check_writable(out.path()).unwrap();
+
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{}\n");
+    }
+
+    #[test]
+    fn check_writable_rejects_unwritable_path() {
+        let out = tempfile::tempdir().unwrap();
+        // A folder in the place of the file fails even for root, unlike missing permissions.
+        std::fs::create_dir(out.path().join(RESULTS_FILE)).unwrap();
+
+        let error = check_writable(out.path()).unwrap_err();
+
+        let message = format!("{error:#}");
+        assert!(message.contains(&out.path().join(RESULTS_FILE).display().to_string()), "{message}");
+        assert!(message.contains("--out"), "{message}");
+    }
 
     #[test]
     fn format_value_keeps_three_digits() {

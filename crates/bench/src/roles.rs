@@ -2,7 +2,8 @@
 //! server, and the two raw zeromq peers of the transport ceiling.
 //!
 //! Each one prints one line `READY <address>...` on standard output once it is bound, then
-//! serves until SIGTERM.
+//! serves until SIGTERM or until its standard input reaches end-of-file. The parent owns the
+//! write end of that pipe, so a child also stops when the parent dies, even by SIGKILL.
 
 use std::io::{BufRead, Write};
 
@@ -86,10 +87,32 @@ fn announce(addresses: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn terminated() -> anyhow::Result<()> {
+/// Completes on SIGTERM or when standard input reaches end-of-file (or fails).
+///
+/// Standard input is read on a plain thread, because a blocking read cannot be cancelled and
+/// would keep a runtime's blocking pool from shutting down. Each line read is sent to
+/// `lines`, when given, for roles that take commands.
+async fn stop_requested(lines: Option<tokio::sync::mpsc::Sender<()>>) -> anyhow::Result<()> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("failed to listen for SIGTERM")?;
-    terminate.recv().await;
+    let (closed, input_closed) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            if line.is_err() {
+                break;
+            }
+            if let Some(lines) = &lines {
+                if lines.blocking_send(()).is_err() {
+                    break;
+                }
+            }
+        }
+        let _ = closed.send(());
+    });
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = input_closed => tracing::info!("standard input closed, so the parent has stopped or died; stopping"),
+    }
     Ok(())
 }
 
@@ -99,7 +122,7 @@ async fn serve_data(id: u32, request: String, publish: String, data_dir: PathBuf
     let options = forum_dataserver::Options { cluster_key: crate::data_client::cluster_key().cloned(), ..Default::default() };
     let server = DataServer::start_with(config, options).await?;
     announce(&[server.request_endpoint(), server.pub_endpoint()])?;
-    terminated().await?;
+    stop_requested(None).await?;
     server.shutdown().await;
     Ok(())
 }
@@ -115,7 +138,7 @@ async fn serve_web(data_request: String, data_pub: String, name: String) -> anyh
     let options = forum_webserver::Options { cluster_key: crate::data_client::cluster_key().cloned(), ..Default::default() };
     let server = WebServer::start_with(config, options).await?;
     announce(&[&server.local_addr().to_string()])?;
-    terminated().await?;
+    stop_requested(None).await?;
     server.shutdown().await;
     Ok(())
 }
@@ -124,7 +147,7 @@ async fn echo() -> anyhow::Result<()> {
     let mut socket = RouterSocket::new();
     let bound = socket.bind("tcp://127.0.0.1:0").await?;
     announce(&[&bound.to_string()])?;
-    let stop = terminated();
+    let stop = stop_requested(None);
     tokio::pin!(stop);
     loop {
         let message = tokio::select! {
@@ -143,14 +166,7 @@ async fn publish(count: u64, header_bytes: usize, bytes: usize) -> anyhow::Resul
     let header = Bytes::from(vec![b'h'; header_bytes]);
     let payload = Bytes::from(vec![b'x'; bytes]);
     let (lines, mut starts) = tokio::sync::mpsc::channel::<()>(1);
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            if line.is_err() || lines.blocking_send(()).is_err() {
-                break;
-            }
-        }
-    });
-    let stop = terminated();
+    let stop = stop_requested(Some(lines));
     tokio::pin!(stop);
     loop {
         tokio::select! {
