@@ -1039,17 +1039,25 @@ mod tests {
     }
 
     /// The estimate of a message's encoded size must never be smaller than the real one, so
-    /// the fixed part must cover the longest ids.
+    /// the fixed part must cover the longest ids and the headers of the longest strings.
     #[test]
     fn message_overhead_covers_longest_ids() {
         let longest = ChangeId::new(ServerId::MAX, u64::MAX);
-        let message = Message { id: longest, subject: longest, author: String::new(), text: String::new(), time: u64::MAX, lamport: u64::MAX };
-        let encoded = forum_protocol::encode(&message).len();
-        assert!(encoded <= MESSAGE_OVERHEAD_BYTES, "a message without text takes {encoded} bytes");
-        let private =
-            PrivateMessage { id: longest, from: String::new(), to: String::new(), text: String::new(), time: u64::MAX, lamport: u64::MAX };
-        let encoded = forum_protocol::encode(&private).len();
-        assert!(encoded <= MESSAGE_OVERHEAD_BYTES, "a private message without text takes {encoded} bytes");
+        // The longest name in bytes: letters of 4 bytes each.
+        let name = "\u{1D49C}".repeat(forum_protocol::MAX_NAME_CHARS);
+        let text = "x".repeat(forum_protocol::MAX_TEXT_BYTES);
+        for (author, text) in [(String::new(), String::new()), (name.clone(), text.clone())] {
+            let estimate = MESSAGE_OVERHEAD_BYTES + text.len() + author.len();
+            let message = Message { id: longest, subject: longest, author, text, time: u64::MAX, lamport: u64::MAX };
+            let encoded = forum_protocol::encode(&message).len();
+            assert!(encoded <= estimate, "a message takes {encoded} bytes, estimated {estimate}");
+        }
+        for (from, text) in [(String::new(), String::new()), (name.clone(), text.clone())] {
+            let estimate = MESSAGE_OVERHEAD_BYTES + text.len() + 2 * from.len();
+            let private = PrivateMessage { id: longest, to: from.clone(), from, text, time: u64::MAX, lamport: u64::MAX };
+            let encoded = forum_protocol::encode(&private).len();
+            assert!(encoded <= estimate, "a private message takes {encoded} bytes, estimated {estimate}");
+        }
     }
 
     /// A whole history is returned up to the reply size that web servers accept, and its
@@ -1082,18 +1090,32 @@ mod tests {
         assert!(matches!(state.read(page), Reply::MessagePage(_)), "pages of the same history are still served");
     }
 
+    /// The same bound for a conversation, through `read` as a request takes it.
     #[test]
     fn unpaged_conversation_bounded_by_reply_size() {
+        const TEXT_BYTES: usize = 4000;
+        let fitting = MAX_REPLY_BYTES / (MESSAGE_OVERHEAD_BYTES + TEXT_BYTES + "ana".len() + "bea".len());
         let mut state = ForumState::from_changes([registered(1, 1, 1, "ana", "h"), registered(1, 2, 2, "bea", "h")]);
-        for index in 0..3 {
-            state.apply(&private_sent(index + 3, "x".repeat(100)));
+        for index in 0..fitting as u64 {
+            state.apply(&private_sent(index + 3, "x".repeat(TEXT_BYTES)));
         }
-        let key = conversation_key("ana", "bea");
-        let conversation = state.conversations.get(&key);
-        assert!(check_conversation_size(conversation, 3 * (MESSAGE_OVERHEAD_BYTES + 100 + 6)).is_ok());
-        let rejection = check_conversation_size(conversation, 3 * (MESSAGE_OVERHEAD_BYTES + 100 + 6) - 1).unwrap_err();
-        assert_eq!(rejection.code, ErrorCode::InvalidInput);
-        let read = Read::PrivateHistory { user: "ana".into(), other: "bea".into(), page: None };
-        assert!(matches!(state.read(read), Reply::PrivateMessages(messages) if messages.len() == 3));
+
+        let read = || Read::PrivateHistory { user: "ana".into(), other: "bea".into(), page: None };
+        let reply = state.read(read());
+        let Reply::PrivateMessages(messages) = &reply else { panic!("expected the whole conversation, got an error") };
+        assert_eq!(messages.len(), fitting);
+        let encoded = forum_protocol::encode(&forum_protocol::WireReply { v: forum_protocol::PROTOCOL_VERSION, id: u64::MAX, reply: reply.clone() });
+        assert!(encoded.len() <= MAX_REPLY_BYTES, "the reply takes {} bytes", encoded.len());
+
+        state.apply(&private_sent(fitting as u64 + 3, "x".repeat(TEXT_BYTES)));
+        match state.read(read()) {
+            Reply::Error(rejection) => {
+                assert_eq!(rejection.code, ErrorCode::InvalidInput);
+                assert!(rejection.message.contains("in pages"), "the message says what to do: {}", rejection.message);
+            }
+            _ => panic!("expected an error for a conversation larger than one reply"),
+        }
+        let page = Read::PrivateHistory { user: "ana".into(), other: "bea".into(), page: Some(PageRequest { before: None, limit: 10 }) };
+        assert!(matches!(state.read(page), Reply::PrivatePage(_)), "pages of the same conversation are still served");
     }
 }
