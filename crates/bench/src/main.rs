@@ -102,6 +102,11 @@ pub struct Options {
           value_parser = clap::value_parser!(u32).range(1..=100))]
     levels: Vec<u32>,
 
+    /// Redraws the SVG plots in the --out folder from its results.json, without measuring
+    /// anything, for example after a change to the plots.
+    #[arg(long)]
+    replot: bool,
+
     /// The folder for results.json and the SVG plots; created when missing.
     #[arg(long, value_name = "DIR", default_value = "target/forum-bench")]
     out: PathBuf,
@@ -188,6 +193,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(role) = arguments.role {
         return roles::run(role);
     }
+    if arguments.options.replot {
+        return replot(&arguments.options);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("failed to start tokio")?;
     let result = runtime.block_on(measure(arguments.options));
     drop(runtime);
@@ -198,6 +206,15 @@ fn main() -> anyhow::Result<()> {
         }
     }
     result
+}
+
+/// Draws the plots again from the figures of an earlier run in `options.out`.
+fn replot(options: &Options) -> anyhow::Result<()> {
+    let mut report = Report::new(machine::describe(0), Plan::from_options(options), options.out.clone());
+    report.figures = report::read_figures(&options.out)?;
+    plot::draw(&report)?;
+    println!("redrew the plots in {} from its {}", options.out.display(), report::RESULTS_FILE);
+    Ok(())
 }
 
 async fn measure(options: Options) -> anyhow::Result<()> {

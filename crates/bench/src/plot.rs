@@ -13,6 +13,10 @@ pub fn draw(report: &Report) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The latency targets at 50% of the peak rate, drawn on the latency plot.
+const P50_TARGET_MS: f64 = 3.0;
+const P99_TARGET_MS: f64 = 20.0;
+
 fn draw_latency(report: &Report) -> anyhow::Result<()> {
     let mut series: Vec<(&str, RGBColor, Vec<(f64, f64)>)> =
         vec![("p50", BLUE, Vec::new()), ("p95", RGBColor(230, 140, 0), Vec::new()), ("p99", RED, Vec::new())];
@@ -35,8 +39,8 @@ fn draw_latency(report: &Report) -> anyhow::Result<()> {
     // the lower loads, where the targets are. A latency of 0 has no place on it, so the
     // lowest value shown is 0.01 ms. The axis starts at a power of ten, which is its first
     // label.
-    let min_latency = latencies().fold(f64::INFINITY, f64::min).max(0.01);
-    let max_latency = latencies().fold(min_latency, f64::max);
+    let min_latency = latencies().fold(f64::INFINITY, f64::min).max(0.01).min(P50_TARGET_MS);
+    let max_latency = latencies().fold(P99_TARGET_MS, f64::max);
     let bottom = 10f64.powf((min_latency / 1.2).log10().floor());
 
     let path = report.out().join("latency.svg");
@@ -54,9 +58,18 @@ fn draw_latency(report: &Report) -> anyhow::Result<()> {
         // only 1, 2 and 5 get labels.
         .y_labels(40)
         .y_label_formatter(&|latency| format_log_tick(*latency))
+        .x_label_formatter(&|rate| format!("{rate:.0}"))
         .x_desc("offered load (posts/s)")
         .y_desc("latency (ms, log scale)")
         .draw()?;
+    // The targets, which hold at 50% of the peak, as thin lines in the colors of their
+    // percentiles.
+    for (label, latency, color) in [("p50 target at 50% of the peak", P50_TARGET_MS, series[0].1), ("p99 target", P99_TARGET_MS, series[2].1)] {
+        let line = vec![(0.0, latency), (max_rate * 1.05, latency)];
+        chart.draw_series(LineSeries::new(line, color.mix(0.5).stroke_width(1)))?.label(format!("{label}: {latency} ms")).legend(
+            move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.mix(0.5).stroke_width(1)),
+        );
+    }
     for (name, color, points) in series {
         chart.draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?.label(name).legend(move |(x, y)| {
             PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
@@ -192,7 +205,8 @@ mod tests {
     fn latency_plot_separates_low_loads() {
         let out = tempfile::tempdir().unwrap();
         let mut report = empty_report(out.path());
-        // The medians of docs/benchmarks/results.json as committed: per second, p50, p95, p99.
+        // The medians of the run of 15:02 on 2026-12-05, whose p99 at 90% of the peak made a
+        // linear axis useless: per second, p50, p95, p99.
         let levels = [
             (5, 427.7, 1.374, 1.71, 2.271),
             (25, 2138.5, 4.603, 6.531, 7.515),

@@ -5,14 +5,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::machine::Machine;
 use crate::stats::median;
 use crate::Plan;
 
 /// One measured figure: the median of its runs.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Figure {
     pub label: String,
     pub unit: String,
@@ -166,6 +166,18 @@ impl Report {
 /// The name of the report in the output folder.
 pub const RESULTS_FILE: &str = "results.json";
 
+/// Reads the figures of the `results.json` that an earlier run wrote in the folder `out`.
+pub fn read_figures(out: &Path) -> anyhow::Result<BTreeMap<String, Figure>> {
+    #[derive(Deserialize)]
+    struct Written {
+        figures: BTreeMap<String, Figure>,
+    }
+    let path = out.join(RESULTS_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("failed to read {}", path.display()))?;
+    let written: Written = serde_json::from_str(&text).with_context(|| format!("{} is not a results file of forum-bench", path.display()))?;
+    Ok(written.figures)
+}
+
 /// Checks that `results.json` can be written in the folder `out`, so that a run fails before
 /// its benchmarks and not after them. Opens the file for appending, which changes no existing
 /// results, and removes it again when the check created it.
@@ -203,7 +215,29 @@ pub fn format_value(value: f64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_writable, format_value, Verdict, RESULTS_FILE};
+    use super::{check_writable, format_value, read_figures, Verdict, RESULTS_FILE};
+
+    /// `--replot` reads the figures that a full run wrote, such as the committed ones.
+    #[test]
+    fn read_figures_of_committed_run() {
+        let committed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/benchmarks");
+
+        let figures = read_figures(&committed).unwrap();
+
+        let p99 = &figures["end_to_end.load_50.p99_ms"];
+        assert_eq!(p99.runs.len(), 3, "a full run has three runs of each figure");
+        assert!(p99.runs.contains(&p99.median), "the median {} is one of the runs {:?}", p99.median, p99.runs);
+        assert!(figures.contains_key("writes.servers_3.per_second"));
+    }
+
+    #[test]
+    fn read_figures_names_missing_file() {
+        let out = tempfile::tempdir().unwrap();
+
+        let error = read_figures(out.path()).unwrap_err();
+
+        assert!(format!("{error:#}").contains(RESULTS_FILE), "the error names the file: {error:#}");
+    }
 
     #[test]
     fn verdict_of_quick_run_is_not_checked() {
