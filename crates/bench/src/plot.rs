@@ -13,8 +13,9 @@ pub fn draw(report: &Report) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The latency targets at 50% of the peak rate, drawn on the latency plot.
+/// The p50 latency target at 50% of the peak rate, drawn on the latency plot.
 const P50_TARGET_MS: f64 = 3.0;
+/// The p99 latency target at 50% of the peak rate, drawn on the latency plot.
 const P99_TARGET_MS: f64 = 20.0;
 
 fn draw_latency(report: &Report) -> anyhow::Result<()> {

@@ -510,9 +510,8 @@ impl ForumState {
     }
 
     /// Rejects a request for the whole history of a winning subject when its reply could
-    /// be larger than `max_bytes`. Without this bound, one request for a subject of a million
-    /// posts made the data server build a gigabyte of messages, a reply that no web server
-    /// accepts.
+    /// be larger than `max_bytes`. For a subject of a million 140-byte posts, building that
+    /// reply grew the data server by about 700 MiB, and no web server accepts it.
     fn check_history_size(&self, winner: &Subject, max_bytes: usize) -> Result<(), ErrorReply> {
         let mut bytes = 0;
         for id in self.merged_ids(winner) {
@@ -1043,7 +1042,7 @@ mod tests {
     #[test]
     fn message_overhead_covers_longest_ids() {
         let longest = ChangeId::new(ServerId::MAX, u64::MAX);
-        // The longest name in bytes: letters of 4 bytes each.
+        // The maximum name length in bytes: the maximum number of letters, 4 bytes each.
         let name = "\u{1D49C}".repeat(forum_protocol::MAX_NAME_CHARS);
         let text = "x".repeat(forum_protocol::MAX_TEXT_BYTES);
         for (author, text) in [(String::new(), String::new()), (name.clone(), text.clone())] {
